@@ -1,0 +1,167 @@
+"""Token-level AMR-SD advantages: pure numpy, arrays in, arrays out.
+
+Maps onto the pipeline in ``design/METHOD.md``:
+
+- ``grpo_advantages``      step 1 (base advantage A_i), plus step 2's uniform-group and
+                           single-rollout short-circuits (exact zeros).
+- ``clipped_cig``          step 7 (I_t = q_t - s_t, non-finite -> 0 and counted, clip to ±κ).
+- ``gate``                 step 8 (asymmetric ReLU gate, special tokens never gated).
+- ``anneal_weight``        step 9 (w(u) that scales λ and γ into λ_eff and γ_eff).
+- ``combine``              step 10 (Â_t = A · (1 + Δ_t)).
+- ``amplification_bound``  guarantee G3 (the largest |Â| / |A| the gate can produce).
+
+Δ is never negative and only ever multiplies A, so the verifier keeps the sign (G1) and
+|Â| >= |A| (G2); both hold exactly in float64 because rounding is monotone.
+"""
+
+import math
+
+import numpy as np
+
+SCHEDULES = ("linear", "cosine", "exponential", "constant")
+
+
+def grpo_advantages(
+    rewards,
+    *,
+    norm_by_std: bool = True,
+    std_unbiased: bool = True,
+    eps: float = 1e-6,
+) -> np.ndarray:
+    """GRPO group-relative advantage: (G,) rewards -> (G,) float64 advantages."""
+    r = np.asarray(rewards, dtype=np.float64)  # (G,)
+    if r.ndim != 1:
+        raise ValueError(f"rewards must be a 1-D array of shape (G,), got shape {r.shape}")
+    if not np.all(np.isfinite(r)):
+        raise ValueError("rewards must all be finite")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    # A uniform group (including G == 1, where ddof=1 std is undefined) carries no
+    # relative signal. Return exact zeros: r - mean can leave rounding residue (e.g. for
+    # [0.1, 0.1, 0.1]) that dividing by std + eps ~ 1e-6 would blow up into noise.
+    if r.size == 0 or np.all(r == r[0]):
+        return np.zeros_like(r)
+    centred = r - r.mean()  # (G,)
+    if not norm_by_std:
+        return centred
+    std = r.std(ddof=1 if std_unbiased else 0)
+    return centred / (std + eps)
+
+
+def anneal_weight(
+    step: int,
+    *,
+    schedule: str = "linear",
+    warmup_steps: int = 0,
+    decay_steps: int = 50,
+    exp_k: float = 5.0,
+) -> float:
+    """Anneal weight w(u) in [0, 1], u = clamp((step - warmup_steps) / decay_steps, 0, 1)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if decay_steps < 1:
+        raise ValueError(f"decay_steps must be >= 1, got {decay_steps}")
+    if not exp_k > 0:
+        raise ValueError(f"exp_k must be > 0, got {exp_k}")
+    u = min(max((step - warmup_steps) / decay_steps, 0.0), 1.0)
+    if schedule == "linear":
+        return 1.0 - u
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * u))
+    if schedule == "exponential":
+        # e^(-k) never reaches 0; snap to 0 at the end so the step-2 short-circuit
+        # (w == 0 -> exact GRPO, no engine calls) fires for every schedule.
+        return 0.0 if u >= 1.0 else math.exp(-exp_k * u)
+    return 1.0  # constant: ablation without annealing
+
+
+def clipped_cig(
+    teacher_logprobs,
+    student_logprobs,
+    *,
+    kappa: float = 5.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clipped Causal Information Gain Î_t and the mask of tokens whose I_t was non-finite."""
+    q = np.asarray(teacher_logprobs, dtype=np.float64)  # (T,)
+    s = np.asarray(student_logprobs, dtype=np.float64)  # (T,)
+    if q.shape != s.shape:
+        raise ValueError(
+            f"teacher_logprobs and student_logprobs must have the same shape, "
+            f"got {q.shape} and {s.shape}"
+        )
+    if not kappa > 0:
+        raise ValueError(f"kappa must be > 0, got {kappa}")
+    # -inf - -inf and nan inputs are expected from engines; they are flagged, not warned.
+    with np.errstate(invalid="ignore", over="ignore"):
+        cig = q - s  # (T,)
+    nonfinite = ~np.isfinite(cig)  # (T,) bool
+    # A token the engine could not score carries no credit (-> 0), rather than the
+    # maximal ±κ that clipping an infinity would give it.
+    cig[nonfinite] = 0.0
+    cig_hat = np.clip(cig, -kappa, kappa)  # (T,)
+    return cig_hat, nonfinite
+
+
+def gate(
+    cig_hat,
+    base_advantage: float,
+    *,
+    lambda_eff: float,
+    gamma_eff: float,
+    tau_pos: float = 1.0,
+    tau_neg: float = 1.0,
+    never_gate=None,
+) -> np.ndarray:
+    """Asymmetric ReLU gate: (T,) Î -> (T,) Δ >= 0, chosen by the sign of A."""
+    cig_hat = np.asarray(cig_hat, dtype=np.float64)  # (T,)
+    if not np.all(np.isfinite(cig_hat)):
+        raise ValueError("cig_hat must be finite; pass the log-ratio through clipped_cig first")
+    if not math.isfinite(base_advantage):
+        raise ValueError(f"base_advantage must be finite, got {base_advantage}")
+    # Negative or NaN weights would let Δ < 0 and break G1/G2.
+    if not lambda_eff >= 0:
+        raise ValueError(f"lambda_eff must be >= 0, got {lambda_eff}")
+    if not gamma_eff >= 0:
+        raise ValueError(f"gamma_eff must be >= 0, got {gamma_eff}")
+    if base_advantage > 0:
+        # Correct rollout: reward tokens the hint made more likely.
+        delta = lambda_eff * np.maximum(0.0, cig_hat - tau_pos)  # (T,)
+    elif base_advantage < 0:
+        # Failed rollout: blame tokens the critique made less likely.
+        delta = gamma_eff * np.maximum(0.0, -cig_hat - tau_neg)  # (T,)
+    else:
+        delta = np.zeros_like(cig_hat)  # (T,)
+    if never_gate is not None:
+        mask = np.asarray(never_gate, dtype=bool)  # (T,)
+        if mask.shape != cig_hat.shape:
+            raise ValueError(
+                f"never_gate must have the shape of cig_hat {cig_hat.shape}, got {mask.shape}"
+            )
+        # EOS / chat markers are not the model's reasoning; METHOD step 8 (ours).
+        delta = np.where(mask, 0.0, delta)
+    return delta
+
+
+def combine(base_advantage: float, delta) -> np.ndarray:
+    """Â_t = A · (1 + Δ_t): (T,) Δ -> (T,) float64 token advantages."""
+    delta = np.asarray(delta, dtype=np.float64)  # (T,)
+    # Δ < 0 could flip or shrink A, which would break G1/G2.
+    if not np.all(np.isfinite(delta)) or np.any(delta < 0):
+        raise ValueError("delta must be finite and >= 0 (use gate to compute it)")
+    return base_advantage * (1.0 + delta)
+
+
+def amplification_bound(
+    *,
+    lambda_eff: float,
+    gamma_eff: float,
+    kappa: float,
+    tau_pos: float,
+    tau_neg: float,
+) -> float:
+    """Largest |Â| / |A| the gate allows (G3): 1.8 with the paper defaults at step 0."""
+    return 1.0 + max(lambda_eff * (kappa - tau_pos), gamma_eff * (kappa - tau_neg), 0.0)

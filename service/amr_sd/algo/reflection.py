@@ -1,0 +1,337 @@
+"""Reflection templates and the leak/quality filter (METHOD.md steps 3-5).
+
+Raw privileged context (a reference solution, an accepted peer, verifier feedback) over-conditions
+the teacher and leaks the answer, so AMR-SD puts a reflection bottleneck in between: the policy
+writes a short Socratic ``<hint>`` or ``<critique>`` from those signals, and only that text, after
+this module's filter has accepted it, reaches the teacher (guarantee G5). This module owns the
+versioned writer templates, the parsing of the writer's output, the teacher context block and the
+reject reasons; it is pure (no engine, network, clock or logging). Pre-filling the assistant turn
+with the opening tag and stopping generation at the closing tag is the caller's job; the caller
+re-attaches both tags before calling :func:`parse_reflection`.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import threading
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+
+# Part of the reflection cache key: bump it whenever any text below that the writer or the
+# teacher sees changes (templates, optional sections, teacher block).
+TEMPLATE_VERSION = "v1"
+
+HINT = "hint"
+CRITIQUE = "critique"
+KINDS = (HINT, CRITIQUE)
+
+# METHOD.md "Reflection templates", verbatim. {reference_section} is the opt-in reference
+# (allow_reference_in_writer); it sits just before the instructions so they stay last.
+HINT_TEMPLATE = """\
+You solved the following problem correctly.
+Problem:
+{problem}
+Your solution:
+{rollout_text}
+{reference_section}\
+Write one short Socratic hint (at most 3 sentences) that would steer a student toward the key idea
+that made this solution work. Phrase it as guidance or a question. Do NOT state the final answer,
+any final numeric value, or a complete derivation. Output only: <hint>...</hint>"""
+
+# The bracketed parts of METHOD.md's critique template become {feedback_section} and
+# {peer_section}: present only when the caller has the signal.
+CRITIQUE_TEMPLATE = """\
+The following attempt was checked by a verifier and is INCORRECT.
+Problem:
+{problem}
+Incorrect attempt:
+{rollout_text}
+{feedback_section}\
+{peer_section}\
+{reference_section}\
+Identify the first step where the attempt goes wrong and explain, in at most 3 sentences, what kind
+of mistake it is and what to check instead. Do NOT state the final answer or any final numeric
+value, and do not copy the accepted attempt. Output only: <critique>...</critique>"""
+
+_FEEDBACK_SECTION = "Verifier feedback:\n{feedback}\n"
+_PEER_SECTION = "An attempt that the verifier accepted:\n{peer_text}\n"
+_REFERENCE_SECTION = "Reference solution:\n{reference_solution}\n"
+
+# METHOD.md "Teacher context block".
+_TEACHER_BLOCK = "\n\n{opening}{reflection}{closing}\nKeep this guidance in mind while solving."
+
+
+class RejectReason(str, enum.Enum):
+    """Why a reflection was refused; recorded per attempt (METHOD.md step 5)."""
+
+    MISSING_TAG = "missing_tag"
+    UNTERMINATED = "unterminated"
+    EMPTY = "empty"
+    TOO_LONG = "too_long"
+    ANSWER_PHRASE = "answer_phrase"
+    CONTAINS_ANSWER = "contains_answer"
+    NGRAM_OVERLAP = "ngram_overlap"
+
+
+# Lower-cased, whitespace-collapsed phrases that announce an answer rather than guide toward it.
+_ANSWER_PHRASES = ("\\boxed", "the answer is", "final answer", "answer:")
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
+_BOXED_OPEN = re.compile(r"\\boxed\s*\{")
+# A sign counts only when attached to the digits and not after a word, digit or closing bracket
+# ("x-3" is 3, "x = -3" is -3). Digits after a letter, "_", "." or an exponent's "^" / "^{" are
+# not a stated value ("x_12", "\frac12", "n^2", the "3" of "1.2.3"), so answer "2" never matches
+# inside "12", "x2" or "$x^2$".
+_NUMBER = re.compile(
+    r"(?:(?<![\w.)\]}])-)?(?<![\w.^])(?<!\^\{)(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+)
+_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+# math_verify's timeouts use signal.alarm; they bound sympy on inputs like 10^{10^{10}}.
+_MATH_VERIFY_TIMEOUT_S = 1
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"unknown reflection kind {kind!r}; use one of {KINDS}")
+    return kind
+
+
+def opening_tag(kind: str) -> str:
+    """``"<hint>"`` or ``"<critique>"``: the writer's assistant turn is pre-filled with it."""
+    return f"<{_check_kind(kind)}>"
+
+
+def closing_tag(kind: str) -> str:
+    """``"</hint>"`` or ``"</critique>"``: the writer's stop string."""
+    return f"</{_check_kind(kind)}>"
+
+
+def strip_think(text: str) -> str:
+    """Remove ``<think>…</think>`` reasoning, so peers reach the writer as answers only.
+
+    Also removes an unterminated block (a ``<think>`` never closed: the rest is reasoning) and a
+    leading orphan ``</think>`` (templates that pre-fill ``<think>`` in the prompt).
+    """
+    head, closing, tail = text.partition("</think>")
+    if closing and "<think>" not in head:
+        text = tail
+    text = _THINK_BLOCK.sub("", text)
+    text = text.split("<think>", 1)[0]
+    return text.strip()
+
+
+def _given(value: str | None) -> bool:
+    return value is not None and value.strip() != ""
+
+
+def writer_prompt(
+    kind: str,
+    *,
+    problem: str,
+    rollout_text: str,
+    feedback: str | None = None,
+    peer_text: str | None = None,
+    reference_solution: str | None = None,
+) -> str:
+    """The user-message content for the reflection writer (METHOD.md step 4).
+
+    ``feedback`` and ``peer_text`` fill the critique's optional sections and are ignored for a
+    hint, whose template has no place for them. A section is left out when its value is None or
+    blank; ``peer_text`` goes through :func:`strip_think` first. ``reference_solution`` is added to
+    either kind; pass it only when ``allow_reference_in_writer`` is set.
+    """
+    _check_kind(kind)
+    reference_section = (
+        _REFERENCE_SECTION.format(reference_solution=reference_solution)
+        if _given(reference_solution)
+        else ""
+    )
+    if kind == HINT:
+        return HINT_TEMPLATE.format(
+            problem=problem, rollout_text=rollout_text, reference_section=reference_section
+        )
+    peer = strip_think(peer_text) if peer_text is not None else None
+    return CRITIQUE_TEMPLATE.format(
+        problem=problem,
+        rollout_text=rollout_text,
+        feedback_section=_FEEDBACK_SECTION.format(feedback=feedback) if _given(feedback) else "",
+        peer_section=_PEER_SECTION.format(peer_text=peer) if _given(peer) else "",
+        reference_section=reference_section,
+    )
+
+
+def parse_reflection(kind: str, text: str) -> tuple[str | None, RejectReason | None]:
+    """The stripped text of the first complete ``<kind>…</kind>`` block in the writer's output.
+
+    ``text`` includes the opening tag. Returns ``(reflection, None)``, or ``(None, reason)`` with
+    MISSING_TAG (no opening tag), UNTERMINATED (no closing tag after it) or EMPTY (blank inside).
+    """
+    opening, closing = opening_tag(kind), closing_tag(kind)
+    start = text.find(opening)
+    if start < 0:
+        return None, RejectReason.MISSING_TAG
+    start += len(opening)
+    end = text.find(closing, start)
+    if end < 0:
+        return None, RejectReason.UNTERMINATED
+    inner = text[start:end].strip()
+    if not inner:
+        return None, RejectReason.EMPTY
+    return inner, None
+
+
+def teacher_block(kind: str, reflection: str) -> str:
+    """The text appended to the last user message of the teacher's prompt (METHOD.md step 6).
+
+    It carries the accepted reflection and nothing else (G5).
+    """
+    return _TEACHER_BLOCK.format(
+        opening=opening_tag(kind), reflection=reflection, closing=closing_tag(kind)
+    )
+
+
+def _last_boxed(text: str) -> str | None:
+    # The last \boxed{...} whose braces balance; a truncated one falls back to an earlier one.
+    for match in reversed(list(_BOXED_OPEN.finditer(text))):
+        depth, i = 1, match.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            content = text[match.end() : i - 1].strip()
+            if content:
+                return content
+    return None
+
+
+def _numbers(text: str) -> list[str]:
+    # LaTeX writes thousands as 1{,}000.
+    return [m.group().replace(",", "") for m in _NUMBER.finditer(text.replace("{,}", ","))]
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a solution: the last ``\\boxed{…}``, else the last number, else None.
+
+    Numbers drop their thousands commas ("1,000" -> "1000") and keep sign and decimals as written.
+    Pass text after :func:`strip_think`; a number inside reasoning is not an answer.
+    """
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return boxed
+    numbers = _numbers(text)
+    return numbers[-1] if numbers else None
+
+
+def _as_decimal(text: str) -> Decimal | None:
+    stripped = text.strip().strip("$").strip()
+    if _NUMBER.fullmatch(stripped.replace("{,}", ",")) is None:
+        return None
+    try:
+        return Decimal(stripped.replace("{,}", "").replace(",", ""))
+    except InvalidOperation:
+        return None
+
+
+def _as_math(text: str) -> str:
+    # math_verify.parse reads "\sqrt{2}" or "x^2+1" only inside math delimiters.
+    text = text.strip()
+    return text if text.startswith(("$", "\\(", "\\[")) else f"${text}$"
+
+
+def _math_verify_equal(answer: str, candidates: Sequence[str]) -> bool:
+    """math_verify equivalence of ``answer`` with any candidate; False when it cannot run.
+
+    Its timeouts use signal.alarm, which works only in the main thread; elsewhere it is skipped
+    rather than run unbounded (sympy can hang on 10^{10^{10}}), leaving the string/number checks.
+    """
+    if not candidates or threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        from math_verify import parse, verify
+
+        gold = parse(_as_math(answer), parsing_timeout=_MATH_VERIFY_TIMEOUT_S)
+        if not gold:
+            return False
+        for candidate in candidates:
+            target = parse(_as_math(candidate), parsing_timeout=_MATH_VERIFY_TIMEOUT_S)
+            if target and verify(gold, target, timeout_seconds=_MATH_VERIFY_TIMEOUT_S):
+                return True
+    except Exception:  # ImportError, or any parser failure: fall back, never crash the filter.
+        return False
+    return False
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _contains_text(text: str, answer: str) -> bool:
+    # A one-character answer ("A", "x") is matched with its case: folded, "A" would match the
+    # article "a" in nearly every hint. Alphanumeric edges must not continue a longer word.
+    folded = len(answer) > 1
+    haystack = _normalise(text) if folded else " ".join(text.split())
+    needle = _normalise(answer) if folded else answer
+    flags = re.IGNORECASE if folded else 0
+    left = r"(?<![0-9A-Za-z])" if needle[0].isalnum() else ""
+    right = r"(?![0-9A-Za-z])" if needle[-1].isalnum() else ""
+    return re.search(left + re.escape(needle) + right, haystack, flags) is not None
+
+
+def contains_answer(text: str, answer: str) -> bool:
+    """True if ``text`` states ``answer`` (METHOD.md step 5).
+
+    A numeric answer matches any whole number in the text of equal value ("12.0", "1,000",
+    never the "2" inside "12"); another answer matches as a whitespace- and case-normalised
+    substring. Both also match a ``$…$``/``\\(…\\)`` expression that math_verify finds equivalent
+    ("0.5" in "$\\frac{1}{2}$"), and a non-numeric answer a number that it finds equivalent.
+    """
+    answer = answer.strip()
+    if not answer:
+        return False
+    spans = [next(g for g in m.groups() if g is not None) for m in _MATH_SPAN.finditer(text)]
+    value = _as_decimal(answer)
+    if value is not None:
+        if any(Decimal(number) == value for number in _numbers(text)):
+            return True
+        return _math_verify_equal(answer, spans)
+    if _contains_text(text, answer):
+        return True
+    return _math_verify_equal(answer, spans + _numbers(text))
+
+
+def shares_ngram(a: Sequence[int], b: Sequence[int], n: int = 8) -> bool:
+    """True if token-id sequences ``a`` and ``b`` have a common run of ``n`` tokens."""
+    if n < 1:
+        raise ValueError(f"n-gram length must be >= 1, got {n}")
+    if len(a) < n or len(b) < n:
+        return False
+    seen = {tuple(b[i : i + n]) for i in range(len(b) - n + 1)}
+    return any(tuple(a[i : i + n]) in seen for i in range(len(a) - n + 1))
+
+
+def leak_reason(
+    reflection: str,
+    *,
+    reflection_token_ids: Sequence[int],
+    max_reflection_tokens: int,
+    answers: Sequence[str] = (),
+    source_token_ids: Sequence[Sequence[int]] = (),
+    ngram: int = 8,
+) -> RejectReason | None:
+    """Why ``reflection`` must not reach the teacher, or None to accept it (METHOD.md step 5).
+
+    Checks in order: TOO_LONG, ANSWER_PHRASE, CONTAINS_ANSWER (the reference answer and the
+    correct peers' extracted answers), NGRAM_OVERLAP (``ngram`` tokens shared with the token ids
+    of the peer or reference the writer saw).
+    """
+    if len(reflection_token_ids) > max_reflection_tokens:
+        return RejectReason.TOO_LONG
+    normalised = _normalise(reflection)
+    if any(phrase in normalised for phrase in _ANSWER_PHRASES):
+        return RejectReason.ANSWER_PHRASE
+    if any(answer and contains_answer(reflection, answer) for answer in answers):
+        return RejectReason.CONTAINS_ANSWER
+    if any(shares_ngram(reflection_token_ids, source, ngram) for source in source_token_ids):
+        return RejectReason.NGRAM_OVERLAP
+    return None

@@ -1,0 +1,500 @@
+"""Specification of amr_sd.algo.advantage, written from design/METHOD.md.
+
+Defaults everywhere follow METHOD.md's "Worked numbers": λ 0.2, γ 0.1, κ 5, τ 1,
+linear schedule, T_decay 50.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from amr_sd.algo.advantage import (
+    SCHEDULES,
+    amplification_bound,
+    anneal_weight,
+    clipped_cig,
+    combine,
+    gate,
+    grpo_advantages,
+)
+
+LAMBDA = 0.2
+GAMMA = 0.1
+
+
+def score(base_advantage, teacher, student, *, step=0, lam=LAMBDA, gam=GAMMA):
+    """Steps 7-10 with the worked-number defaults; returns Â (T,)."""
+    w = anneal_weight(step)
+    cig_hat, _ = clipped_cig(teacher, student)
+    delta = gate(cig_hat, base_advantage, lambda_eff=lam * w, gamma_eff=gam * w)
+    return combine(base_advantage, delta)
+
+
+# --- Step 1: base advantage (worked numbers 3 and 7) ---------------------------------
+
+
+def test_rewards_1001_unbiased_std_gives_plus_minus_0_866():
+    # mean 0.5; unbiased var = 4 * 0.25 / 3 = 1/3, std = 0.57735; 0.5 / 0.57735 = 0.86603
+    a = grpo_advantages([1.0, 0.0, 0.0, 1.0])
+    assert a == pytest.approx([0.866025, -0.866025, -0.866025, 0.866025], abs=1e-5)
+
+
+def test_rewards_1001_biased_std_gives_plus_minus_1():
+    # biased var = 4 * 0.25 / 4 = 0.25, std = 0.5; 0.5 / (0.5 + 1e-6) ≈ 1
+    a = grpo_advantages([1.0, 0.0, 0.0, 1.0], std_unbiased=False)
+    assert a == pytest.approx([1.0, -1.0, -1.0, 1.0], abs=1e-5)
+
+
+def test_rewards_1001_without_std_norm_gives_plus_minus_half():
+    # r - mean = ±0.5, no division
+    a = grpo_advantages([1.0, 0.0, 0.0, 1.0], norm_by_std=False)
+    assert a.tolist() == [0.5, -0.5, -0.5, 0.5]
+
+
+def test_grpo_returns_float64():
+    assert grpo_advantages([1, 0]).dtype == np.float64
+
+
+@pytest.mark.parametrize("rewards", [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+def test_uniform_group_gives_exact_zeros(rewards):
+    assert grpo_advantages(rewards).tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_uniform_group_of_inexact_floats_gives_exact_zeros_not_eps_noise():
+    # mean([0.1]*3) may differ from 0.1 by an ulp; dividing by 0 + 1e-6 would amplify it
+    assert grpo_advantages([0.1, 0.1, 0.1]).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_single_rollout_gives_zero_advantage():
+    assert grpo_advantages([0.7]).tolist() == [0.0]
+
+
+def test_non_finite_reward_raises_value_error_naming_rewards():
+    with pytest.raises(ValueError, match="rewards"):
+        grpo_advantages([1.0, float("nan")])
+
+
+# --- Step 9: anneal weight (worked numbers 2 and 8) -----------------------------------
+
+
+def test_step_0_linear_gives_full_weight():
+    assert anneal_weight(0) == 1.0
+
+
+def test_step_49_linear_gives_weight_0_02():
+    # u = 49 / 50 = 0.98; w = 1 - 0.98
+    assert anneal_weight(49) == pytest.approx(0.02)
+
+
+def test_step_50_linear_gives_zero_weight():
+    # u = 50 / 50 = 1; w = 0 exactly
+    assert anneal_weight(50) == 0.0
+
+
+def test_step_25_linear_gives_half_weight():
+    assert anneal_weight(25) == 0.5
+
+
+def test_steps_past_decay_stay_at_zero_weight():
+    assert anneal_weight(10_000) == 0.0
+
+
+def test_steps_inside_warmup_give_full_weight():
+    # u = clamp((5 - 10) / 50, 0, 1) = 0
+    assert anneal_weight(5, warmup_steps=10) == 1.0
+
+
+def test_warmup_shifts_the_decay():
+    # u = (35 - 10) / 50 = 0.5
+    assert anneal_weight(35, warmup_steps=10) == 0.5
+
+
+def test_cosine_at_half_decay_gives_half_weight():
+    # u = 0.5: 0.5 * (1 + cos(pi / 2)) = 0.5
+    assert anneal_weight(25, schedule="cosine") == pytest.approx(0.5)
+
+
+def test_cosine_at_end_gives_exact_zero():
+    # 0.5 * (1 + cos(pi)) = 0.5 * (1 - 1)
+    assert anneal_weight(50, schedule="cosine") == 0.0
+
+
+def test_exponential_just_before_end_is_positive():
+    # u = 999 / 1000 = 0.999: e^(-5 * 0.999) ≈ 0.00678
+    w = anneal_weight(999, schedule="exponential", decay_steps=1000)
+    assert w > 0.0
+    assert w == pytest.approx(math.exp(-4.995))
+
+
+def test_exponential_at_end_gives_exact_zero():
+    assert anneal_weight(1000, schedule="exponential", decay_steps=1000) == 0.0
+
+
+def test_exponential_at_start_gives_full_weight():
+    assert anneal_weight(0, schedule="exponential") == 1.0
+
+
+def test_constant_schedule_never_decays():
+    assert anneal_weight(10_000, schedule="constant") == 1.0
+
+
+def test_unknown_schedule_raises_value_error_naming_schedule():
+    with pytest.raises(ValueError, match="schedule"):
+        anneal_weight(0, schedule="step")
+
+
+def test_zero_decay_steps_raises_value_error_naming_decay_steps():
+    with pytest.raises(ValueError, match="decay_steps"):
+        anneal_weight(0, decay_steps=0)
+
+
+def test_negative_step_raises_value_error_naming_step():
+    with pytest.raises(ValueError, match="step"):
+        anneal_weight(-1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    schedule=st.sampled_from(SCHEDULES),
+    step_a=st.integers(0, 500),
+    step_b=st.integers(0, 500),
+    warmup_steps=st.integers(0, 100),
+    decay_steps=st.integers(1, 200),
+    exp_k=st.floats(0.01, 50.0),
+)
+def test_anneal_weight_is_non_increasing_in_step_for_every_schedule(
+    schedule, step_a, step_b, warmup_steps, decay_steps, exp_k
+):
+    lo, hi = sorted((step_a, step_b))
+    kw = dict(schedule=schedule, warmup_steps=warmup_steps, decay_steps=decay_steps, exp_k=exp_k)
+    w_lo, w_hi = anneal_weight(lo, **kw), anneal_weight(hi, **kw)
+    assert 0.0 <= w_hi <= w_lo <= 1.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(schedule=st.sampled_from(SCHEDULES[:3]), decay_steps=st.integers(1, 200))
+def test_every_decaying_schedule_reaches_exact_zero_at_end(schedule, decay_steps):
+    assert anneal_weight(decay_steps, schedule=schedule, decay_steps=decay_steps) == 0.0
+
+
+# --- Step 7: clipped CIG (worked number 9) --------------------------------------------
+
+
+def test_cig_is_teacher_minus_student():
+    # I = [-1.0 - -2.0, -3.0 - -1.0] = [1.0, -2.0]
+    cig_hat, nonfinite = clipped_cig([-1.0, -3.0], [-2.0, -1.0])
+    assert cig_hat.tolist() == [1.0, -2.0]
+    assert nonfinite.tolist() == [False, False]
+
+
+def test_cig_is_clipped_to_kappa():
+    # I = [100, -100] -> clip to [5, -5]
+    cig_hat, _ = clipped_cig([0.0, -100.0], [-100.0, 0.0])
+    assert cig_hat.tolist() == [5.0, -5.0]
+
+
+def test_minus_inf_teacher_logprob_gives_zero_cig_and_is_flagged():
+    cig_hat, nonfinite = clipped_cig([-np.inf, -1.0], [-2.0, -2.0])
+    assert cig_hat.tolist() == [0.0, 1.0]
+    assert nonfinite.tolist() == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("teacher", "student"),
+    [(np.nan, -1.0), (-1.0, np.nan), (-np.inf, -np.inf), (-1.0, -np.inf), (np.inf, -1.0)],
+)
+def test_any_non_finite_logprob_gives_zero_cig_and_is_flagged(teacher, student):
+    cig_hat, nonfinite = clipped_cig([teacher], [student])
+    assert cig_hat.tolist() == [0.0]
+    assert nonfinite.tolist() == [True]
+
+
+def test_cig_shape_mismatch_raises_value_error():
+    with pytest.raises(ValueError, match="same shape"):
+        clipped_cig([-1.0, -2.0], [-1.0])
+
+
+def test_minus_inf_teacher_logprob_never_yields_nan_advantage():
+    a_hat = score(1.0, [-np.inf, -0.5], [-2.0, -2.0])
+    assert not np.any(np.isnan(a_hat))
+    # token 0: Î = 0 -> Δ = 0 -> Â = 1; token 1: Î = 1.5 -> Δ = 0.2 * 0.5 = 0.1
+    assert a_hat == pytest.approx([1.0, 1.1])
+
+
+# --- Step 8: gate (worked numbers 4 and 5) ---------------------------------------------
+
+
+def test_positive_advantage_with_strongly_negative_cig_is_not_gated():
+    # A = +1, I = -10 -> Î = -5; Δ = 0.2 * max(0, -5 - 1) = 0
+    delta = gate(np.full(3, -5.0), 1.0, lambda_eff=LAMBDA, gamma_eff=GAMMA)
+    assert delta.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_negative_advantage_with_strongly_positive_cig_is_not_gated():
+    # A = -1, I = +10 -> Î = 5; Δ = 0.1 * max(0, -5 - 1) = 0
+    delta = gate(np.full(3, 5.0), -1.0, lambda_eff=LAMBDA, gamma_eff=GAMMA)
+    assert delta.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_cig_equal_to_tau_pos_is_not_gated():
+    # A = +1, Î = 1.0: Δ = 0.2 * max(0, 1.0 - 1.0) = 0
+    assert gate([1.0], 1.0, lambda_eff=LAMBDA, gamma_eff=GAMMA).tolist() == [0.0]
+
+
+def test_zero_advantage_is_never_gated():
+    delta = gate([5.0, -5.0], 0.0, lambda_eff=LAMBDA, gamma_eff=GAMMA)
+    assert delta.tolist() == [0.0, 0.0]
+
+
+def test_never_gate_mask_forces_zero_delta_on_special_tokens():
+    # Î = 5 everywhere: Δ = 0.2 * 4 = 0.8, except on the masked EOS token
+    delta = gate([5.0, 5.0], 1.0, lambda_eff=LAMBDA, gamma_eff=GAMMA, never_gate=[False, True])
+    assert delta == pytest.approx([0.8, 0.0])
+    assert delta[1] == 0.0
+
+
+def test_never_gate_mask_with_wrong_shape_raises_value_error():
+    with pytest.raises(ValueError, match="never_gate"):
+        gate([5.0, 5.0], 1.0, lambda_eff=LAMBDA, gamma_eff=GAMMA, never_gate=[True])
+
+
+def test_negative_lambda_eff_raises_value_error_naming_it():
+    with pytest.raises(ValueError, match="lambda_eff"):
+        gate([5.0], 1.0, lambda_eff=-0.1, gamma_eff=GAMMA)
+
+
+# --- Steps 7-10 end to end (worked numbers 1, 2, 3, 4, 5, 6) ----------------------------
+
+
+def test_identical_contexts_give_exactly_the_base_advantage():
+    # q == s -> I ≡ 0 -> Î ≡ 0 < τ -> Δ ≡ 0 -> Â == A bitwise
+    logprobs = [-0.3, -2.0, -0.01]
+    assert score(0.866, logprobs, logprobs).tolist() == [0.866, 0.866, 0.866]
+    assert score(-0.866, logprobs, logprobs).tolist() == [-0.866, -0.866, -0.866]
+
+
+def test_step_50_gives_exactly_the_base_advantage():
+    # w = 0 -> λ_eff = γ_eff = 0 -> Δ ≡ 0, even for I = ±100
+    assert score(1.0, [0.0], [-100.0], step=50).tolist() == [1.0]
+    assert score(-1.0, [-100.0], [0.0], step=50).tolist() == [-1.0]
+
+
+def test_zero_lambda_and_gamma_give_exactly_the_base_advantage():
+    assert score(0.5, [0.0, -3.0], [-100.0, -1.0], lam=0.0, gam=0.0).tolist() == [0.5, 0.5]
+    assert score(-0.5, [-100.0, -1.0], [0.0, -3.0], lam=0.0, gam=0.0).tolist() == [-0.5, -0.5]
+
+
+def test_uniform_group_gives_zero_token_advantages():
+    # A ≡ 0 -> Â = 0 * (1 + Δ) = 0 for any CIG
+    for a in grpo_advantages([1.0, 1.0, 1.0, 1.0]):
+        assert score(a, [0.0, -100.0], [-100.0, 0.0]).tolist() == [0.0, 0.0]
+
+
+def test_positive_advantage_with_strongly_negative_cig_gives_base_advantage():
+    assert score(1.0, [-10.0, -10.0], [0.0, 0.0]).tolist() == [1.0, 1.0]
+
+
+def test_negative_advantage_with_strongly_positive_cig_gives_base_advantage():
+    assert score(-1.0, [0.0, 0.0], [-10.0, -10.0]).tolist() == [-1.0, -1.0]
+
+
+def test_step_0_positive_advantage_cig_1_0_is_not_amplified():
+    # Î = 1.0 = τ_pos -> Δ = 0 -> Â = 1 exactly
+    assert score(1.0, [-1.0], [-2.0]).tolist() == [1.0]
+
+
+def test_step_0_positive_advantage_cig_1_1_gives_1_02():
+    # Δ = 0.2 * (1.1 - 1.0) = 0.02 -> Â = 1 * 1.02
+    assert score(1.0, [1.1], [0.0]) == pytest.approx([1.02])
+
+
+def test_step_0_positive_advantage_cig_100_clips_to_5_and_gives_1_8():
+    # Î = 5; Δ = 0.2 * (5 - 1) = 0.8 -> Â = 1.8
+    assert score(1.0, [0.0], [-100.0]) == pytest.approx([1.8])
+
+
+def test_step_0_negative_advantage_cig_minus_100_gives_minus_1_4():
+    # Î = -5; Δ = 0.1 * (5 - 1) = 0.4 -> Â = -1 * 1.4
+    assert score(-1.0, [-100.0], [0.0]) == pytest.approx([-1.4])
+
+
+def test_step_25_positive_advantage_cig_3_gives_1_2():
+    # w = 0.5 -> λ_eff = 0.1; Δ = 0.1 * (3 - 1) = 0.2 -> Â = 1.2
+    assert score(1.0, [0.0], [-3.0], step=25) == pytest.approx([1.2])
+
+
+def test_step_25_negative_advantage_cig_minus_4_gives_minus_0_575():
+    # w = 0.5 -> γ_eff = 0.05; Δ = 0.05 * (4 - 1) = 0.15 -> Â = -0.5 * 1.15
+    assert score(-0.5, [-4.0], [0.0], step=25) == pytest.approx([-0.575])
+
+
+# --- Step 10 and G3 ---------------------------------------------------------------------
+
+
+def test_combine_scales_the_advantage_by_one_plus_delta():
+    # -2 * (1 + [0, 0.5]) = [-2, -3]
+    assert combine(-2.0, [0.0, 0.5]).tolist() == [-2.0, -3.0]
+
+
+def test_combine_with_zero_delta_returns_the_advantage_bitwise():
+    assert combine(0.8660254037844386, [0.0]).tolist() == [0.8660254037844386]
+
+
+def test_combine_rejects_negative_delta():
+    with pytest.raises(ValueError, match="delta"):
+        combine(1.0, [-0.1])
+
+
+def test_default_amplification_bound_is_1_8():
+    # 1 + max(0.2 * (5 - 1), 0.1 * (5 - 1), 0) = 1.8
+    bound = amplification_bound(
+        lambda_eff=LAMBDA, gamma_eff=GAMMA, kappa=5.0, tau_pos=1.0, tau_neg=1.0
+    )
+    assert bound == pytest.approx(1.8)
+
+
+def test_amplification_bound_is_1_when_tau_exceeds_kappa():
+    # κ - τ < 0 on both branches: the gate can never open
+    bound = amplification_bound(lambda_eff=1.0, gamma_eff=1.0, kappa=2.0, tau_pos=3.0, tau_neg=3.0)
+    assert bound == 1.0
+
+
+# --- Guarantees G1-G4 as properties -------------------------------------------------------
+
+logprob = st.one_of(
+    st.floats(-1e4, 0.0),
+    st.sampled_from([-np.inf, np.inf, np.nan]),
+)
+token_logprobs = st.lists(st.tuples(logprob, logprob), min_size=1, max_size=16)
+advantage = st.one_of(st.just(0.0), st.floats(-1e3, 1e3, allow_subnormal=False))
+weight = st.floats(0.0, 10.0)
+tau = st.floats(0.0, 10.0)
+kappa = st.floats(0.01, 20.0)
+
+
+@st.composite
+def scoring_case(draw):
+    pairs = draw(token_logprobs)
+    return dict(
+        teacher=[q for q, _ in pairs],
+        student=[s for _, s in pairs],
+        base_advantage=draw(advantage),
+        step=draw(st.integers(0, 120)),
+        schedule=draw(st.sampled_from(SCHEDULES)),
+        lam=draw(weight),
+        gam=draw(weight),
+        tau_pos=draw(tau),
+        tau_neg=draw(tau),
+        kappa=draw(kappa),
+        never_gate=draw(st.lists(st.booleans(), min_size=len(pairs), max_size=len(pairs))),
+    )
+
+
+def run_case(c):
+    """Steps 7-10 for one drawn case; returns (Â, Δ, λ_eff, γ_eff)."""
+    w = anneal_weight(c["step"], schedule=c["schedule"])
+    lambda_eff, gamma_eff = c["lam"] * w, c["gam"] * w
+    cig_hat, _ = clipped_cig(c["teacher"], c["student"], kappa=c["kappa"])
+    delta = gate(
+        cig_hat,
+        c["base_advantage"],
+        lambda_eff=lambda_eff,
+        gamma_eff=gamma_eff,
+        tau_pos=c["tau_pos"],
+        tau_neg=c["tau_neg"],
+        never_gate=c["never_gate"],
+    )
+    return combine(c["base_advantage"], delta), delta, lambda_eff, gamma_eff
+
+
+@settings(max_examples=200, deadline=None)
+@given(teacher=st.lists(logprob, min_size=1, max_size=16), data=st.data(), k=kappa)
+def test_clipped_cig_is_never_nan_and_stays_within_kappa(teacher, data, k):
+    student = data.draw(st.lists(logprob, min_size=len(teacher), max_size=len(teacher)))
+    cig_hat, nonfinite = clipped_cig(teacher, student, kappa=k)
+    assert np.all(np.isfinite(cig_hat))
+    assert np.all(np.abs(cig_hat) <= k)
+    assert np.all(cig_hat[nonfinite] == 0.0)
+    inputs_finite = np.isfinite(teacher) & np.isfinite(student)
+    assert np.all(nonfinite[~inputs_finite])
+
+
+@settings(max_examples=200, deadline=None)
+@given(scoring_case())
+def test_g1_token_advantage_keeps_the_sign_of_the_base_advantage(c):
+    a_hat, _, _, _ = run_case(c)
+    assert np.all(np.sign(a_hat) == np.sign(c["base_advantage"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(scoring_case())
+def test_g2_token_advantage_is_never_smaller_in_magnitude(c):
+    a_hat, delta, _, _ = run_case(c)
+    assert np.all(delta >= 0.0)
+    assert np.all(np.abs(a_hat) >= abs(c["base_advantage"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(scoring_case())
+def test_g3_token_advantage_is_bounded_by_amplification_bound(c):
+    a_hat, _, lambda_eff, gamma_eff = run_case(c)
+    bound = amplification_bound(
+        lambda_eff=lambda_eff,
+        gamma_eff=gamma_eff,
+        kappa=c["kappa"],
+        tau_pos=c["tau_pos"],
+        tau_neg=c["tau_neg"],
+    )
+    limit = abs(c["base_advantage"]) * bound
+    assert np.all(np.abs(a_hat) <= limit * (1 + 1e-12))
+
+
+@settings(max_examples=200, deadline=None)
+@given(scoring_case())
+def test_g4_zero_anneal_weight_gives_exactly_the_base_advantage(c):
+    c["step"] = 10_000  # past the end of every decaying schedule
+    c["schedule"] = c["schedule"] if c["schedule"] != "constant" else "linear"
+    a_hat, _, _, _ = run_case(c)
+    assert np.all(a_hat == c["base_advantage"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(scoring_case())
+def test_g4_zero_lambda_and_gamma_give_exactly_the_base_advantage(c):
+    c["lam"] = c["gam"] = 0.0
+    a_hat, _, _, _ = run_case(c)
+    assert np.all(a_hat == c["base_advantage"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(scoring_case())
+def test_g4_identical_contexts_give_exactly_the_base_advantage(c):
+    # q == s (finite) -> Î ≡ 0, and τ >= 0 keeps the gate shut
+    c["student"] = c["teacher"] = [q if np.isfinite(q) else -1.0 for q in c["teacher"]]
+    a_hat, _, _, _ = run_case(c)
+    assert np.all(a_hat == c["base_advantage"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(reward=st.floats(-1e6, 1e6), size=st.integers(1, 32), norm_by_std=st.booleans(),
+       std_unbiased=st.booleans())
+def test_g4_uniform_group_gives_all_zero_advantages(reward, size, norm_by_std, std_unbiased):
+    a = grpo_advantages([reward] * size, norm_by_std=norm_by_std, std_unbiased=std_unbiased)
+    assert np.all(a == 0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rewards=st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=32),
+    norm_by_std=st.booleans(),
+    std_unbiased=st.booleans(),
+)
+def test_grpo_advantages_sum_to_zero(rewards, norm_by_std, std_unbiased):
+    a = grpo_advantages(rewards, norm_by_std=norm_by_std, std_unbiased=std_unbiased)
+    assert a.shape == (len(rewards),)
+    # centred values cancel up to rounding of the mean
+    scale = max(1.0, np.max(np.abs(a)))
+    assert abs(a.sum()) <= 1e-9 * len(rewards) * scale

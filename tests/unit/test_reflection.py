@@ -1,0 +1,498 @@
+"""Specifications for amr_sd.algo.reflection: templates, parsing, leak filter (METHOD.md 3-5)."""
+
+import hashlib
+import threading
+
+import pytest
+
+from amr_sd.algo import reflection as rf
+from amr_sd.algo.reflection import (
+    CRITIQUE,
+    CRITIQUE_TEMPLATE,
+    HINT,
+    HINT_TEMPLATE,
+    KINDS,
+    TEMPLATE_VERSION,
+    RejectReason,
+    closing_tag,
+    contains_answer,
+    extract_answer,
+    leak_reason,
+    opening_tag,
+    parse_reflection,
+    shares_ngram,
+    strip_think,
+    teacher_block,
+    writer_prompt,
+)
+
+CLEAN_HINT = "What happens to the sum if you pair the first term with the last one?"
+
+
+def accept(reflection, **kwargs):
+    kwargs.setdefault("reflection_token_ids", [1, 2, 3])
+    kwargs.setdefault("max_reflection_tokens", 128)
+    return leak_reason(reflection, **kwargs)
+
+
+# --- templates and writer prompts ---------------------------------------------------------------
+
+
+def test_kinds_are_hint_and_critique():
+    assert KINDS == ("hint", "critique") == (HINT, CRITIQUE)
+
+
+def test_templates_forbid_stating_the_final_answer():
+    assert "Do NOT state the final answer" in HINT_TEMPLATE
+    assert "Do NOT state the final answer" in CRITIQUE_TEMPLATE
+
+
+def test_templates_ask_for_the_tagged_output_only():
+    assert HINT_TEMPLATE.endswith("Output only: <hint>...</hint>")
+    assert CRITIQUE_TEMPLATE.endswith("Output only: <critique>...</critique>")
+
+
+def test_template_text_is_pinned_to_its_version():
+    # Reflections are cached under TEMPLATE_VERSION: any text change must bump it (then update
+    # the digest here). Rendering covers the optional sections and the teacher block too.
+    rendered = "\x00".join(
+        [
+            writer_prompt(HINT, problem="P", rollout_text="R", reference_solution="S"),
+            writer_prompt(
+                CRITIQUE,
+                problem="P",
+                rollout_text="R",
+                feedback="F",
+                peer_text="Q",
+                reference_solution="S",
+            ),
+            teacher_block(HINT, "H"),
+        ]
+    )
+    digest = hashlib.sha256(rendered.encode()).hexdigest()[:16]
+    assert (TEMPLATE_VERSION, digest) == ("v1", PINNED_V1_DIGEST)
+
+
+PINNED_V1_DIGEST = "f939593b1060db9b"
+
+
+def test_hint_prompt_holds_problem_and_solution_in_template_order():
+    prompt = writer_prompt(HINT, problem="Add 2 and 3.", rollout_text="2 + 3 = 5")
+    assert prompt.startswith(
+        "You solved the following problem correctly.\nProblem:\nAdd 2 and 3.\n"
+        "Your solution:\n2 + 3 = 5\nWrite one short Socratic hint"
+    )
+
+
+def test_critique_prompt_without_feedback_or_peer_has_neither_section():
+    prompt = writer_prompt(CRITIQUE, problem="Add 2 and 3.", rollout_text="2 + 3 = 6")
+    assert "Verifier feedback" not in prompt
+    assert "An attempt that the verifier accepted" not in prompt
+    assert "Incorrect attempt:\n2 + 3 = 6\nIdentify the first step" in prompt
+
+
+def test_critique_prompt_includes_feedback_when_given():
+    prompt = writer_prompt(CRITIQUE, problem="p", rollout_text="r", feedback="expected an integer")
+    assert "Verifier feedback:\nexpected an integer\n" in prompt
+    assert "An attempt that the verifier accepted" not in prompt
+
+
+def test_critique_prompt_includes_peer_when_given():
+    prompt = writer_prompt(CRITIQUE, problem="p", rollout_text="r", peer_text="2 + 3 = 5")
+    assert "An attempt that the verifier accepted:\n2 + 3 = 5\n" in prompt
+    assert "Verifier feedback" not in prompt
+
+
+def test_critique_prompt_never_includes_the_peers_thinking():
+    prompt = writer_prompt(
+        CRITIQUE, problem="p", rollout_text="r", peer_text="<think>secret scratch</think>2 + 3 = 5"
+    )
+    assert "secret scratch" not in prompt
+    assert "<think>" not in prompt
+    assert "An attempt that the verifier accepted:\n2 + 3 = 5\n" in prompt
+
+
+def test_critique_prompt_leaves_out_a_peer_that_was_only_thinking():
+    prompt = writer_prompt(CRITIQUE, problem="p", rollout_text="r", peer_text="<think>only")
+    assert "An attempt that the verifier accepted" not in prompt
+
+
+def test_hint_prompt_ignores_feedback_and_peer():
+    prompt = writer_prompt(HINT, problem="p", rollout_text="r", feedback="F!", peer_text="Q!")
+    assert "F!" not in prompt and "Q!" not in prompt
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reference_solution_comes_just_before_the_instructions(kind):
+    prompt = writer_prompt(kind, problem="p", rollout_text="r", reference_solution="ref sol")
+    instructions = "Write one short" if kind == HINT else "Identify the first step"
+    assert f"Reference solution:\nref sol\n{instructions}" in prompt
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_prompt_without_reference_has_no_reference_section(kind):
+    assert "Reference solution" not in writer_prompt(kind, problem="p", rollout_text="r")
+
+
+def test_braces_in_inputs_are_kept_verbatim():
+    prompt = writer_prompt(HINT, problem="Find {x}", rollout_text="\\boxed{\\frac{1}{2}}")
+    assert "Find {x}" in prompt and "\\boxed{\\frac{1}{2}}" in prompt
+
+
+def test_unknown_kind_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown reflection kind"):
+        writer_prompt("summary", problem="p", rollout_text="r")
+
+
+# --- tags, parsing, teacher block ----------------------------------------------------------------
+
+
+def test_tags_are_named_for_the_kind():
+    assert (opening_tag(HINT), closing_tag(HINT)) == ("<hint>", "</hint>")
+    assert (opening_tag(CRITIQUE), closing_tag(CRITIQUE)) == ("<critique>", "</critique>")
+
+
+def test_parse_returns_the_stripped_inner_text():
+    assert parse_reflection(HINT, f"<hint>{CLEAN_HINT}</hint>") == (CLEAN_HINT, None)
+
+
+def test_parse_strips_surrounding_whitespace_and_keeps_inner_whitespace():
+    text = "<critique>\n  Check the sign\n  in step 2.  \n</critique>"
+    assert parse_reflection(CRITIQUE, text) == ("Check the sign\n  in step 2.", None)
+
+
+def test_parse_takes_the_first_of_two_blocks():
+    assert parse_reflection(HINT, "<hint>first</hint> <hint>second</hint>") == ("first", None)
+
+
+def test_parse_without_opening_tag_is_missing_tag():
+    assert parse_reflection(HINT, "Think about parity.</hint>") == (None, RejectReason.MISSING_TAG)
+
+
+def test_parse_with_the_other_kinds_tag_is_missing_tag():
+    assert parse_reflection(HINT, "<critique>x</critique>") == (None, RejectReason.MISSING_TAG)
+
+
+def test_parse_without_closing_tag_is_unterminated():
+    assert parse_reflection(HINT, "<hint>Think about parity.") == (None, RejectReason.UNTERMINATED)
+
+
+def test_parse_of_blank_block_is_empty():
+    assert parse_reflection(CRITIQUE, "<critique> \n </critique>") == (None, RejectReason.EMPTY)
+
+
+def test_teacher_block_is_the_tagged_reflection_and_the_reminder():
+    assert teacher_block(HINT, "Pair the terms.") == (
+        "\n\n<hint>Pair the terms.</hint>\nKeep this guidance in mind while solving."
+    )
+    assert teacher_block(CRITIQUE, "Recheck step 2.") == (
+        "\n\n<critique>Recheck step 2.</critique>\nKeep this guidance in mind while solving."
+    )
+
+
+def test_teacher_block_holds_only_the_reflection_not_the_writers_context():
+    # G5: the reference, peer and feedback reach the writer, never the teacher.
+    prompt = writer_prompt(
+        CRITIQUE,
+        problem="Add 2 and 3.",
+        rollout_text="2 + 3 = 6",
+        feedback="FEEDBACK-TEXT",
+        peer_text="PEER-TEXT",
+        reference_solution="REFERENCE-TEXT",
+    )
+    assert all(s in prompt for s in ("FEEDBACK-TEXT", "PEER-TEXT", "REFERENCE-TEXT"))
+    reflection, reason = parse_reflection(CRITIQUE, "<critique>Recheck the carry.</critique>")
+    assert reason is None
+    block = teacher_block(CRITIQUE, reflection)
+    assert block.replace(reflection, "") == (
+        "\n\n<critique></critique>\nKeep this guidance in mind while solving."
+    )
+    assert not any(s in block for s in ("FEEDBACK-TEXT", "PEER-TEXT", "REFERENCE-TEXT"))
+
+
+# --- strip_think ---------------------------------------------------------------------------------
+
+
+def test_strip_think_removes_a_block_and_surrounding_whitespace():
+    assert strip_think("<think>try 4</think>\n\nThe sum is 5.") == "The sum is 5."
+
+
+def test_strip_think_removes_every_block():
+    assert strip_think("<think>a</think>x <think>b</think>y") == "x y"
+
+
+def test_strip_think_drops_an_unterminated_block_to_the_end():
+    assert strip_think("<think>still reasoning about 4") == ""
+
+
+def test_strip_think_drops_reasoning_before_an_orphan_closing_tag():
+    # Chat templates that pre-fill "<think>" leave only its closing tag in the output.
+    assert strip_think("reasoning about 4</think>The sum is 5.") == "The sum is 5."
+
+
+def test_strip_think_leaves_text_without_think_unchanged_but_stripped():
+    assert strip_think("  The sum is 5.\n") == "The sum is 5."
+
+
+# --- extract_answer ------------------------------------------------------------------------------
+
+
+def test_extract_answer_takes_the_last_boxed_with_nested_braces():
+    assert extract_answer("\\boxed{1} so \\boxed{\\frac{1}{2}} done") == "\\frac{1}{2}"
+
+
+def test_extract_answer_prefers_boxed_over_a_later_number():
+    assert extract_answer("\\boxed{7} checked in 3 steps") == "7"
+
+
+def test_extract_answer_skips_an_unbalanced_last_boxed():
+    assert extract_answer("\\boxed{4} then \\boxed{\\frac{1}{2}") == "4"
+
+
+def test_extract_answer_falls_back_to_the_last_number():
+    assert extract_answer("First 3 apples, then 12 pears.") == "12"
+
+
+def test_extract_answer_removes_thousands_commas():
+    assert extract_answer("The total is 1,234,567.") == "1234567"
+
+
+def test_extract_answer_removes_latex_thousands_separator():
+    assert extract_answer("The total is 1{,}000.") == "1000"
+
+
+def test_extract_answer_keeps_a_negative_sign_and_decimals():
+    assert extract_answer("So x = -3.25.") == "-3.25"
+
+
+def test_extract_answer_reads_a_minus_between_terms_as_subtraction():
+    assert extract_answer("x-3") == "3"
+
+
+def test_extract_answer_without_any_answer_is_none():
+    assert extract_answer("No numbers here.") is None
+
+
+# --- contains_answer -----------------------------------------------------------------------------
+
+
+def test_numeric_answer_matches_an_equal_decimal():
+    assert contains_answer("It comes out to 12.0 exactly.", "12")
+    assert contains_answer("It comes out to 12 exactly.", "12.0")
+
+
+def test_numeric_answer_matches_across_thousands_commas():
+    assert contains_answer("about 1,000 of them", "1000")
+    assert contains_answer("about 1000 of them", "1,000")
+
+
+def test_negative_answer_matches_only_the_negative_number():
+    assert contains_answer("so x = -3", "-3")
+    assert not contains_answer("so x = 3", "-3")
+
+
+def test_numeric_answer_does_not_match_inside_a_longer_number():
+    assert not contains_answer("There are 12 cases and 0.25 of them fail.", "2")
+
+
+def test_numeric_answer_does_not_match_a_subscript_or_variable_index():
+    assert not contains_answer("Compare x_2 with y2.", "2")
+
+
+def test_numeric_answer_matches_an_equivalent_latex_fraction():
+    # math_verify: parse("$\\frac{1}{2}$") == [1/2], verify(...0.5...) is True.
+    assert contains_answer("The ratio is $\\frac{1}{2}$ here.", "0.5")
+
+
+def test_numeric_answer_matches_an_unevaluated_latex_sum():
+    # math_verify evaluates "$1+1$" to 2: a hint writing the answer as a sum still leaks it.
+    assert contains_answer("Note that $1+1$ is relevant.", "2")
+
+
+def test_numeric_answer_does_not_match_an_exponent():
+    assert not contains_answer("Expand $x^2$ and $y^{2}$ first.", "2")
+
+
+def test_text_answer_matches_a_normalised_substring():
+    assert contains_answer("So the set is  X  Union Y.", "x union y")
+
+
+def test_text_answer_does_not_match_inside_a_longer_word():
+    assert not contains_answer("I know the trick.", "no")
+
+
+def test_one_letter_answer_is_matched_with_its_case():
+    # Folded, "A" would match the article "a" in almost every hint.
+    assert not contains_answer("Try a substitution.", "A")
+    assert contains_answer("Choice A is tempting.", "A")
+
+
+def test_latex_answer_matches_an_equivalent_decimal_in_the_text():
+    assert contains_answer("Half of it, 0.5, is what you want.", "\\frac{1}{2}")
+
+
+def test_latex_answer_matches_an_equivalent_latex_expression():
+    assert contains_answer("Think of it as $\\frac{2}{4}$.", "\\frac{1}{2}")
+    assert contains_answer("Rewrite it as \\(2^{1/2}\\).", "\\sqrt{2}")
+
+
+def test_latex_answer_does_not_match_a_different_value():
+    assert not contains_answer("Think of it as $\\frac{1}{3}$ or 0.25.", "\\frac{1}{2}")
+
+
+def test_blank_answer_never_matches():
+    assert not contains_answer("anything 12", "  ")
+
+
+def test_math_verify_is_skipped_outside_the_main_thread():
+    # Its signal.alarm timeouts cannot run there; the string/number checks still do.
+    results = {}
+
+    def check():
+        results["latex"] = contains_answer("It is $\\frac{1}{2}$.", "0.5")
+        results["number"] = contains_answer("It is 12.0.", "12")
+
+    worker = threading.Thread(target=check)
+    worker.start()
+    worker.join()
+    assert results == {"latex": False, "number": True}
+
+
+def test_missing_math_verify_falls_back_to_string_and_number_checks(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # makes the import raise ImportError
+    assert not contains_answer("It is $\\frac{1}{2}$.", "0.5")
+    assert contains_answer("It is 0.50.", "0.5")
+
+
+def test_math_verify_failure_falls_back_instead_of_raising(monkeypatch):
+    import math_verify
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("parser exploded")
+
+    monkeypatch.setattr(math_verify, "parse", broken)
+    assert not contains_answer("It is $\\frac{1}{2}$.", "0.5")
+
+
+# --- shares_ngram --------------------------------------------------------------------------------
+
+
+def test_shares_ngram_finds_a_common_run_of_n_tokens():
+    assert shares_ngram([9, 1, 2, 3, 9], [1, 2, 3], n=3)
+
+
+def test_shares_ngram_ignores_a_run_shorter_than_n():
+    assert not shares_ngram([9, 1, 2, 9, 3], [1, 2, 3], n=3)
+
+
+def test_shares_ngram_with_sequences_shorter_than_n_is_false():
+    assert not shares_ngram([1, 2], [1, 2], n=3)
+
+
+def test_shares_ngram_defaults_to_eight_tokens():
+    assert shares_ngram(list(range(8)), list(range(8)))
+    assert not shares_ngram(list(range(7)), list(range(7)))
+
+
+def test_shares_ngram_rejects_a_non_positive_n():
+    with pytest.raises(ValueError):
+        shares_ngram([1], [1], n=0)
+
+
+# --- leak_reason ---------------------------------------------------------------------------------
+
+
+def test_clean_socratic_hint_is_accepted():
+    assert (
+        accept(
+            CLEAN_HINT,
+            reflection_token_ids=[10, 11, 12, 13, 14, 15, 16, 17, 18],
+            answers=["5050", "\\frac{1}{2}"],
+            source_token_ids=[[1, 2, 3, 4, 5, 6, 7, 8, 9]],
+        )
+        is None
+    )
+
+
+def test_reflection_longer_than_the_limit_is_too_long():
+    assert accept(CLEAN_HINT, reflection_token_ids=[1, 2, 3], max_reflection_tokens=2) is (
+        RejectReason.TOO_LONG
+    )
+
+
+def test_reflection_at_the_limit_is_not_too_long():
+    assert accept(CLEAN_HINT, reflection_token_ids=[1, 2], max_reflection_tokens=2) is None
+
+
+@pytest.mark.parametrize(
+    "reflection",
+    [
+        "Put it in \\boxed{} at the end.",
+        "The Answer  is what pairing gives.",
+        "Check your FINAL ANSWER's units.",
+        "Answer: think about pairs.",
+    ],
+)
+def test_answer_announcing_phrase_is_answer_phrase(reflection):
+    assert accept(reflection) is RejectReason.ANSWER_PHRASE
+
+
+def test_reflection_stating_a_given_answer_is_contains_answer():
+    assert accept("Pairing gives 50 pairs of 101, i.e. 5,050.", answers=["5050"]) is (
+        RejectReason.CONTAINS_ANSWER
+    )
+
+
+def test_blank_answers_are_ignored():
+    assert accept(CLEAN_HINT, answers=["", " "]) is None
+
+
+def test_reflection_copying_eight_source_tokens_is_ngram_overlap():
+    assert (
+        accept(
+            CLEAN_HINT,
+            reflection_token_ids=[0, 1, 2, 3, 4, 5, 6, 7, 8, 0],
+            source_token_ids=[[50, 51], [9, 1, 2, 3, 4, 5, 6, 7, 8, 9]],
+        )
+        is RejectReason.NGRAM_OVERLAP
+    )
+
+
+def test_ngram_length_is_configurable():
+    kwargs = dict(reflection_token_ids=[1, 2, 3, 9], source_token_ids=[[1, 2, 3]])
+    assert accept(CLEAN_HINT, ngram=3, **kwargs) is RejectReason.NGRAM_OVERLAP
+    assert accept(CLEAN_HINT, ngram=4, **kwargs) is None
+
+
+def test_checks_run_in_order_length_phrase_answer_overlap():
+    everything = dict(
+        reflection_token_ids=[1, 2, 3],
+        answers=["5"],
+        source_token_ids=[[1, 2, 3]],
+        ngram=3,
+    )
+    assert accept("the answer is 5", max_reflection_tokens=2, **everything) is RejectReason.TOO_LONG
+    assert accept("the answer is 5", **everything) is RejectReason.ANSWER_PHRASE
+    assert accept("it is 5", **everything) is RejectReason.CONTAINS_ANSWER
+    assert accept("pair them", **everything) is RejectReason.NGRAM_OVERLAP
+
+
+def test_reject_reasons_are_their_metric_strings():
+    assert [r.value for r in RejectReason] == [
+        "missing_tag",
+        "unterminated",
+        "empty",
+        "too_long",
+        "answer_phrase",
+        "contains_answer",
+        "ngram_overlap",
+    ]
+    assert RejectReason.EMPTY == "empty"
+
+
+def test_module_has_no_engine_network_clock_or_logging_imports():
+    source = open(rf.__file__).read()
+    for banned in ("import logging", "import time", "import socket", "httpx", "vllm", "torch"):
+        assert banned not in source
