@@ -1,0 +1,252 @@
+"""The wire contract of amr-sd: every request and response field, in one place.
+
+The server imports these models unchanged, so client and server cannot disagree about a field.
+This module needs only pydantic: a trainer installs the SDK without torch or vLLM.
+
+Index convention: `advantages[t]` (and `cig[t]`, `gated[t]`, `*_logprobs[t]`) belongs to response
+token `token_ids[t]`; there is no leading sentinel and no shift.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Bounds on what one request may carry; anything larger is a client bug, not a workload.
+MAX_TEXT_CHARS = 200_000
+MAX_TOKENS_PER_SEQUENCE = 131_072
+
+
+class _Strict(BaseModel):
+    # Unknown fields are errors: a misspelt `refelction_override` must not be silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------------------------
+# Hyper-parameters
+# --------------------------------------------------------------------------------------------
+
+
+class ScoringConfig(_Strict):
+    """Every AMR-SD hyper-parameter. Defaults follow the paper where it gives one; "(ours)" marks
+    a value the paper leaves open. A request's `config` overrides only the fields it sets."""
+
+    # > Parameters that control the base (GRPO) advantage
+    success_threshold: float = Field(
+        1.0, description="A rollout is correct when reward >= this, unless it sets `correct`. Paper: 1.0.")
+    norm_by_std: bool = Field(
+        True, description="A_i = (r_i - mean) / (std + 1e-6); false gives A_i = r_i - mean. Paper: true (GRPO).")
+    std_unbiased: bool = Field(
+        True, description="Use the unbiased (n-1) standard deviation. Paper: true.")
+
+    # > Parameters that control the gate (METHOD step 8)
+    lambda_pos: float = Field(
+        0.2, ge=0, le=10, description="λ: scale of the bonus on tokens a hint makes more likely (A_i > 0). Paper: 0.2.")
+    gamma_neg: float = Field(
+        0.1, ge=0, le=10, description="γ: scale of the blame on tokens a critique makes less likely (A_i < 0). Paper: 0.1 (2:1 with λ).")
+    tau_pos: float = Field(
+        1.0, ge=0, description="τ+: CIG margin (nats) below which a positive token gets no bonus. (ours): 1.0; calibrate for a 5-15 % gate rate.")
+    tau_neg: float = Field(
+        1.0, ge=0, description="τ-: CIG margin (nats) below which a negative token gets no blame. (ours): 1.0.")
+    kappa: float = Field(
+        5.0, gt=0, le=100, description="κ: CIG is clipped to [-κ, κ] before the gate. Paper: 5.")
+
+    # > Parameters that control the anneal schedule (METHOD step 9)
+    schedule: Literal["linear", "cosine", "exponential", "constant"] = Field(
+        "linear", description="Anneal weight w(u). Paper: linear (w = 1 - u); the others are (ours).")
+    decay_steps: int = Field(
+        50, ge=1, description="T_decay: global steps from warm-up end until w reaches 0. Paper: 50.")
+    warmup_steps: int = Field(
+        0, ge=0, description="Global steps at full weight before decay starts. Paper: 0.")
+    exp_k: float = Field(
+        5.0, gt=0, le=100, description="Rate k of the exponential schedule e^(-k u). (ours): 5.")
+
+    # > Parameters that control reflection writing and filtering (METHOD steps 4-5)
+    max_reflection_tokens: int = Field(
+        128, ge=1, le=1024, description="Token budget of a reflection; a longer one is rejected. Paper: 128.")
+    reflection_temperature: float = Field(
+        0.0, ge=0, le=2, description="Temperature of the first reflection attempt. Paper: 0 (greedy).")
+    retry_temperature: float = Field(
+        0.7, ge=0, le=2, description="Temperature of retries after a rejected reflection. (ours): 0.7.")
+    max_retries: int = Field(
+        2, ge=0, le=5, description="Extra attempts after a rejected reflection before falling back to GRPO. (ours): 2.")
+    ngram_overlap: int = Field(
+        8, ge=2, le=64, description="Reject a reflection sharing an n-gram of this many tokens with a peer, the reference or (for a hint) the rollout. (ours): 8.")
+    allow_reference_in_writer: bool = Field(
+        False, description="Show the reference solution to the reflection writer. (ours): false.")
+
+
+# --------------------------------------------------------------------------------------------
+# Request
+# --------------------------------------------------------------------------------------------
+
+
+class Message(_Strict):
+    role: str = Field(..., min_length=1, max_length=32, description="Chat role: system, user, assistant, ...")
+    content: str = Field(..., max_length=MAX_TEXT_CHARS)
+
+
+class Prompt(_Strict):
+    """The prompt as the policy saw it: chat `messages` or raw `text` (exactly one)."""
+
+    messages: list[Message] | None = Field(
+        None, min_length=1, max_length=256,
+        description="Chat messages; the reflection is appended to the last user message for the teacher.")
+    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS,
+                             description="Raw prompt text for a model without a chat template.")
+    prompt_token_ids: list[int] | None = Field(
+        None, min_length=1, max_length=MAX_TOKENS_PER_SEQUENCE,
+        description="Exactly the prompt ids the policy saw. When given, the student pass uses them "
+                    "instead of rendering `messages`/`text`.")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "Prompt":
+        if (self.messages is None) == (self.text is None):
+            raise ValueError("give exactly one of `messages` or `text`")
+        if self.messages is not None and not any(m.role == "user" for m in self.messages):
+            raise ValueError("`messages` needs a user message: the reflection is appended to the last one")
+        return self
+
+
+class Reference(_Strict):
+    answer: str | None = Field(None, max_length=MAX_TEXT_CHARS,
+                               description="Reference final answer; used only by the leak filter.")
+    solution: str | None = Field(None, max_length=MAX_TEXT_CHARS,
+                                 description="Reference solution; reaches the writer only with allow_reference_in_writer.")
+
+
+class Rollout(_Strict):
+    token_ids: list[int] = Field(
+        ..., min_length=1, max_length=MAX_TOKENS_PER_SEQUENCE,
+        description="The response token ids as sampled: the source of truth, never re-tokenised.")
+    reward: float = Field(..., description="Verifier reward r_i.")
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS,
+                             description="Response text for the reflection writer; decoded from token_ids when absent.")
+    correct: bool | None = Field(None, description="Verifier verdict; default reward >= success_threshold.")
+    feedback: str | None = Field(None, max_length=MAX_TEXT_CHARS, description="Verifier feedback text, shown to the critique writer.")
+    student_logprobs: list[float] | None = Field(
+        None, description="The trainer's own log π(y_t | x, y_<t), one per token: skips the student pass. "
+                          "Trainer/vLLM numeric differences then enter CIG.")
+    reflection_override: str | None = Field(
+        None, max_length=MAX_TEXT_CHARS,
+        description="Use this reflection text instead of generating one (ablations). It is not filtered.")
+
+    @field_validator("reward")
+    @classmethod
+    def _finite_reward(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("reward must be a finite number")
+        return v
+
+    @field_validator("token_ids")
+    @classmethod
+    def _non_negative_ids(cls, v: list[int]) -> list[int]:
+        for t, tok in enumerate(v):
+            if tok < 0:
+                raise ValueError(f"token_ids[{t}] = {tok} is negative")
+        return v
+
+    @model_validator(mode="after")
+    def _logprobs_match_tokens(self) -> "Rollout":
+        lp = self.student_logprobs
+        if lp is not None:
+            if len(lp) != len(self.token_ids):
+                raise ValueError(
+                    f"student_logprobs has {len(lp)} values for {len(self.token_ids)} token_ids")
+            bad = next((t for t, v in enumerate(lp) if math.isnan(v) or v > 1e-3), None)
+            if bad is not None:
+                raise ValueError(f"student_logprobs[{bad}] = {lp[bad]} is not a log-probability")
+        return self
+
+
+class Group(_Strict):
+    prompt: Prompt
+    rollouts: list[Rollout] = Field(..., min_length=1, max_length=1024,
+                                    description="The G responses sampled for this prompt.")
+    reference: Reference | None = None
+
+
+class ReturnSwitches(_Strict):
+    cig: bool = Field(False, description="Add per-token `cig` (clipped) and `gated`.")
+    logprobs: bool = Field(False, description="Add per-token `student_logprobs` and `teacher_logprobs`.")
+    reflections: bool = Field(True, description="Add the per-rollout `reflection` record.")
+
+
+class ScoreRequest(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    groups: list[Group] = Field(..., min_length=1, max_length=4096)
+    step: int = Field(..., ge=0, description="The trainer's global step; drives the anneal schedule.")
+    config: ScoringConfig | None = Field(None, description="Overrides of the server's defaults; only set fields apply.")
+    returns: ReturnSwitches = Field(default_factory=ReturnSwitches, alias="return")
+
+
+# --------------------------------------------------------------------------------------------
+# Response
+# --------------------------------------------------------------------------------------------
+
+
+class ReflectionRecord(BaseModel):
+    kind: Literal["hint", "critique"]
+    text: str | None = Field(None, description="The last attempt's reflection text (accepted or not).")
+    accepted: bool
+    reject_reason: str | None = Field(None, description="Why the final attempt was rejected; null when accepted.")
+    reject_reasons: list[str] = Field(default_factory=list, description="The reason of every rejected attempt, in order.")
+    attempts: int = 0
+    source: Literal["generated", "override"] = "generated"
+    cached: bool = False
+
+
+class ScoredRollout(BaseModel):
+    advantages: list[float] = Field(..., description="Â_i,t, one per response token.")
+    base_advantage: float = Field(..., description="A_i, the GRPO advantage.")
+    cig: list[float] | None = Field(None, description="Clipped CIG Î_t (0 where not computed).")
+    gated: list[bool] | None = Field(None, description="True where the gate opened (Δ_t > 0).")
+    student_logprobs: list[float] | None = None
+    teacher_logprobs: list[float] | None = None
+    reflection: ReflectionRecord | None = None
+
+
+class ScoredGroup(BaseModel):
+    rollouts: list[ScoredRollout]
+
+
+class Timings(BaseModel):
+    reflect_s: float = 0.0
+    score_s: float = 0.0
+    total_s: float = 0.0
+
+
+class BatchStats(BaseModel):
+    groups: int
+    rollouts: int
+    response_tokens: int = Field(..., description="Response tokens in the request.")
+    tokens_scored: int = Field(..., description="Response tokens teacher-forced by the engine (both passes).")
+    gated_tokens: int
+    gate_rate: float = Field(..., description="Gated tokens / tokens of rollouts with an accepted reflection.")
+    reflections_requested: int
+    reflections_generated: int = Field(..., description="Writer generations run, retries included.")
+    reflections_cached: int = 0
+    reflections_accepted: int
+    reflections_rejected: int
+    acceptance_rate: float
+    reject_reasons: dict[str, int] = Field(default_factory=dict)
+    cig_mean: float
+    cig_std: float
+    nonfinite_cig: int = Field(..., description="Tokens whose CIG was not finite and was set to 0.")
+    mean_abs_base_advantage: float
+    mean_abs_advantage: float
+    top_gated_tokens: list[tuple[str, int]] = Field(default_factory=list, description="Most often gated tokens.")
+    timings: Timings = Field(default_factory=Timings)
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    policy_version: str
+    template_version: str
+    step: int
+    anneal_weight: float
+    groups: list[ScoredGroup]
+    stats: BatchStats
