@@ -1,0 +1,219 @@
+"""`amr-sd` command line: `amr-sd score` runs the scorer in-process on a JSONL file of groups."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from amr_client.schemas import Group, ReturnSwitches, ScoreRequest, ScoringConfig
+from amr_sd.engine.models import EMBEDDED_MODEL
+from amr_sd.errors import AmrError, InvalidRequest, from_validation_error
+
+
+class InputError(Exception):
+    """Bad input file: the message names the line and the field."""
+
+
+def read_groups(path: Path) -> list[Group]:
+    """Parse and validate every line before any engine starts."""
+    groups = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror}") from None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            groups.append(Group.model_validate_json(line))
+        except ValidationError as exc:
+            err = from_validation_error(exc)
+            if err.message.startswith("Invalid JSON"):
+                raise InputError(f"{path}:{n}: {err.message}") from None
+            raise InputError(f"{path}:{n}: {err.field or 'group'}: {err.message}") from None
+    if not groups:
+        raise InputError(f"{path}: no groups (one JSON group per line expected)")
+    return groups
+
+
+def _parse_config(raw: str | None) -> ScoringConfig | None:
+    if raw is None:
+        return None
+    text = Path(raw).read_text() if os.path.isfile(raw) else raw
+    try:
+        return ScoringConfig.model_validate_json(text)
+    except ValidationError as exc:
+        err = from_validation_error(exc, ("config",))
+        raise InputError(f"--config: {err.field}: {err.message}") from None
+
+
+def _engine(args):
+    if args.engine == "hf":
+        from amr_sd.engine.hf import HFEngine
+
+        return HFEngine(args.model)
+    from amr_sd.engine.vllm import VLLMEngine
+
+    return VLLMEngine.create(args.model)
+
+
+async def _score(args, groups: list[Group], config: ScoringConfig | None, out) -> dict:
+    from tqdm import tqdm
+
+    from amr_sd.scorer import Scorer
+
+    returns = ReturnSwitches(cig=args.return_cig, logprobs=args.return_logprobs,
+                             reflections=args.return_reflections)
+    requests = [
+        ScoreRequest(groups=groups[k:k + args.batch_groups], step=args.step, config=config,
+                     returns=returns)
+        for k in range(0, len(groups), args.batch_groups)
+    ]
+    engine = _engine(args)
+    try:
+        scorer = Scorer(engine)
+        # Every batch is checked against the model's vocabulary and length limits before the
+        # first engine call, so a bad line late in the file fails fast and writes nothing.
+        for k, request in enumerate(requests):
+            try:
+                scorer.plan(request)
+            except InvalidRequest as exc:
+                raise _located(exc, k * args.batch_groups, args.input) from None
+        await engine.warmup()
+        totals: dict = {}
+        start = time.perf_counter()
+        with tqdm(total=len(groups), unit="group", file=sys.stderr, disable=args.quiet) as bar:
+            for request in requests:
+                response = await scorer.score(request)
+                for group in response.groups:
+                    line = {"model": response.model, "policy_version": response.policy_version,
+                            "step": response.step, "anneal_weight": response.anneal_weight,
+                            **group.model_dump(mode="json", exclude_none=True)}
+                    out.write(json.dumps(line) + "\n")
+                _accumulate(totals, response.stats.model_dump())
+                bar.update(len(request.groups))
+        totals["wall_s"] = time.perf_counter() - start
+        return totals
+    finally:
+        await engine.close()
+
+
+def _located(exc: InvalidRequest, offset: int, path: Path) -> InputError:
+    # "groups[3].rollouts[1].token_ids[4]" in batch k is line offset+3+1 of the file.
+    field = exc.field or ""
+    if field.startswith("groups["):
+        index = int(field[len("groups["):field.index("]")])
+        rest = field[field.index("]") + 2:]
+        return InputError(f"{path}:{offset + index + 1}: {rest}: {exc.message}")
+    return InputError(f"{path}: {field}: {exc.message}")
+
+
+_SUMMED = ("groups", "rollouts", "response_tokens", "tokens_scored", "gated_tokens",
+           "reflections_requested", "reflections_generated", "reflections_accepted",
+           "reflections_rejected", "nonfinite_cig")
+
+
+def _accumulate(totals: dict, stats: dict) -> None:
+    for key in _SUMMED:
+        totals[key] = totals.get(key, 0) + stats[key]
+    reasons = totals.setdefault("reject_reasons", {})
+    for reason, n in stats["reject_reasons"].items():
+        reasons[reason] = reasons.get(reason, 0) + n
+    # Token-weighted means over the whole file.
+    tokens = stats["response_tokens"]
+    totals["_abs_adv"] = totals.get("_abs_adv", 0.0) + stats["mean_abs_advantage"] * tokens
+    totals["_abs_base"] = totals.get("_abs_base", 0.0) + stats["mean_abs_base_advantage"] * tokens
+
+
+def _summary(totals: dict) -> dict:
+    considered_rate = lambda n, d: round(n / d, 4) if d else 0.0  # noqa: E731
+    tokens = totals["response_tokens"]
+    return {
+        "groups": totals["groups"],
+        "rollouts": totals["rollouts"],
+        "tokens_scored": totals["tokens_scored"],
+        "gated_tokens": totals["gated_tokens"],
+        "gate_rate": considered_rate(totals["gated_tokens"], totals["tokens_scored"] / 2 or 0),
+        "reflections_requested": totals["reflections_requested"],
+        "reflections_generated": totals["reflections_generated"],
+        "acceptance_rate": considered_rate(totals["reflections_accepted"], totals["reflections_requested"]),
+        "reject_reasons": totals["reject_reasons"],
+        "mean_abs_base_advantage": considered_rate(totals["_abs_base"], tokens),
+        "mean_abs_advantage": considered_rate(totals["_abs_adv"], tokens),
+        "wall_s": round(totals["wall_s"], 2),
+    }
+
+
+def cmd_score(args) -> int:
+    try:
+        groups = read_groups(args.input)
+        config = _parse_config(args.config)
+        ScoreRequest(groups=groups, step=args.step, config=config)  # request-level checks
+    except InputError as exc:
+        print(f"amr-sd score: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        err = from_validation_error(exc)
+        print(f"amr-sd score: {err.field}: {err.message}", file=sys.stderr)
+        return 2
+
+    # Write beside the target and rename at the end: a failed run leaves no partial output.
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{args.out.name}.", dir=args.out.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            totals = asyncio.run(_score(args, groups, config, out))
+        os.replace(tmp, args.out)
+    except InputError as exc:
+        print(f"amr-sd score: {exc}", file=sys.stderr)
+        return 2
+    except AmrError as exc:
+        print(f"amr-sd score: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    print(json.dumps(_summary(totals)), file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="amr-sd", description="AMR-SD token-level credit assignment")
+    sub = parser.add_subparsers(dest="command", required=True)
+    score = sub.add_parser("score", help="score a JSONL file of groups in-process")
+    score.add_argument("--in", dest="input", type=Path, required=True, help="JSONL, one group per line")
+    score.add_argument("--out", type=Path, required=True, help="JSONL, one scored group per line")
+    score.add_argument("--step", type=int, required=True, help="global training step (anneal schedule)")
+    score.add_argument("--model", default=EMBEDDED_MODEL,
+                       help=f"embedded name, local HF folder or hub id (default {EMBEDDED_MODEL})")
+    score.add_argument("--engine", choices=("vllm", "hf"), default="vllm")
+    score.add_argument("--config", help="ScoringConfig overrides: a JSON object or a JSON file")
+    score.add_argument("--batch-groups", type=int, default=64, help="groups per scorer call")
+    score.add_argument("--return-cig", action="store_true", help="add per-token cig and gated")
+    score.add_argument("--return-logprobs", action="store_true",
+                       help="add per-token student_logprobs and teacher_logprobs")
+    score.add_argument("--return-reflections", action=argparse.BooleanOptionalAction, default=True,
+                       help="add the per-rollout reflection record (default on)")
+    score.add_argument("--quiet", action="store_true", help="no progress bar")
+    score.set_defaults(func=cmd_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "batch_groups", 1) < 1:
+        print("amr-sd score: --batch-groups must be >= 1", file=sys.stderr)
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
