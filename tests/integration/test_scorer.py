@@ -1,0 +1,123 @@
+"""The scorer end to end on the real vLLM engine and the embedded model."""
+
+import numpy as np
+import pytest
+
+from amr_client.schemas import ScoreRequest
+from amr_sd.errors import InvalidRequest
+from amr_sd.scorer import Scorer
+
+pytestmark = pytest.mark.integration
+
+# Small budgets keep CPU time down; the pipeline is the same.
+FAST = {"max_reflection_tokens": 48, "max_retries": 1}
+
+
+def request(groups, step=0, **kw):
+    return ScoreRequest.model_validate({"groups": groups, "step": step, **kw})
+
+
+def test_scored_batch_is_aligned_signed_and_amplified(engine, run, example_groups):
+    req = request(example_groups[:4], config=FAST, **{"return": {"cig": True, "logprobs": True}})
+    resp = run(Scorer(engine).score(req))
+    assert len(resp.groups) == 4
+    accepted = 0
+    for group_in, group_out in zip(req.groups, resp.groups):
+        for r_in, r_out in zip(group_in.rollouts, group_out.rollouts):
+            a = r_out.base_advantage
+            adv = np.array(r_out.advantages)
+            assert len(adv) == len(r_in.token_ids)
+            assert np.all(np.sign(adv) == np.sign(a))            # G1
+            assert np.all(np.abs(adv) >= abs(a))                  # G2
+            assert np.all(np.abs(adv) <= abs(a) * 1.8 + 1e-12)     # G3, defaults at step 0
+            assert r_out.reflection is not None and r_out.reflection.attempts >= 1
+            if r_out.reflection.accepted:
+                accepted += 1
+                assert len(r_out.student_logprobs) == len(r_in.token_ids)
+                assert len(r_out.teacher_logprobs) == len(r_in.token_ids)
+                assert len(r_out.cig) == len(r_out.gated) == len(r_in.token_ids)
+            else:
+                assert r_out.advantages == [a] * len(r_in.token_ids)  # G4: rejected -> GRPO
+    stats = resp.stats
+    assert stats.reflections_requested == 16
+    assert stats.reflections_accepted == accepted
+    assert stats.tokens_scored == sum(
+        2 * len(r.token_ids) for g, go in zip(req.groups, resp.groups)
+        for r, ro in zip(g.rollouts, go.rollouts) if ro.reflection.accepted)
+    assert engine.score_calls == (1 if accepted else 0)  # one batched submission, never a loop
+
+
+def test_step_50_is_exact_grpo_with_no_engine_call(engine, run, example_groups):
+    resp = run(Scorer(engine).score(request(example_groups, step=50)))
+    assert engine.calls == 0
+    assert resp.anneal_weight == 0.0
+    for group in resp.groups:
+        for r in group.rollouts:
+            assert r.advantages == [r.base_advantage] * len(r.advantages)
+
+
+def test_uniform_group_makes_no_engine_call(engine, run, example_groups):
+    group = example_groups[0]
+    uniform = {**group, "rollouts": [{**r, "reward": 1.0} for r in group["rollouts"]]}
+    resp = run(Scorer(engine).score(request([uniform])))
+    assert engine.calls == 0
+    assert all(a == 0.0 for r in resp.groups[0].rollouts for a in r.advantages)
+
+
+def test_overrides_and_student_logprobs_skip_generation_and_student_pass(engine, run, example_groups):
+    group = example_groups[1]
+    overridden = {**group, "rollouts": [{**r, "reflection_override": "Check each step's sign."}
+                                        for r in group["rollouts"]]}
+    first = run(Scorer(engine).score(request([overridden], **{"return": {"logprobs": True, "cig": True}})))
+    assert engine.generate_calls == 0
+    assert first.stats.tokens_scored == 2 * sum(len(r["token_ids"]) for r in group["rollouts"])
+    assert all(r.reflection.source == "override" and r.reflection.accepted for r in first.groups[0].rollouts)
+
+    # Feed the student logprobs back as the trainer's own: only the teacher pass runs, same result.
+    with_student = {**overridden, "rollouts": [
+        {**r, "student_logprobs": out.student_logprobs}
+        for r, out in zip(overridden["rollouts"], first.groups[0].rollouts)]}
+    second = run(Scorer(engine).score(request([with_student], **{"return": {"cig": True}})))
+    assert second.stats.tokens_scored == sum(len(r["token_ids"]) for r in group["rollouts"])
+    for a, b in zip(first.groups[0].rollouts, second.groups[0].rollouts):
+        np.testing.assert_allclose(a.advantages, b.advantages, atol=1e-9)
+
+
+def test_empty_override_is_rejected_and_falls_back_to_grpo(engine, run, example_groups):
+    group = example_groups[2]
+    empty = {**group, "rollouts": [{**r, "reflection_override": "  "} for r in group["rollouts"]]}
+    resp = run(Scorer(engine).score(request([empty])))
+    assert engine.calls == 0
+    for r in resp.groups[0].rollouts:
+        assert r.reflection.reject_reason == "empty"
+        assert r.advantages == [r.base_advantage] * len(r.advantages)
+
+
+def test_same_request_twice_gives_identical_output(engine, run, example_groups):
+    # Greedy reflections and no retries: the whole response is a function of the request.
+    req = request(example_groups[3:5], config={**FAST, "max_retries": 0}, **{"return": {"cig": True}})
+    scorer = Scorer(engine)
+    a, b = run(scorer.score(req)), run(scorer.score(req))
+    assert a.groups == b.groups
+
+
+def test_bad_token_id_is_rejected_before_engine_work(engine, run, example_groups):
+    group = example_groups[0]
+    bad = {**group, "rollouts": [group["rollouts"][0],
+                                 {**group["rollouts"][1], "token_ids": [5, engine.vocab_size]}]}
+    with pytest.raises(InvalidRequest) as err:
+        run(Scorer(engine).score(request([group, bad])))
+    assert err.value.field == "groups[1].rollouts[1].token_ids[1]"
+    assert "vocabulary" in err.value.message
+    assert engine.calls == 0
+
+
+def test_prompt_plus_response_over_max_model_len_is_rejected(engine, run, example_groups):
+    group = example_groups[0]
+    long = {**group, "rollouts": [{**r, "token_ids": [28] * engine.max_model_len}
+                                  for r in group["rollouts"]]}
+    with pytest.raises(InvalidRequest) as err:
+        run(Scorer(engine).score(request([long])))
+    assert err.value.field == "groups[0].rollouts[0].token_ids"
+    assert "max_model_len" in err.value.message
+    assert engine.calls == 0
