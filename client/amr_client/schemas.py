@@ -10,13 +10,16 @@ token `token_ids[t]`; there is no leading sentinel and no shift.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 # Bounds on what one request may carry; anything larger is a client bug, not a workload.
 MAX_TEXT_CHARS = 200_000
 MAX_TOKENS_PER_SEQUENCE = 131_072
+
+# Per-element bound, so an error names the index: groups[0].rollouts[1].token_ids[7].
+TokenId = Annotated[int, Field(ge=0)]
 
 
 class _Strict(BaseModel):
@@ -96,7 +99,7 @@ class Prompt(_Strict):
         description="Chat messages; the reflection is appended to the last user message for the teacher.")
     text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS,
                              description="Raw prompt text for a model without a chat template.")
-    prompt_token_ids: list[int] | None = Field(
+    prompt_token_ids: list[TokenId] | None = Field(
         None, min_length=1, max_length=MAX_TOKENS_PER_SEQUENCE,
         description="Exactly the prompt ids the policy saw. When given, the student pass uses them "
                     "instead of rendering `messages`/`text`.")
@@ -118,7 +121,7 @@ class Reference(_Strict):
 
 
 class Rollout(_Strict):
-    token_ids: list[int] = Field(
+    token_ids: list[TokenId] = Field(
         ..., min_length=1, max_length=MAX_TOKENS_PER_SEQUENCE,
         description="The response token ids as sampled: the source of truth, never re-tokenised.")
     reward: float = Field(..., description="Verifier reward r_i.")
@@ -140,25 +143,18 @@ class Rollout(_Strict):
             raise ValueError("reward must be a finite number")
         return v
 
-    @field_validator("token_ids")
+    @field_validator("student_logprobs")
     @classmethod
-    def _non_negative_ids(cls, v: list[int]) -> list[int]:
-        for t, tok in enumerate(v):
-            if tok < 0:
-                raise ValueError(f"token_ids[{t}] = {tok} is negative")
-        return v
-
-    @model_validator(mode="after")
-    def _logprobs_match_tokens(self) -> "Rollout":
-        lp = self.student_logprobs
-        if lp is not None:
-            if len(lp) != len(self.token_ids):
-                raise ValueError(
-                    f"student_logprobs has {len(lp)} values for {len(self.token_ids)} token_ids")
-            bad = next((t for t, v in enumerate(lp) if math.isnan(v) or v > 1e-3), None)
-            if bad is not None:
-                raise ValueError(f"student_logprobs[{bad}] = {lp[bad]} is not a log-probability")
-        return self
+    def _logprobs_match_tokens(cls, lp: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        tokens = info.data.get("token_ids")
+        if lp is None or tokens is None:
+            return lp
+        if len(lp) != len(tokens):
+            raise ValueError(f"has {len(lp)} values for {len(tokens)} token_ids")
+        bad = next((t for t, v in enumerate(lp) if math.isnan(v) or v > 1e-3), None)
+        if bad is not None:
+            raise ValueError(f"value {lp[bad]} at index {bad} is not a log-probability")
+        return lp
 
 
 class Group(_Strict):

@@ -104,7 +104,7 @@ class Scorer:
     def _check_ids(self, ids: list[int], where: str) -> None:
         limit = self.engine.vocab_size
         for t, tok in enumerate(ids):
-            if tok >= limit:
+            if not 0 <= tok < limit:
                 raise InvalidRequest(
                     f"token id {tok} is outside the model's vocabulary (size {limit})",
                     field=f"{where}[{t}]")
