@@ -433,6 +433,7 @@ def test_reflection_at_the_limit_is_not_too_long():
         "The Answer  is what pairing gives.",
         "Check your FINAL ANSWER's units.",
         "Answer: think about pairs.",
+        "Instead, the correct answer is what pairing gives.",
     ],
 )
 def test_answer_announcing_phrase_is_answer_phrase(reflection):

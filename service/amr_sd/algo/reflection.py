@@ -75,7 +75,8 @@ class RejectReason(str, enum.Enum):
 
 
 # Lower-cased, whitespace-collapsed phrases that announce an answer rather than guide toward it.
-_ANSWER_PHRASES = ("\\boxed", "the answer is", "final answer", "answer:")
+# "answer is" also catches "the correct answer is", which the embedded model writes often.
+_ANSWER_PHRASES = ("\\boxed", "answer is", "final answer", "answer:")
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 _BOXED_OPEN = re.compile(r"\\boxed\s*\{")
