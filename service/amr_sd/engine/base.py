@@ -64,7 +64,7 @@ class EngineSettings:
 
     dtype: str = "bfloat16"
     max_model_len: int = 4096
-    gpu_memory_utilization: float = 0.3
+    gpu_memory_utilization: float = 0.2
     enforce_eager: bool = True
     # Prompt logprobs materialise a (tokens, vocab) logits tensor outside vLLM's memory profile;
     # the per-step token budget is what bounds it.
