@@ -220,8 +220,9 @@ class BatchStats(BaseModel):
     rollouts: int
     response_tokens: int = Field(..., description="Response tokens in the request.")
     tokens_scored: int = Field(..., description="Response tokens teacher-forced by the engine (both passes).")
+    reflected_tokens: int = Field(..., description="Response tokens of rollouts with an accepted reflection.")
     gated_tokens: int
-    gate_rate: float = Field(..., description="Gated tokens / tokens of rollouts with an accepted reflection.")
+    gate_rate: float = Field(..., description="gated_tokens / reflected_tokens.")
     reflections_requested: int
     reflections_generated: int = Field(..., description="Writer generations run, retries included.")
     reflections_cached: int = 0

@@ -42,6 +42,8 @@ class _Work:
     rollout: Rollout
     base_advantage: float
     student_prompt: list[int]
+    text: str = ""  # the response as the writer reads it (filled only when a group reflects)
+    answer: str | None = None  # its final answer, for the leak filter
     kind: str | None = None  # set when the rollout needs a reflection
     teacher_messages: list[dict] | None = None
     teacher_text: str | None = None
@@ -140,14 +142,26 @@ class Scorer:
 
         problem = messages[max(k for k, m in enumerate(messages) if m["role"] == "user")]["content"] \
             if messages else prompt.text
+        described = False
         for w in work:
             scale = lambda_eff if w.base_advantage > 0 else gamma_eff
             # Short-circuit (METHOD step 2): exact GRPO with no engine work when nothing can change.
             if w.base_advantage == 0 or scale == 0:
                 continue
             w.kind = reflection.HINT if w.base_advantage > 0 else reflection.CRITIQUE
+            if not described:
+                self._describe(work)
+                described = True
             self._plan_reflection(w, work, correct, problem, group, cfg, messages)
         return work
+
+    def _describe(self, work: list[_Work]) -> None:
+        """Response texts and final answers of a group, once, for writers and the leak filter."""
+        for p in work:
+            r = p.rollout
+            p.text = r.text if r.text is not None else \
+                self.tokenizer.decode(r.token_ids, skip_special_tokens=True)
+            p.answer = reflection.extract_answer(reflection.strip_think(p.text))
 
     def _plan_reflection(self, w: _Work, work: list[_Work], correct: list[bool], problem: str,
                          group: Group, cfg: ScoringConfig, messages: list[dict] | None) -> None:
@@ -167,19 +181,16 @@ class Scorer:
         if override is not None:
             return
 
-        rollout_text = rollout.text if rollout.text is not None else \
-            tok.decode(rollout.token_ids, skip_special_tokens=True)
         # (ours) The shortest accepted peer: the least text to copy from, the lowest cost.
         peers = [p for p in work if p.index != w.index and correct[p.index]]
         peer = min(peers, key=lambda p: len(p.rollout.token_ids), default=None)
         peer_text = None
         if peer is not None:
-            peer_text = reflection.strip_think(peer.rollout.text if peer.rollout.text is not None
-                                               else tok.decode(peer.rollout.token_ids, skip_special_tokens=True))
+            peer_text = reflection.strip_think(peer.text)
         ref = group.reference
         reference_solution = ref.solution if (ref and cfg.allow_reference_in_writer) else None
         content = reflection.writer_prompt(
-            w.kind, problem=problem, rollout_text=rollout_text, feedback=rollout.feedback,
+            w.kind, problem=problem, rollout_text=w.text, feedback=rollout.feedback,
             peer_text=peer_text if w.kind == reflection.CRITIQUE else None,
             reference_solution=reference_solution)
         w.writer_ids = render_prompt(tok, messages=[{"role": "user", "content": content}],
@@ -196,11 +207,9 @@ class Scorer:
         if w.kind == reflection.HINT:
             verified.append(w)  # a correct rollout is itself a verified solution
         for p in verified:
-            answer = reflection.extract_answer(p.rollout.text if p.rollout.text is not None
-                                               else tok.decode(p.rollout.token_ids, skip_special_tokens=True))
-            if answer:
-                w.answers.append(answer)
-            w.sources.append(list(p.rollout.token_ids))
+            if p.answer:
+                w.answers.append(p.answer)
+            w.sources.append(p.rollout.token_ids)
 
     def _teacher_prompt(self, w: _Work, text: str) -> list[int]:
         block = reflection.teacher_block(w.kind, text)
@@ -363,6 +372,7 @@ class Scorer:
             rollouts=sum(len(g) for g in plan.groups),
             response_tokens=response_tokens,
             tokens_scored=tokens_scored,
+            reflected_tokens=considered,
             gated_tokens=gated_total,
             gate_rate=gated_total / considered if considered else 0.0,
             reflections_requested=len(records),
