@@ -2,7 +2,7 @@
 
     AmrError                 status_code, type
     ├── InvalidRequest       422: a field is wrong (`field` = "groups[2].rollouts[0].token_ids")
-    └── EngineFailure        500/503: the engine failed or returned something untrustworthy
+    └── EngineFailure        503: the engine failed or returned something the scorer must not trust
 """
 
 from __future__ import annotations

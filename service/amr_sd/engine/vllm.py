@@ -15,10 +15,7 @@ import numpy as np
 
 from amr_sd.engine.base import EngineSettings, Generation, GenerationParams
 from amr_sd.engine.models import resolve_model
-
-
-class EngineError(RuntimeError):
-    """The engine returned something the scorer must not trust."""
+from amr_sd.errors import EngineFailure
 
 
 class VLLMEngine:
@@ -81,7 +78,7 @@ class VLLMEngine:
         ):
             final = out
         if final is None:
-            raise EngineError("vLLM finished a request without output")
+            raise EngineFailure("vLLM finished a request without output")
         return final
 
     async def generate(self, prompts, params: GenerationParams) -> list[Generation]:
@@ -143,15 +140,20 @@ class VLLMEngine:
 
 
 def _actual_token_logprobs(flat, seq: Sequence[int], start: int) -> np.ndarray:
+    """The logprob of each actual token of `seq[start:]` from vLLM's flat prompt logprobs.
+
+    A row that holds another token than the one asked for means the engine scored something
+    else than the response (a re-tokenised or truncated prompt): fail, never return it.
+    """
     if start < 1:
         raise ValueError("start index must be >= 1: position 0 has no logprob")
+    if len(flat) != len(seq):
+        raise EngineFailure(f"vLLM returned {len(flat)} prompt logprob rows for {len(seq)} tokens")
     values = np.empty(len(seq) - start, dtype=np.float64)
     for k, pos in enumerate(range(start, len(seq))):
-        i = flat.start_indices[pos]
-        if flat.end_indices[pos] <= i or flat.token_ids[i] != seq[pos]:
-            raise EngineError(
-                f"vLLM scored token {flat.token_ids[i] if flat.end_indices[pos] > i else None} "
-                f"at position {pos}, expected {seq[pos]}"
-            )
+        i, end = flat.start_indices[pos], flat.end_indices[pos]
+        got = flat.token_ids[i] if end > i else None
+        if got != seq[pos]:
+            raise EngineFailure(f"vLLM scored token {got} at position {pos}, expected {seq[pos]}")
         values[k] = flat.logprobs[i]
     return values
