@@ -40,6 +40,16 @@ def test_scored_batch_is_aligned_signed_and_amplified(engine, run, example_group
                 assert r_out.advantages == [a] * len(r_in.token_ids)  # G4: rejected -> GRPO
     stats = resp.stats
     assert stats.reflections_requested == 16
+    reflected = [(r, ro) for g, go in zip(req.groups, resp.groups)
+                 for r, ro in zip(g.rollouts, go.rollouts) if ro.reflection.accepted]
+    assert stats.reflected_tokens == sum(len(r.token_ids) for r, _ in reflected)
+    assert stats.gated_tokens == sum(sum(ro.gated) for _, ro in reflected)
+    for group in resp.groups:
+        for r in group.rollouts:
+            rec = r.reflection
+            # Every rejected attempt leaves its reason; an accepted one ends the retries.
+            assert len(rec.reject_reasons) == rec.attempts - (1 if rec.accepted else 0)
+            assert rec.attempts <= FAST["max_retries"] + 1
     assert stats.reflections_accepted == accepted
     assert stats.tokens_scored == sum(
         2 * len(r.token_ids) for g, go in zip(req.groups, resp.groups)
@@ -121,3 +131,47 @@ def test_prompt_plus_response_over_max_model_len_is_rejected(engine, run, exampl
     assert err.value.field == "groups[0].rollouts[0].token_ids"
     assert "max_model_len" in err.value.message
     assert engine.calls == 0
+
+
+def override_all(group, text="Check the sign of each term before adding."):
+    return {**group, "rollouts": [{**r, "reflection_override": text} for r in group["rollouts"]]}
+
+
+def test_batch_of_groups_equals_groups_scored_one_at_a_time(engine, run, example_groups):
+    groups = [override_all(g) for g in example_groups[:3]]
+    scorer = Scorer(engine)
+    together = run(scorer.score(request(groups)))
+    for group, joint in zip(groups, together.groups):
+        alone = run(scorer.score(request([group]))).groups[0]
+        for a, b in zip(joint.rollouts, alone.rollouts):
+            np.testing.assert_allclose(a.advantages, b.advantages, rtol=0, atol=1e-6)
+
+
+def test_prompt_token_ids_are_what_the_student_pass_scores(engine, run, example_groups):
+    group = override_all(example_groups[0])
+    rendered = engine.tokenizer.apply_chat_template(
+        group["prompt"]["messages"], add_generation_prompt=True, tokenize=True, return_dict=False)
+    ret = {"return": {"logprobs": True}}
+    scorer = Scorer(engine)
+    plain = run(scorer.score(request([group], **ret))).groups[0]
+    same = {**group, "prompt": {**group["prompt"], "prompt_token_ids": rendered}}
+    explicit = run(scorer.score(request([same], **ret))).groups[0]
+    for a, b in zip(plain.rollouts, explicit.rollouts):
+        np.testing.assert_allclose(a.student_logprobs, b.student_logprobs, atol=1e-6)
+    # A policy that saw another prompt (no system turn) gets its own student logprobs.
+    other = engine.tokenizer.encode(
+        "<|im_start|>user\n" + group["prompt"]["messages"][0]["content"] + "<|im_end|>\n<|im_start|>assistant\n",
+        add_special_tokens=False)
+    custom = {**group, "prompt": {**group["prompt"], "prompt_token_ids": other}}
+    moved = run(scorer.score(request([custom], **ret))).groups[0]
+    assert not np.allclose(moved.rollouts[0].student_logprobs, plain.rollouts[0].student_logprobs)
+    assert moved.rollouts[0].teacher_logprobs == plain.rollouts[0].teacher_logprobs
+
+
+def test_text_prompt_is_scored_with_the_reflection_appended_to_the_text(engine, run, example_groups):
+    group = example_groups[0]
+    text = {**override_all(group), "prompt": {"text": group["prompt"]["messages"][0]["content"] + "\n"}}
+    resp = run(Scorer(engine).score(request([text], **{"return": {"logprobs": True}})))
+    for r_in, r_out in zip(group["rollouts"], resp.groups[0].rollouts):
+        assert len(r_out.teacher_logprobs) == len(r_in["token_ids"])
+        assert r_out.teacher_logprobs != r_out.student_logprobs
