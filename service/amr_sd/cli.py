@@ -55,14 +55,26 @@ def _parse_config(raw: str | None) -> ScoringConfig | None:
         raise InputError(f"--config: {err.field}: {err.message}") from None
 
 
+_ENGINE_FLAGS = ("dtype", "max_model_len", "gpu_memory_utilization", "enforce_eager",
+                 "max_num_batched_tokens")
+
+
 def _engine(args):
+    from dataclasses import replace
+
+    from amr_sd.engine.base import EngineSettings
+
+    # Device-chosen defaults, then whatever the user set on the command line.
+    settings = replace(EngineSettings.for_device(), **{
+        name: getattr(args, name) for name in _ENGINE_FLAGS if getattr(args, name) is not None})
     if args.engine == "hf":
         from amr_sd.engine.hf import HFEngine
 
-        return HFEngine(args.model)
+        return HFEngine(args.model, dtype=settings.dtype if settings.dtype != "auto" else "bfloat16",
+                        max_model_len=settings.max_model_len)
     from amr_sd.engine.vllm import VLLMEngine
 
-    return VLLMEngine.create(args.model)
+    return VLLMEngine.create(args.model, settings)
 
 
 async def _score(args, groups: list[Group], config: ScoringConfig | None, out) -> dict:
@@ -215,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--model", default=EMBEDDED_MODEL,
                        help=f"embedded name, local HF folder or hub id (default {EMBEDDED_MODEL})")
     score.add_argument("--engine", choices=("vllm", "hf"), default="vllm")
+    engine = score.add_argument_group("engine settings (defaults chosen for this machine's device)")
+    engine.add_argument("--dtype", help="bfloat16, float16, float32 or auto")
+    engine.add_argument("--max-model-len", type=int, help="longest prompt + response in tokens")
+    engine.add_argument("--gpu-memory-utilization", type=float,
+                        help="share of GPU memory (CPU build: of RAM, keep <= 0.5) for vLLM")
+    engine.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
+                        help="skip CUDA graphs / compilation")
+    engine.add_argument("--max-num-batched-tokens", type=int,
+                        help="tokens per engine step; bounds the prompt-logprob logits memory")
     score.add_argument("--config", help="ScoringConfig overrides: a JSON object or a JSON file")
     score.add_argument("--batch-groups", type=int, default=64, help="groups per scorer call")
     score.add_argument("--return-cig", action="store_true", help="add per-token cig and gated")
@@ -231,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # vLLM's per-request INFO lines drown the progress bar; an explicit setting still wins.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     if getattr(args, "batch_groups", 1) < 1:
         print("amr-sd score: --batch-groups must be >= 1", file=sys.stderr)
         return 2

@@ -95,3 +95,13 @@ def test_token_outside_vocabulary_names_line_and_writes_nothing(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"{src}:3: rollouts[0].token_ids[1]: token id 1000000 is outside the model's vocabulary" in proc.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == [src]
+
+
+def test_engine_flags_reach_the_engine(tmp_path):
+    # --max-model-len 64: the first example group's prompt is 46 tokens, its second rollout 19.
+    out = tmp_path / "scored.jsonl"
+    proc = amr_sd("score", "--in", EXAMPLES, "--out", out, "--step", 0, "--max-model-len", 64)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert (f"{EXAMPLES}:1: rollouts[1].token_ids: prompt (46 tokens) + response (19 tokens) "
+            "= 65 tokens exceeds max_model_len 64") in proc.stderr
+    assert not out.exists()

@@ -63,7 +63,7 @@ class EngineSettings:
     """vLLM engine knobs. `for_device()` picks values that are safe on the machine at hand."""
 
     dtype: str = "bfloat16"
-    max_model_len: int = 4096
+    max_model_len: int | None = 4096  # None: the model's own context length
     gpu_memory_utilization: float = 0.2
     enforce_eager: bool = True
     # Prompt logprobs materialise a (tokens, vocab) logits tensor outside vLLM's memory profile;
@@ -81,7 +81,7 @@ class EngineSettings:
             return cls()
         return cls(
             dtype="auto",
-            max_model_len=8192,
+            max_model_len=None,
             gpu_memory_utilization=0.85,
             enforce_eager=False,
             max_num_batched_tokens=8192,

@@ -17,7 +17,7 @@ from amr_sd.engine.models import resolve_model
 class HFEngine:
     supports_seed = True
 
-    def __init__(self, model: str, *, dtype: str = "bfloat16", max_model_len: int = 4096):
+    def __init__(self, model: str, *, dtype: str = "bfloat16", max_model_len: int | None = 4096):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -30,7 +30,9 @@ class HFEngine:
         self._model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         self._model.eval()
         self.vocab_size = int(self._model.get_input_embeddings().num_embeddings)
-        self.max_model_len = max_model_len
+        # The tighter of the asked length and the model's own context.
+        limits = [n for n in (max_model_len, getattr(self._model.config, "max_position_embeddings", None)) if n]
+        self.max_model_len = int(min(limits))
 
     async def warmup(self) -> None:
         return None

@@ -48,7 +48,7 @@ class VLLMEngine:
         args = AsyncEngineArgs(
             model=path,
             dtype=settings.dtype,
-            max_model_len=settings.max_model_len,
+            max_model_len=settings.max_model_len,  # None lets vLLM take the model's own
             gpu_memory_utilization=settings.gpu_memory_utilization,
             enforce_eager=settings.enforce_eager,
             max_num_batched_tokens=settings.max_num_batched_tokens,
