@@ -48,15 +48,16 @@ class _Work:
     teacher_messages: list[dict] | None = None
     teacher_text: str | None = None
     writer_ids: list[int] | None = None
-    answers: list[str] = field(default_factory=list)
-    sources: list[list[int]] = field(default_factory=list)
+    # What its reflection must not state or copy (the leak filter's inputs).
+    leak_answers: list[str] = field(default_factory=list)
+    leak_sources: list[list[int]] = field(default_factory=list)
     record: ReflectionRecord | None = None
     accepted_text: str | None = None
     student_logprobs: np.ndarray | None = None
     teacher_logprobs: np.ndarray | None = None
 
     @property
-    def field(self) -> str:
+    def path(self) -> str:
         return f"groups[{self.group}].rollouts[{self.index}]"
 
 
@@ -136,8 +137,8 @@ class Scorer:
         work = []
         for i, rollout in enumerate(group.rollouts):
             w = _Work(g, i, rollout, float(base[i]), student_prompt)
-            self._check_ids(rollout.token_ids, f"{w.field}.token_ids")
-            self._check_length(len(student_prompt), len(rollout.token_ids), f"{w.field}.token_ids", "prompt")
+            self._check_ids(rollout.token_ids, f"{w.path}.token_ids")
+            self._check_length(len(student_prompt), len(rollout.token_ids), f"{w.path}.token_ids", "prompt")
             work.append(w)
 
         problem = messages[max(k for k, m in enumerate(messages) if m["role"] == "user")]["content"] \
@@ -176,7 +177,7 @@ class Scorer:
         reflection_len = (len(tok.encode(override, add_special_tokens=False))
                           if override is not None else cfg.max_reflection_tokens)
         teacher_len = len(self._teacher_prompt(w, "")) + reflection_len
-        self._check_length(teacher_len, len(rollout.token_ids), f"{w.field}.token_ids",
+        self._check_length(teacher_len, len(rollout.token_ids), f"{w.path}.token_ids",
                            "teacher prompt with reflection")
         if override is not None:
             return
@@ -195,21 +196,21 @@ class Scorer:
             reference_solution=reference_solution)
         w.writer_ids = render_prompt(tok, messages=[{"role": "user", "content": content}],
                                      prefill=reflection.opening_tag(w.kind))
-        self._check_length(len(w.writer_ids), cfg.max_reflection_tokens, f"{w.field}",
+        self._check_length(len(w.writer_ids), cfg.max_reflection_tokens, f"{w.path}",
                            "reflection writer prompt")
 
         # What a reflection must not state or copy: the verified answers and solutions.
         if ref and ref.answer:
-            w.answers.append(ref.answer)
+            w.leak_answers.append(ref.answer)
         if ref and ref.solution:
-            w.sources.append(tok.encode(ref.solution, add_special_tokens=False))
+            w.leak_sources.append(tok.encode(ref.solution, add_special_tokens=False))
         verified = [p for p in work if correct[p.index] and p.index != w.index]
         if w.kind == reflection.HINT:
             verified.append(w)  # a correct rollout is itself a verified solution
         for p in verified:
             if p.answer:
-                w.answers.append(p.answer)
-            w.sources.append(p.rollout.token_ids)
+                w.leak_answers.append(p.answer)
+            w.leak_sources.append(p.rollout.token_ids)
 
     def _teacher_prompt(self, w: _Work, text: str) -> list[int]:
         block = reflection.teacher_block(w.kind, text)
@@ -291,8 +292,8 @@ class Scorer:
         if reason is None:
             reason = reflection.leak_reason(
                 text, reflection_token_ids=self.tokenizer.encode(text, add_special_tokens=False),
-                max_reflection_tokens=cfg.max_reflection_tokens, answers=w.answers,
-                source_token_ids=w.sources, ngram=cfg.ngram_overlap)
+                max_reflection_tokens=cfg.max_reflection_tokens, answers=w.leak_answers,
+                source_token_ids=w.leak_sources, ngram=cfg.ngram_overlap)
         if reason is None:
             record.accepted, record.reject_reason = True, None
             w.accepted_text = text
