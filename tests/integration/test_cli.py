@@ -98,10 +98,10 @@ def test_token_outside_vocabulary_names_line_and_writes_nothing(tmp_path):
 
 
 def test_engine_flags_reach_the_engine(tmp_path):
-    # --max-model-len 64: the first example group's prompt is 46 tokens, its second rollout 19.
+    # --max-model-len 64: the first example group's prompt is 46 tokens, its first rollout 64.
     out = tmp_path / "scored.jsonl"
     proc = amr_sd("score", "--in", EXAMPLES, "--out", out, "--step", 0, "--max-model-len", 64)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert (f"{EXAMPLES}:1: rollouts[1].token_ids: prompt (46 tokens) + response (19 tokens) "
-            "= 65 tokens exceeds max_model_len 64") in proc.stderr
+    assert (f"{EXAMPLES}:1: rollouts[0].token_ids: prompt (46 tokens) + response (64 tokens) "
+            "= 110 tokens exceeds max_model_len 64") in proc.stderr
     assert not out.exists()

@@ -66,8 +66,10 @@ class HFEngine:
                     max_new_tokens=params.max_tokens,
                     do_sample=sample,
                     temperature=params.temperature if sample else None,
-                    top_p=None,
-                    top_k=None,
+                    # Plain temperature sampling, as vLLM does: no top-k/top-p from the
+                    # model's generation_config.
+                    top_p=1.0 if sample else None,
+                    top_k=0 if sample else None,
                     pad_token_id=self.tokenizer.eos_token_id,
                 )[0, len(prompt):].tolist()
                 result.append(self._cut_at_stop(gen, params.stop))
