@@ -37,7 +37,7 @@ def show(label: str, rollout_in: dict, rollout_out: dict, tok, enabled: bool) ->
     for token, adv in zip(rollout_in["token_ids"], rollout_out["advantages"]):
         piece = tok.decode([token])
         ratio = adv / base if base else 1.0
-        pieces.append(colour(piece, ratio, base > 0, enabled) + (f"[{ratio:.2f}x]" if ratio > 1.0 else ""))
+        pieces.append(colour(piece, ratio, base > 0, enabled) + (f"[{ratio:.3f}x]" if ratio > 1.0 else ""))
     print("    " + "".join(pieces).replace("\n", " "))
 
 
