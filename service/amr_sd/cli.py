@@ -22,9 +22,9 @@ class InputError(Exception):
     """Bad input file: the message names the line and the field."""
 
 
-def read_groups(path: Path) -> list[Group]:
-    """Parse and validate every line before any engine starts."""
-    groups = []
+def read_groups(path: Path) -> tuple[list[Group], list[int]]:
+    """Parse and validate every line before any engine starts: (groups, their line numbers)."""
+    groups, line_numbers = [], []
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
@@ -34,6 +34,7 @@ def read_groups(path: Path) -> list[Group]:
             continue
         try:
             groups.append(Group.model_validate_json(line))
+            line_numbers.append(n)
         except ValidationError as exc:
             err = from_validation_error(exc)
             if err.message.startswith("Invalid JSON"):
@@ -41,7 +42,7 @@ def read_groups(path: Path) -> list[Group]:
             raise InputError(f"{path}:{n}: {err.field or 'group'}: {err.message}") from None
     if not groups:
         raise InputError(f"{path}: no groups (one JSON group per line expected)")
-    return groups
+    return groups, line_numbers
 
 
 def _parse_config(raw: str | None) -> ScoringConfig | None:
@@ -77,7 +78,8 @@ def _engine(args):
     return VLLMEngine.create(args.model, settings)
 
 
-async def _score(args, groups: list[Group], config: ScoringConfig | None, out) -> dict:
+async def _score(args, groups: list[Group], line_numbers: list[int], config: ScoringConfig | None,
+                 out) -> dict:
     from tqdm import tqdm
 
     from amr_sd.scorer import Scorer
@@ -98,7 +100,7 @@ async def _score(args, groups: list[Group], config: ScoringConfig | None, out) -
             try:
                 scorer.plan(request)
             except InvalidRequest as exc:
-                raise _located(exc, k * args.batch_groups, args.input) from None
+                raise _located(exc, line_numbers[k * args.batch_groups:], args.input) from None
         await engine.warmup()
         totals: dict = {}
         start = time.perf_counter()
@@ -118,13 +120,13 @@ async def _score(args, groups: list[Group], config: ScoringConfig | None, out) -
         await engine.close()
 
 
-def _located(exc: InvalidRequest, offset: int, path: Path) -> InputError:
-    # "groups[3].rollouts[1].token_ids[4]" in batch k is line offset+3+1 of the file.
+def _located(exc: InvalidRequest, line_numbers: list[int], path: Path) -> InputError:
+    # "groups[3].rollouts[1].token_ids[4]" of a batch is rollouts[1]... on that batch's 4th line.
     field = exc.field or ""
     if field.startswith("groups["):
         index = int(field[len("groups["):field.index("]")])
         rest = field[field.index("]") + 2:]
-        return InputError(f"{path}:{offset + index + 1}: {rest}: {exc.message}")
+        return InputError(f"{path}:{line_numbers[index]}: {rest}: {exc.message}")
     return InputError(f"{path}: {field}: {exc.message}")
 
 
@@ -169,7 +171,7 @@ def _summary(totals: dict) -> dict:
 
 def cmd_score(args) -> int:
     try:
-        groups = read_groups(args.input)
+        groups, line_numbers = read_groups(args.input)
         config = _parse_config(args.config)
         ScoreRequest(groups=groups, step=args.step, config=config)  # request-level checks
     except InputError as exc:
@@ -185,7 +187,7 @@ def cmd_score(args) -> int:
     fd, tmp = tempfile.mkstemp(prefix=f".{args.out.name}.", dir=args.out.parent)
     try:
         with os.fdopen(fd, "w") as out:
-            totals = asyncio.run(_score(args, groups, config, out))
+            totals = asyncio.run(_score(args, groups, line_numbers, config, out))
         os.replace(tmp, args.out)
     except InputError as exc:
         print(f"amr-sd score: {exc}", file=sys.stderr)

@@ -89,11 +89,12 @@ def test_token_outside_vocabulary_names_line_and_writes_nothing(tmp_path):
     bad = json.loads(lines[2])
     bad["rollouts"][0]["token_ids"][1] = 10**6
     src = tmp_path / "groups.jsonl"
-    src.write_text("\n".join(lines[:2] + [json.dumps(bad), lines[3]]) + "\n")
+    # A blank line is skipped, yet the error still names the file's own line number (4).
+    src.write_text("\n".join(lines[:2] + ["", json.dumps(bad), lines[3]]) + "\n")
     out = tmp_path / "scored.jsonl"
     proc = amr_sd("score", "--in", src, "--out", out, "--step", 0, "--batch-groups", 2)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert f"{src}:3: rollouts[0].token_ids[1]: token id 1000000 is outside the model's vocabulary" in proc.stderr
+    assert f"{src}:4: rollouts[0].token_ids[1]: token id 1000000 is outside the model's vocabulary" in proc.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == [src]
 
 
