@@ -173,7 +173,8 @@ def cmd_score(args) -> int:
     try:
         groups, line_numbers = read_groups(args.input)
         config = _parse_config(args.config)
-        ScoreRequest(groups=groups, step=args.step, config=config)  # request-level checks
+        # Step and config checks; a file may hold more groups than one request allows.
+        ScoreRequest(groups=groups[:1], step=args.step, config=config)
     except InputError as exc:
         print(f"amr-sd score: {exc}", file=sys.stderr)
         return 2
