@@ -1,0 +1,67 @@
+"""Fixtures shared by every test tree.
+
+`redis_url`: a real redis-server for the session, on a free loopback port, never the machine's own
+Redis (tests must not read or wipe someone else's data). No persistence, so nothing is written to
+disk. `make setup` installs redis-server; a missing one fails the run rather than skipping it, so a
+green run always means the Redis tests ran.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+REDIS_START_TIMEOUT_S = 10.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pings(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not on PATH; `make setup` installs it "
+                    "(apt-get install -y redis-server)", pytrace=False)
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    log = open(workdir / "redis.log", "wb")
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--daemonize", "no", "--dir", str(workdir)],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while not _pings(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"redis-server on port {port} did not answer PING within "
+                            f"{REDIS_START_TIMEOUT_S:.0f} s (exit code {proc.poll()}):\n"
+                            + (workdir / "redis.log").read_text(errors="replace"),
+                            pytrace=False)
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()  # SIGTERM to this process's pid only
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
