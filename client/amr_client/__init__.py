@@ -1,5 +1,25 @@
-"""amr-sd client SDK: the wire contract (`amr_client.schemas`)."""
+"""amr-sd client SDK: `AMRClient` / `AsyncAMRClient`, `ScoreResult`, the error tree and the wire
+contract (`amr_client.schemas`). Needs only httpx, pydantic and numpy (torch is optional)."""
 
+from amr_client._client import AMRClient, AsyncAMRClient
+from amr_client._exceptions import (
+    AMRError,
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    GatewayTimeoutError,
+    InternalServerError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UnprocessableEntityError,
+)
+from amr_client.results import ScoreResult
 from amr_client.schemas import (
     Group,
     Message,
@@ -17,4 +37,9 @@ from amr_client.schemas import (
 __all__ = [
     "Group", "Message", "Prompt", "Reference", "ReturnSwitches", "Rollout", "ScoredGroup",
     "ScoredRollout", "ScoreRequest", "ScoreResponse", "ScoringConfig",
+    "AMRClient", "AsyncAMRClient", "ScoreResult",
+    "AMRError", "APIConnectionError", "APITimeoutError", "APIStatusError", "BadRequestError",
+    "AuthenticationError", "PermissionDeniedError", "NotFoundError", "ConflictError",
+    "PayloadTooLargeError", "UnprocessableEntityError", "RateLimitError", "InternalServerError",
+    "ServiceUnavailableError", "GatewayTimeoutError",
 ]

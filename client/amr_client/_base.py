@@ -1,0 +1,289 @@
+"""What `AMRClient` and `AsyncAMRClient` share: everything except sending bytes and sleeping.
+
+Building the request body and headers, parsing responses, mapping a status to its exception and
+deciding whether and how long to wait before a retry all live here, so the two twins repeat
+only their send loop (as httpx's `BaseClient` and the Anthropic SDK's `_base_client.py` do).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from amr_client._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    GatewayTimeoutError,
+    InternalServerError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UnprocessableEntityError,
+)
+from amr_client.results import ScoreResult
+from amr_client.schemas import Group, ReturnSwitches, ScoreRequest, ScoreResponse, ScoringConfig
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+# Scoring a large batch on a CPU engine takes minutes, so reads may wait long; an unreachable
+# server should fail in seconds, not minutes.
+DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
+DEFAULT_MAX_RETRIES = 2
+
+# Retry-After above this is capped, so a misconfigured server cannot park a trainer for hours.
+MAX_RETRY_AFTER_S = 60.0
+INITIAL_RETRY_DELAY_S = 0.5
+MAX_RETRY_DELAY_S = 8.0
+RETRY_JITTER = 0.25
+
+# Transient by nature: request timeout, our own queue full, server errors, proxies in between.
+# Every other 4xx means the same request will fail again (409 = the first try is still running).
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+SCORE_PATH = "/v1/score"
+INFO_PATH = "/v1/info"
+READY_PATH = "/readyz"
+
+_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+    500: InternalServerError,
+    503: ServiceUnavailableError,
+    504: GatewayTimeoutError,
+}
+
+
+class NotGiven:
+    """Marks an argument as not passed, so `with_options(timeout=...)` can tell it from None."""
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN = NotGiven()
+
+
+# --------------------------------------------------------------------------------------------
+# Requests
+# --------------------------------------------------------------------------------------------
+
+
+def build_score_body(groups: Iterable[Group | Mapping[str, Any]], *, step: int,
+                     config: ScoringConfig | Mapping[str, Any] | None = None,
+                     returns: ReturnSwitches | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON body of `POST /v1/score`.
+
+    `groups`, `config` and `returns` may be models or plain dicts; both give the same body.
+    The request is validated by `ScoreRequest`, exactly as the server validates it, so a bad
+    field raises pydantic's `ValidationError` here, before any network traffic.
+    """
+    payload: dict[str, Any] = {"groups": list(groups), "step": step}
+    if config is not None:
+        payload["config"] = config
+    if returns is not None:
+        payload["return"] = returns
+    request = ScoreRequest.model_validate(payload)
+    body = request.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if request.config is not None:
+        # The server applies only the config fields that were set (Scorer.resolve_config merges
+        # `exclude_unset`), so sending every default would override the server's own defaults.
+        body["config"] = request.config.model_dump(mode="json", exclude_unset=True)
+    return body
+
+
+def new_idempotency_key() -> str:
+    """One key per logical call; every retry of that call reuses it, so the server replays."""
+    return str(uuid.uuid4())
+
+
+def build_headers(api_key: str | None, idempotency_key: str | None = None) -> dict[str, str]:
+    headers = {"Accept": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    return headers
+
+
+def check_base_url(base_url: str) -> str:
+    url = httpx.URL(base_url)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {base_url!r}")
+    return str(url).rstrip("/")
+
+
+def check_timeout(timeout: httpx.Timeout) -> httpx.Timeout:
+    # One form only (see STYLE.md on httpx.Timeout): a bare float would hide that connect and
+    # read need very different limits here.
+    if not isinstance(timeout, httpx.Timeout):
+        raise TypeError(f"timeout must be an httpx.Timeout, e.g. httpx.Timeout(600.0, connect=5.0); "
+                        f"got {timeout!r}")
+    return timeout
+
+
+def check_max_retries(max_retries: int) -> int:
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(f"max_retries must be an int >= 0 (0 disables retries), got {max_retries!r}")
+    return max_retries
+
+
+# --------------------------------------------------------------------------------------------
+# Responses
+# --------------------------------------------------------------------------------------------
+
+
+def parse_score_response(response: httpx.Response) -> ScoreResult:
+    try:
+        parsed = ScoreResponse.model_validate_json(response.content)
+    except ValidationError as exc:
+        # A 2xx that is not a ScoreResponse is a server/client version mismatch, not bad input.
+        raise APIStatusError(f"response is not a ScoreResponse: {exc}", response=response,
+                             body=_body_of(response), type="invalid_response") from exc
+    return ScoreResult(parsed, request_id=response.headers.get("x-request-id"))
+
+
+def parse_info(response: httpx.Response) -> dict[str, Any]:
+    body = _body_of(response)
+    if not isinstance(body, dict):
+        raise APIStatusError("GET /v1/info did not return a JSON object", response=response,
+                             body=body, type="invalid_response")
+    return body
+
+
+def _body_of(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:  # not JSON (a proxy's HTML page, an empty body)
+        return response.text
+
+
+def make_status_error(response: httpx.Response) -> APIStatusError:
+    """The exception for a 4xx/5xx response: the only status -> class map."""
+    body = _body_of(response)
+    envelope = body.get("error") if isinstance(body, dict) else None
+    if isinstance(envelope, dict):
+        message = str(envelope.get("message") or response.reason_phrase)
+        kind = envelope.get("type")
+        field = envelope.get("field")
+    else:
+        message = (body if isinstance(body, str) else "") or response.reason_phrase or "error"
+        kind = field = None
+    cls = _STATUS_ERRORS.get(response.status_code, APIStatusError)
+    return cls(message, response=response, body=body, type=kind, field=field)
+
+
+def connection_error(exc: httpx.TransportError) -> APIConnectionError:
+    request = _request_of(exc)
+    if isinstance(exc, httpx.TimeoutException):
+        error: APIConnectionError = APITimeoutError(f"Request timed out: {exc!r}", request=request)
+    else:
+        error = APIConnectionError(f"Connection error: {exc!r}", request=request)
+    error.__cause__ = exc
+    return error
+
+
+def _request_of(exc: httpx.TransportError) -> httpx.Request | None:
+    try:
+        return exc.request
+    except RuntimeError:  # raised by httpx when the error was built without a request
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Retries
+# --------------------------------------------------------------------------------------------
+
+
+def should_retry(error: int | BaseException) -> bool:
+    """Whether a failed try may succeed if repeated: a status code or the exception raised."""
+    if isinstance(error, (APIConnectionError, httpx.TransportError)):
+        return True
+    if isinstance(error, APIStatusError):
+        return error.status_code in RETRYABLE_STATUS
+    if isinstance(error, int) and not isinstance(error, bool):
+        return error in RETRYABLE_STATUS
+    return False
+
+
+def parse_retry_after(header: str | None) -> float | None:
+    """Seconds from a `Retry-After: <seconds>` header; None when absent or not a number."""
+    if header is None:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def retry_delay(attempt: int, retry_after_header: str | None = None,
+                rng: random.Random | None = None) -> float:
+    """Seconds to wait after failed try number `attempt` (0 = the first try).
+
+    The server's Retry-After wins (capped at 60 s); otherwise 0.5 s * 2**attempt, capped at
+    8 s, times a jitter in [0.75, 1.25] so many trainers do not retry in lockstep.
+    """
+    retry_after = parse_retry_after(retry_after_header)
+    if retry_after is not None:
+        return min(retry_after, MAX_RETRY_AFTER_S)
+    backoff = min(INITIAL_RETRY_DELAY_S * 2.0 ** attempt, MAX_RETRY_DELAY_S)
+    jitter = (rng or random).uniform(1.0 - RETRY_JITTER, 1.0 + RETRY_JITTER)
+    return backoff * jitter
+
+
+def next_retry_delay(error: APIConnectionError | APIStatusError, attempt: int,
+                     max_retries: int) -> float | None:
+    """Seconds to sleep before retrying after try `attempt` failed with `error`, or None to raise."""
+    if attempt >= max_retries or not should_retry(error):
+        return None
+    header = error.response.headers.get("retry-after") if isinstance(error, APIStatusError) else None
+    return retry_delay(attempt, header)
+
+
+# --------------------------------------------------------------------------------------------
+# Client state shared by the twins
+# --------------------------------------------------------------------------------------------
+
+
+class BaseClient:
+    """Settings of a client; the twins add the HTTP pool and the send loop."""
+
+    def __init__(self, base_url: str, *, api_key: str | None, timeout: httpx.Timeout,
+                 max_retries: int):
+        self.base_url = check_base_url(base_url)
+        self.api_key = api_key
+        self.timeout = check_timeout(timeout)
+        self.max_retries = check_max_retries(max_retries)
+
+    def _url(self, path: str) -> str:
+        return self.base_url + path
+
+    def _options(self, timeout: httpx.Timeout | NotGiven,
+                 max_retries: int | NotGiven) -> dict[str, Any]:
+        """Constructor arguments of a copy with some settings overridden."""
+        return {
+            "api_key": self.api_key,
+            "timeout": self.timeout if isinstance(timeout, NotGiven) else timeout,
+            "max_retries": self.max_retries if isinstance(max_retries, NotGiven) else max_retries,
+        }
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(base_url={self.base_url!r}, timeout={self.timeout!r}, "
+                f"max_retries={self.max_retries})")

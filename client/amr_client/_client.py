@@ -1,0 +1,241 @@
+"""`AMRClient` and `AsyncAMRClient`: the same methods, blocking and async.
+
+Both only send requests and sleep between retries; building bodies, parsing responses, mapping
+statuses to exceptions and retry decisions live in `_base.py`.
+
+    with AMRClient("http://scorer:8000") as client:
+        result = client.score(groups, step=global_step)
+        advantages, mask = result.advantages_padded()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import httpx
+
+from amr_client._base import (
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    INFO_PATH,
+    NOT_GIVEN,
+    READY_PATH,
+    SCORE_PATH,
+    BaseClient,
+    NotGiven,
+    build_headers,
+    build_score_body,
+    connection_error,
+    make_status_error,
+    new_idempotency_key,
+    next_retry_delay,
+    parse_info,
+    parse_score_response,
+)
+from amr_client._exceptions import APIConnectionError, APIStatusError
+from amr_client.results import ScoreResult
+from amr_client.schemas import Group, ReturnSwitches, ScoringConfig
+
+__all__ = ["AMRClient", "AsyncAMRClient"]
+
+
+def _check_pool(transport: Any, http_client: Any, expected: type) -> None:
+    if transport is not None and http_client is not None:
+        raise ValueError("pass either transport= or http_client=, not both "
+                         "(set the transport on your http_client instead)")
+    if http_client is not None and not isinstance(http_client, expected):
+        raise TypeError(f"http_client must be an {expected.__module__}.{expected.__name__}, "
+                        f"got {type(http_client).__name__}")
+
+
+class AMRClient(BaseClient):
+    """Blocking client of an amr-sd server.
+
+    Args:
+        base_url: the server, e.g. "http://scorer:8000".
+        api_key: sent as `Authorization: Bearer <api_key>` when set.
+        timeout: per try; the default waits up to 600 s for a response (big CPU batches) but
+            only 5 s to connect.
+        max_retries: extra tries after a connection error, timeout, 408, 429 or 5xx; 0 disables.
+        transport: an httpx transport for the pool this client creates (e.g. httpx.MockTransport).
+        http_client: an httpx.Client to use instead; the caller keeps ownership and closes it.
+    """
+
+    def __init__(self, base_url: str = DEFAULT_BASE_URL, *, api_key: str | None = None,
+                 timeout: httpx.Timeout = DEFAULT_TIMEOUT, max_retries: int = DEFAULT_MAX_RETRIES,
+                 transport: httpx.BaseTransport | None = None,
+                 http_client: httpx.Client | None = None):
+        super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+        _check_pool(transport, http_client, httpx.Client)
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else httpx.Client(transport=transport)
+        # Injectable so tests (and callers with their own scheduler) need not really sleep.
+        self._sleep: Callable[[float], None] = time.sleep
+
+    def score(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
+              config: ScoringConfig | Mapping[str, Any] | None = None,
+              returns: ReturnSwitches | Mapping[str, Any] | None = None) -> ScoreResult:
+        """Score `groups` at trainer step `step`; `config` overrides only the fields it sets.
+
+        Raises pydantic's ValidationError for a bad request before sending it.
+        """
+        body = build_score_body(groups, step=step, config=config, returns=returns)
+        headers = build_headers(self.api_key, new_idempotency_key())
+        return parse_score_response(self._send("POST", SCORE_PATH, headers, body))
+
+    def info(self) -> dict[str, Any]:
+        """`GET /v1/info`: model, model_path, policy_version, engine, limits, defaults."""
+        return parse_info(self._send("GET", INFO_PATH, build_headers(self.api_key)))
+
+    def ready(self) -> bool:
+        """True when the server is ready to score; False on 503 or when it cannot be reached.
+
+        Not retried: a probe answers about now. Other statuses (401, 404...) raise, since they
+        mean a wrong `base_url` or `api_key` rather than a server still warming up.
+        """
+        try:
+            response = self._http.get(self._url(READY_PATH), headers=build_headers(self.api_key),
+                                      timeout=self.timeout)
+        except httpx.TransportError:
+            return False
+        if response.status_code == 503:
+            return False
+        if response.is_success:
+            return True
+        raise make_status_error(response)
+
+    def with_options(self, *, timeout: httpx.Timeout | NotGiven = NOT_GIVEN,
+                     max_retries: int | NotGiven = NOT_GIVEN) -> AMRClient:
+        """A copy with other settings that shares this client's connection pool.
+
+        Closing the copy leaves the pool open; close the original when done.
+        """
+        copy = type(self)(self.base_url, http_client=self._http,
+                          **self._options(timeout, max_retries))
+        copy._sleep = self._sleep
+        return copy
+
+    def close(self) -> None:
+        """Close the connection pool, unless it was passed in as `http_client` or shared."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> AMRClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _send(self, method: str, path: str, headers: dict[str, str],
+              body: dict[str, Any] | None = None) -> httpx.Response:
+        attempt = 0
+        while True:
+            error: APIConnectionError | APIStatusError
+            try:
+                response = self._http.request(method, self._url(path), headers=headers, json=body,
+                                              timeout=self.timeout)
+            except httpx.TransportError as exc:
+                error = connection_error(exc)
+            else:
+                if response.is_success:
+                    return response
+                error = make_status_error(response)
+            delay = next_retry_delay(error, attempt, self.max_retries)
+            if delay is None:
+                raise error
+            self._sleep(delay)
+            attempt += 1
+
+
+class AsyncAMRClient(BaseClient):
+    """Async client of an amr-sd server; the same arguments and methods as `AMRClient`.
+
+    `http_client` must be an httpx.AsyncClient and `transport` an httpx.AsyncBaseTransport.
+    """
+
+    def __init__(self, base_url: str = DEFAULT_BASE_URL, *, api_key: str | None = None,
+                 timeout: httpx.Timeout = DEFAULT_TIMEOUT, max_retries: int = DEFAULT_MAX_RETRIES,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 http_client: httpx.AsyncClient | None = None):
+        super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+        _check_pool(transport, http_client, httpx.AsyncClient)
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else httpx.AsyncClient(transport=transport)
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    async def score(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
+                    config: ScoringConfig | Mapping[str, Any] | None = None,
+                    returns: ReturnSwitches | Mapping[str, Any] | None = None) -> ScoreResult:
+        """Score `groups` at trainer step `step`; `config` overrides only the fields it sets.
+
+        Raises pydantic's ValidationError for a bad request before sending it.
+        """
+        body = build_score_body(groups, step=step, config=config, returns=returns)
+        headers = build_headers(self.api_key, new_idempotency_key())
+        return parse_score_response(await self._send("POST", SCORE_PATH, headers, body))
+
+    async def info(self) -> dict[str, Any]:
+        """`GET /v1/info`: model, model_path, policy_version, engine, limits, defaults."""
+        return parse_info(await self._send("GET", INFO_PATH, build_headers(self.api_key)))
+
+    async def ready(self) -> bool:
+        """True when the server is ready to score; False on 503 or when it cannot be reached.
+
+        Not retried. Other statuses (401, 404...) raise.
+        """
+        try:
+            response = await self._http.get(self._url(READY_PATH),
+                                            headers=build_headers(self.api_key), timeout=self.timeout)
+        except httpx.TransportError:
+            return False
+        if response.status_code == 503:
+            return False
+        if response.is_success:
+            return True
+        raise make_status_error(response)
+
+    def with_options(self, *, timeout: httpx.Timeout | NotGiven = NOT_GIVEN,
+                     max_retries: int | NotGiven = NOT_GIVEN) -> AsyncAMRClient:
+        """A copy with other settings that shares this client's connection pool.
+
+        Closing the copy leaves the pool open; close the original when done.
+        """
+        copy = type(self)(self.base_url, http_client=self._http,
+                          **self._options(timeout, max_retries))
+        copy._sleep = self._sleep
+        return copy
+
+    async def close(self) -> None:
+        """Close the connection pool, unless it was passed in as `http_client` or shared."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncAMRClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _send(self, method: str, path: str, headers: dict[str, str],
+                    body: dict[str, Any] | None = None) -> httpx.Response:
+        attempt = 0
+        while True:
+            error: APIConnectionError | APIStatusError
+            try:
+                response = await self._http.request(method, self._url(path), headers=headers,
+                                                    json=body, timeout=self.timeout)
+            except httpx.TransportError as exc:
+                error = connection_error(exc)
+            else:
+                if response.is_success:
+                    return response
+                error = make_status_error(response)
+            delay = next_retry_delay(error, attempt, self.max_retries)
+            if delay is None:
+                raise error
+            await self._sleep(delay)
+            attempt += 1

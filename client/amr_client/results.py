@@ -1,0 +1,87 @@
+"""`ScoreResult`: a `ScoreResponse` plus the shapes a trainer feeds to its loss.
+
+Order everywhere is the request's: groups in order, then rollouts in order within a group, so
+row `i` of every helper is the i-th rollout of the flattened request.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from amr_client.schemas import BatchStats, ScoredGroup, ScoreResponse
+
+if TYPE_CHECKING:  # torch is optional: the base install has no torch
+    import torch
+
+__all__ = ["ScoreResult"]
+
+
+class ScoreResult:
+    """The answer to one `score()` call.
+
+    `request_id` is the server's `X-Request-ID`, the id to quote when reporting a problem.
+    """
+
+    def __init__(self, response: ScoreResponse, *, request_id: str | None = None):
+        self.response = response
+        self.request_id = request_id
+
+    @property
+    def groups(self) -> list[ScoredGroup]:
+        return self.response.groups
+
+    @property
+    def stats(self) -> BatchStats:
+        return self.response.stats
+
+    @property
+    def model(self) -> str:
+        return self.response.model
+
+    @property
+    def anneal_weight(self) -> float:
+        return self.response.anneal_weight
+
+    def advantages(self) -> list[list[float]]:
+        """Â_i,t per rollout, one list per rollout (ragged), in request order."""
+        return [list(r.advantages) for g in self.response.groups for r in g.rollouts]
+
+    def advantages_numpy(self, dtype: Any = np.float32) -> list[np.ndarray]:
+        """`advantages()` as one 1-D array (T_i,) per rollout."""
+        return [np.asarray(r.advantages, dtype=dtype) for g in self.response.groups for r in g.rollouts]
+
+    def base_advantages(self) -> list[float]:
+        """A_i, the GRPO advantage of each rollout, in request order."""
+        return [r.base_advantage for g in self.response.groups for r in g.rollouts]
+
+    def advantages_padded(self, pad_value: float = 0.0,
+                          dtype: "torch.dtype | None" = None) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Advantages right-padded to the longest rollout.
+
+        Returns `(advantages, mask)`, both (B, T) with B = rollouts in the request and
+        T = the longest rollout's token count; `mask` is True on real tokens, and padded
+        positions hold `pad_value`. `dtype` defaults to torch.float32.
+        """
+        try:
+            import torch
+        except ImportError as exc:
+            raise ImportError(
+                "ScoreResult.advantages_padded needs torch, which the amr-sd client does not "
+                "install: `pip install torch`, or use advantages_numpy()."
+            ) from exc
+        rows = self.advantages()
+        width = max((len(r) for r in rows), default=0)
+        values = np.full((len(rows), width), pad_value, dtype=np.float64)  # (B, T)
+        mask = np.zeros((len(rows), width), dtype=bool)  # (B, T)
+        for i, row in enumerate(rows):
+            values[i, :len(row)] = row
+            mask[i, :len(row)] = True
+        return (torch.from_numpy(values).to(dtype or torch.float32), torch.from_numpy(mask))
+
+    def __repr__(self) -> str:
+        rollouts = sum(len(g.rollouts) for g in self.response.groups)
+        return (f"ScoreResult(model={self.model!r}, step={self.response.step}, "
+                f"groups={len(self.response.groups)}, rollouts={rollouts}, "
+                f"anneal_weight={self.anneal_weight}, request_id={self.request_id!r})")

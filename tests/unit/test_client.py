@@ -1,0 +1,450 @@
+"""Specification of the client SDK: what goes on the wire, which error each status raises, when a
+call is retried, and the shapes `ScoreResult` hands a trainer.
+
+Every test talks to an `httpx.MockTransport`; none needs a server. Retries sleep through the
+injectable `client._sleep`, replaced here by a recorder, so no test really waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from amr_client import (
+    AMRClient,
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AsyncAMRClient,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    GatewayTimeoutError,
+    Group,
+    InternalServerError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    ReturnSwitches,
+    ScoreResponse,
+    ScoreResult,
+    ScoringConfig,
+    ServiceUnavailableError,
+    UnprocessableEntityError,
+)
+from amr_client._base import build_score_body, retry_delay, should_retry
+
+BASE_URL = "http://scorer.test"
+
+GROUP = {
+    "prompt": {"messages": [{"role": "user", "content": "What is 2 + 3?"}]},
+    "rollouts": [
+        {"token_ids": [28, 29, 30], "reward": 1.0},
+        {"token_ids": [31], "reward": 0.0},
+    ],
+}
+GROUP_2 = {
+    "prompt": {"text": "1 + 1 ="},
+    "rollouts": [{"token_ids": [40, 41], "reward": 1.0}],
+}
+
+STATS = {
+    "groups": 2, "rollouts": 3, "response_tokens": 6, "tokens_scored": 12, "reflected_tokens": 4,
+    "gated_tokens": 1, "gate_rate": 0.25, "reflections_requested": 2, "reflections_generated": 2,
+    "reflections_accepted": 2, "reflections_rejected": 0, "acceptance_rate": 1.0, "cig_mean": 0.1,
+    "cig_std": 0.2, "nonfinite_cig": 0, "mean_abs_base_advantage": 0.7, "mean_abs_advantage": 0.8,
+}
+# Group 0 holds rollouts of 3 and 1 tokens, group 1 one rollout of 2 tokens.
+RESPONSE = {
+    "model": "qwen-test", "policy_version": "p1", "template_version": "t1", "step": 7,
+    "anneal_weight": 0.86,
+    "groups": [
+        {"rollouts": [{"advantages": [0.5, 0.25, 1.0], "base_advantage": 0.7},
+                      {"advantages": [-0.75], "base_advantage": -0.7}]},
+        {"rollouts": [{"advantages": [0.0, 0.0], "base_advantage": 0.0}]},
+    ],
+    "stats": STATS,
+}
+
+
+def error_json(status: int, type_: str, message: str, field: str | None = None,
+               headers: dict | None = None) -> httpx.Response:
+    return httpx.Response(status, json={"error": {"type": type_, "message": message, "field": field}},
+                          headers={"X-Request-ID": "req-1", **(headers or {})})
+
+
+def ok() -> httpx.Response:
+    return httpx.Response(200, json=RESPONSE, headers={"X-Request-ID": "req-ok"})
+
+
+class Server:
+    """A MockTransport handler that answers from a script and records every request."""
+
+    def __init__(self, *answers: httpx.Response | Exception):
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def bodies(self) -> list[dict]:
+        return [json.loads(r.content) for r in self.requests]
+
+
+def client_for(server: Server, **kwargs) -> tuple[AMRClient, list[float]]:
+    client = AMRClient(BASE_URL, transport=httpx.MockTransport(server), **kwargs)
+    slept: list[float] = []
+    client._sleep = slept.append
+    return client, slept
+
+
+def async_client_for(server: Server, **kwargs) -> tuple[AsyncAMRClient, list[float]]:
+    client = AsyncAMRClient(BASE_URL, transport=httpx.MockTransport(server), **kwargs)
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    client._sleep = record
+    return client, slept
+
+
+# --- what goes on the wire --------------------------------------------------------------------
+
+
+def test_score_posts_groups_step_and_return_under_its_wire_alias():
+    server = Server(ok())
+    client, _ = client_for(server)
+    client.score([GROUP], step=7, returns={"cig": True})
+    (request,) = server.requests
+    assert request.method == "POST" and request.url == f"{BASE_URL}/v1/score"
+    body = json.loads(request.content)
+    assert set(body) == {"groups", "step", "return"}  # no "returns", no null config
+    assert body["step"] == 7
+    assert body["return"] == {"cig": True, "logprobs": False, "reflections": True}
+    assert body["groups"][0]["rollouts"][1] == {"token_ids": [31], "reward": 0.0}  # nulls omitted
+
+
+def test_dict_and_model_inputs_give_the_same_body():
+    from_dicts = build_score_body([GROUP, GROUP_2], step=3, config={"lambda_pos": 0.3},
+                                  returns={"logprobs": True})
+    from_models = build_score_body([Group.model_validate(GROUP), Group.model_validate(GROUP_2)],
+                                   step=3, config=ScoringConfig(lambda_pos=0.3),
+                                   returns=ReturnSwitches(logprobs=True))
+    assert from_dicts == from_models
+
+
+def test_config_sends_only_the_fields_the_caller_set():
+    # The server merges only the set fields over its own defaults; a full dump would override them.
+    body = build_score_body([GROUP], step=0, config=ScoringConfig(decay_steps=80))
+    assert body["config"] == {"decay_steps": 80}
+
+
+def test_invalid_request_raises_pydantic_error_before_sending():
+    server = Server(ok())
+    client, _ = client_for(server)
+    bad = {**GROUP, "rollouts": [{"token_ids": [1], "reward": 1.0, "refelction_override": "x"}]}
+    with pytest.raises(ValidationError):
+        client.score([bad], step=0)
+    assert server.requests == []
+
+
+def test_api_key_is_sent_as_bearer_token():
+    server = Server(ok())
+    client, _ = client_for(server, api_key="sk-test")
+    client.score([GROUP], step=0)
+    assert server.requests[0].headers["Authorization"] == "Bearer sk-test"
+
+
+def test_no_api_key_sends_no_authorization_header():
+    server = Server(ok())
+    client, _ = client_for(server)
+    client.score([GROUP], step=0)
+    assert "Authorization" not in server.requests[0].headers
+
+
+def test_score_returns_the_parsed_response_and_request_id():
+    client, _ = client_for(Server(ok()))
+    result = client.score([GROUP, GROUP_2], step=7)
+    assert result.response == ScoreResponse.model_validate(RESPONSE)
+    assert result.request_id == "req-ok"
+
+
+def test_info_returns_the_json_object():
+    info = {"model": "qwen-test", "model_path": "/m", "policy_version": "p1", "engine": "hf",
+            "limits": {"max_groups": 4096}, "defaults": {"lambda_pos": 0.2}}
+    server = Server(httpx.Response(200, json=info))
+    client, _ = client_for(server)
+    assert client.info() == info
+    assert server.requests[0].method == "GET" and server.requests[0].url.path == "/v1/info"
+
+
+# --- status -> exception ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "cls"), [
+    (400, BadRequestError), (401, AuthenticationError), (403, PermissionDeniedError),
+    (404, NotFoundError), (409, ConflictError), (413, PayloadTooLargeError),
+    (422, UnprocessableEntityError), (429, RateLimitError), (500, InternalServerError),
+    (503, ServiceUnavailableError), (504, GatewayTimeoutError), (418, APIStatusError),
+])
+def test_status_raises_its_exception_class_with_the_servers_details(status, cls):
+    client, _ = client_for(Server(error_json(status, "invalid_request", "must be >= 0", "step")),
+                           max_retries=0)
+    with pytest.raises(APIStatusError) as exc:
+        client.score([GROUP], step=0)
+    err = exc.value
+    assert type(err) is cls
+    assert (err.status_code, err.request_id, err.type) == (status, "req-1", "invalid_request")
+    assert (err.message, err.field) == ("must be >= 0", "step")
+    assert err.body == {"error": {"type": "invalid_request", "message": "must be >= 0", "field": "step"}}
+
+
+def test_error_str_names_status_type_field_and_message():
+    client, _ = client_for(Server(error_json(422, "invalid_request", "Input should be a valid integer",
+                                             "groups[0].rollouts[1].token_ids[0]")))
+    with pytest.raises(UnprocessableEntityError) as exc:
+        client.score([GROUP], step=0)
+    text = str(exc.value)
+    for part in ("422", "invalid_request", "groups[0].rollouts[1].token_ids[0]",
+                 "Input should be a valid integer", "req-1"):
+        assert part in text
+
+
+def test_non_json_error_body_is_kept_as_text():
+    client, _ = client_for(Server(httpx.Response(502, text="<html>Bad Gateway</html>")), max_retries=0)
+    with pytest.raises(APIStatusError) as exc:
+        client.score([GROUP], step=0)
+    assert exc.value.status_code == 502
+    assert exc.value.body == exc.value.message == "<html>Bad Gateway</html>"
+    assert exc.value.field is None and exc.value.request_id is None
+
+
+# --- retries ----------------------------------------------------------------------------------
+
+
+def test_503_is_retried_until_success_with_the_same_idempotency_key():
+    server = Server(error_json(503, "not_ready", "warming up"), error_json(503, "not_ready", "warming up"),
+                    ok())
+    client, slept = client_for(server)
+    result = client.score([GROUP], step=0)
+    assert result.model == "qwen-test"
+    assert len(server.requests) == 3 and len(slept) == 2
+    keys = {r.headers["Idempotency-Key"] for r in server.requests}
+    assert len(keys) == 1
+    assert server.bodies()[0] == server.bodies()[2]
+
+
+def test_retry_after_header_is_the_sleep_before_the_retry():
+    server = Server(error_json(429, "overloaded", "queue full", headers={"Retry-After": "3"}), ok())
+    client, slept = client_for(server)
+    client.score([GROUP], step=0)
+    assert slept == [3.0]
+
+
+def test_each_score_call_gets_a_new_idempotency_key():
+    server = Server(ok())
+    client, _ = client_for(server)
+    client.score([GROUP], step=0)
+    client.score([GROUP], step=0)
+    first, second = (r.headers["Idempotency-Key"] for r in server.requests)
+    assert first != second
+
+
+@pytest.mark.parametrize("status", [409, 422])
+def test_client_errors_are_not_retried(status):
+    server = Server(error_json(status, "invalid_request", "no"), ok())
+    client, slept = client_for(server)
+    with pytest.raises(APIStatusError):
+        client.score([GROUP], step=0)
+    assert len(server.requests) == 1 and slept == []
+
+
+def test_exhausted_retries_raise_the_last_error():
+    server = Server(error_json(503, "not_ready", "a"), error_json(503, "not_ready", "b"),
+                    error_json(500, "internal_error", "c"), ok())
+    client, slept = client_for(server, max_retries=2)
+    with pytest.raises(InternalServerError) as exc:
+        client.score([GROUP], step=0)
+    assert exc.value.message == "c"
+    assert len(server.requests) == 3 and len(slept) == 2
+
+
+def test_connection_error_is_retried_then_raises_api_connection_error():
+    server = Server(httpx.ConnectError("connection refused"))
+    client, slept = client_for(server, max_retries=2)
+    with pytest.raises(APIConnectionError) as exc:
+        client.score([GROUP], step=0)
+    assert not isinstance(exc.value, APITimeoutError)
+    assert isinstance(exc.value.__cause__, httpx.ConnectError)
+    assert len(server.requests) == 3 and len(slept) == 2
+
+
+def test_connection_error_then_success_returns_the_result():
+    server = Server(httpx.ConnectError("connection reset"), ok())
+    client, _ = client_for(server)
+    assert client.score([GROUP], step=0).request_id == "req-ok"
+
+
+def test_timeout_raises_api_timeout_error():
+    client, _ = client_for(Server(httpx.ReadTimeout("read timed out")), max_retries=0)
+    with pytest.raises(APITimeoutError) as exc:
+        client.score([GROUP], step=0)
+    assert isinstance(exc.value, APIConnectionError)
+
+
+def test_with_options_max_retries_0_does_not_retry():
+    server = Server(error_json(503, "not_ready", "warming up"), ok())
+    client, slept = client_for(server)
+    with pytest.raises(ServiceUnavailableError):
+        client.with_options(max_retries=0).score([GROUP], step=0)
+    assert len(server.requests) == 1 and slept == []
+
+
+def test_with_options_shares_the_connection_pool_and_keeps_other_settings():
+    client, _ = client_for(Server(ok()), api_key="sk-test", max_retries=5)
+    copy = client.with_options(timeout=httpx.Timeout(1.0))
+    assert copy._http is client._http
+    assert (copy.timeout, copy.max_retries, copy.api_key) == (httpx.Timeout(1.0), 5, "sk-test")
+    copy.close()
+    assert not client._http.is_closed
+
+
+def test_retry_delay_backs_off_from_half_a_second_to_8s_with_jitter():
+    rng = random.Random(0)
+    for attempt, base in [(0, 0.5), (1, 1.0), (3, 4.0), (4, 8.0), (10, 8.0)]:
+        delay = retry_delay(attempt, None, rng)
+        assert 0.75 * base <= delay <= 1.25 * base
+
+
+def test_retry_after_is_capped_at_60s():
+    assert retry_delay(0, "3600") == 60.0
+
+
+def test_unparsable_retry_after_falls_back_to_backoff():
+    assert 0.375 <= retry_delay(0, "soon") <= 0.625
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (408, True), (429, True), (500, True), (502, True), (503, True), (504, True),
+    (400, False), (401, False), (404, False), (409, False), (413, False), (422, False),
+    (httpx.ConnectError("refused"), True), (APITimeoutError(), True), (ValueError("x"), False),
+])
+def test_should_retry_only_transient_failures(error, expected):
+    assert should_retry(error) is expected
+
+
+# --- ready() ----------------------------------------------------------------------------------
+
+
+def test_ready_is_true_on_200():
+    server = Server(httpx.Response(200, json={"status": "ready"}))
+    client, _ = client_for(server)
+    assert client.ready() is True
+    assert server.requests[0].url.path == "/readyz"
+
+
+def test_ready_is_false_on_503_without_retrying():
+    server = Server(httpx.Response(503, headers={"Retry-After": "5"}), httpx.Response(200))
+    client, slept = client_for(server)
+    assert client.ready() is False
+    assert len(server.requests) == 1 and slept == []
+
+
+def test_ready_is_false_when_the_server_is_unreachable():
+    client, _ = client_for(Server(httpx.ConnectError("refused")))
+    assert client.ready() is False
+
+
+# --- construction -----------------------------------------------------------------------------
+
+
+def test_timeout_must_be_an_httpx_timeout():
+    with pytest.raises(TypeError, match="httpx.Timeout"):
+        AMRClient(timeout=30)  # type: ignore[arg-type]
+
+
+def test_context_manager_closes_the_pool_it_created():
+    with AMRClient(BASE_URL, transport=httpx.MockTransport(Server(ok()))) as client:
+        pass
+    assert client._http.is_closed
+
+
+def test_a_passed_http_client_is_left_open():
+    http = httpx.Client(transport=httpx.MockTransport(Server(ok())))
+    with AMRClient(BASE_URL, http_client=http):
+        pass
+    assert not http.is_closed
+
+
+# --- sync equals async ------------------------------------------------------------------------
+
+
+def test_sync_and_async_clients_send_the_same_body_and_give_equal_results():
+    sync_server = Server(error_json(503, "not_ready", "warming up", headers={"Retry-After": "2"}), ok())
+    async_server = Server(error_json(503, "not_ready", "warming up", headers={"Retry-After": "2"}), ok())
+    sync_client, sync_slept = client_for(sync_server, api_key="k")
+    async_client, async_slept = async_client_for(async_server, api_key="k")
+
+    sync_result = sync_client.score([GROUP, GROUP_2], step=7, config={"kappa": 3.0})
+
+    async def run() -> ScoreResult:
+        async with async_client:
+            return await async_client.score([GROUP, GROUP_2], step=7, config={"kappa": 3.0})
+
+    async_result = asyncio.run(run())
+    assert sync_server.bodies() == async_server.bodies()
+    assert sync_slept == async_slept == [2.0]
+    assert sync_result.response == async_result.response
+    assert async_server.requests[0].headers["Idempotency-Key"] == async_server.requests[1].headers["Idempotency-Key"]
+
+
+# --- ScoreResult helpers ----------------------------------------------------------------------
+
+
+def result() -> ScoreResult:
+    return ScoreResult(ScoreResponse.model_validate(RESPONSE), request_id="req-ok")
+
+
+def test_result_exposes_the_response_fields():
+    r = result()
+    assert (r.model, r.anneal_weight, r.stats.rollouts, len(r.groups)) == ("qwen-test", 0.86, 3, 2)
+
+
+def test_advantages_are_flat_over_groups_then_rollouts():
+    assert result().advantages() == [[0.5, 0.25, 1.0], [-0.75], [0.0, 0.0]]
+
+
+def test_advantages_numpy_is_one_array_per_rollout():
+    arrays = result().advantages_numpy()
+    assert [a.shape for a in arrays] == [(3,), (1,), (2,)]
+    np.testing.assert_array_equal(arrays[1], np.array([-0.75], dtype=np.float32))
+
+
+def test_base_advantages_are_one_per_rollout_in_request_order():
+    assert result().base_advantages() == [0.7, -0.7, 0.0]
+
+
+def test_advantages_padded_right_pads_to_the_longest_rollout_with_a_mask():
+    values, mask = result().advantages_padded(pad_value=-9.0)
+    # Rollouts of 3, 1 and 2 tokens -> (B, T) = (3, 3).
+    assert values.dtype == torch.float32 and mask.dtype == torch.bool
+    assert torch.equal(values, torch.tensor([[0.5, 0.25, 1.0], [-0.75, -9.0, -9.0], [0.0, 0.0, -9.0]]))
+    assert torch.equal(mask, torch.tensor([[True, True, True], [True, False, False], [True, True, False]]))
+
+
+def test_advantages_padded_honours_dtype():
+    values, _ = result().advantages_padded(dtype=torch.float64)
+    assert values.dtype == torch.float64
