@@ -29,6 +29,7 @@ from amr_client.schemas import (
 )
 from amr_sd.algo import advantage, reflection
 from amr_sd.algo.context import render_prompt, splice, with_block
+from amr_sd.cache import ReflectionCache, reflection_key
 from amr_sd.engine.base import Engine, GenerationParams
 from amr_sd.errors import InvalidRequest, from_validation_error
 
@@ -52,6 +53,7 @@ class _Work:
     leak_answers: list[str] = field(default_factory=list)
     leak_sources: list[list[int]] = field(default_factory=list)
     record: ReflectionRecord | None = None
+    cache_key: str | None = None
     accepted_text: str | None = None
     student_logprobs: np.ndarray | None = None
     teacher_logprobs: np.ndarray | None = None
@@ -77,9 +79,11 @@ class Plan:
 
 
 class Scorer:
-    def __init__(self, engine: Engine, defaults: ScoringConfig | None = None):
+    def __init__(self, engine: Engine, defaults: ScoringConfig | None = None,
+                 cache: ReflectionCache | None = None):
         self.engine = engine
         self.defaults = defaults or ScoringConfig()
+        self.cache = cache
         self.tokenizer = engine.tokenizer
         self._special_ids = np.array(sorted(set(self.tokenizer.all_special_ids)), dtype=np.int64)
 
@@ -224,17 +228,17 @@ class Scorer:
         t0 = time.perf_counter()
         plan = self.plan(request)
         active = plan.active
-        generated = await self._reflect(active, plan.config)
+        generated, cached = await self._reflect(active, plan.config)
         t1 = time.perf_counter()
         await self._rescore([w for w in active if w.accepted_text is not None])
         t2 = time.perf_counter()
-        response = self._assemble(request, plan, generated)
+        response = self._assemble(request, plan, generated, cached)
         response.stats.timings = Timings(reflect_s=t1 - t0, score_s=t2 - t1,
                                          total_s=time.perf_counter() - t0)
         return response
 
-    async def _reflect(self, active: list[_Work], cfg: ScoringConfig) -> int:
-        """Write, parse and filter reflections with retries; returns the number of generations."""
+    async def _reflect(self, active: list[_Work], cfg: ScoringConfig) -> tuple[int, int]:
+        """Write, parse and filter reflections with retries: (generations run, cache hits)."""
         pending = []
         for w in active:
             override = w.rollout.reflection_override
@@ -249,6 +253,21 @@ class Scorer:
                 w.record = ReflectionRecord(kind=w.kind, accepted=False, source="override",
                                             reject_reason=reflection.RejectReason.EMPTY.value,
                                             reject_reasons=[reflection.RejectReason.EMPTY.value])
+        cached = 0
+        if self.cache is not None and pending:
+            for w in pending:
+                w.cache_key = self._cache_key(w, cfg)
+            hits = await self.cache.get_many([w.cache_key for w in pending])
+            misses = []
+            for w, hit in zip(pending, hits):
+                if hit is None:
+                    misses.append(w)
+                    continue
+                cached += 1
+                w.record = ReflectionRecord.model_validate({**hit, "cached": True})
+                w.accepted_text = w.record.text if w.record.accepted else None
+            pending = misses
+        written = list(pending)
         generated = 0
         for attempt in range(cfg.max_retries + 1):
             if not pending:
@@ -280,7 +299,23 @@ class Scorer:
                         output += closing
                     if not self._accept(w, output, cfg):
                         pending.append(w)
-        return generated
+        if self.cache is not None and written:
+            await self.cache.set_many({w.cache_key: w.record.model_dump(exclude={"cached"})
+                                       for w in written})
+        return generated, cached
+
+    def _cache_key(self, w: _Work, cfg: ScoringConfig) -> str:
+        # Everything the final record depends on: the writer's input, how it decodes, and what
+        # the filter compares against. A changed template, policy or setting misses the cache.
+        return reflection_key(
+            model_id=self.engine.model_id, policy_version=self.engine.policy_version,
+            template_version=reflection.TEMPLATE_VERSION, kind=w.kind,
+            writer_prompt_ids=w.writer_ids,
+            generation={"max_tokens": cfg.max_reflection_tokens,
+                        "temperature": cfg.reflection_temperature,
+                        "retry_temperature": cfg.retry_temperature, "max_retries": cfg.max_retries},
+            leak_filter={"answers": w.leak_answers, "sources": w.leak_sources,
+                         "ngram": cfg.ngram_overlap})
 
     def _accept(self, w: _Work, output: str, cfg: ScoringConfig) -> bool:
         record = w.record
@@ -320,7 +355,7 @@ class Scorer:
 
     # ---------------------------------------------------------------- combine and report
 
-    def _assemble(self, request: ScoreRequest, plan: Plan, generated: int) -> ScoreResponse:
+    def _assemble(self, request: ScoreRequest, plan: Plan, generated: int, cached: int) -> ScoreResponse:
         cfg, ret = plan.config, request.returns
         out_groups = []
         cig_values, gated_counter = [], collections.Counter()
@@ -378,6 +413,7 @@ class Scorer:
             gate_rate=gated_total / considered if considered else 0.0,
             reflections_requested=len(records),
             reflections_generated=generated,
+            reflections_cached=cached,
             reflections_accepted=accepted,
             reflections_rejected=len(records) - accepted,
             acceptance_rate=accepted / len(records) if records else 0.0,
