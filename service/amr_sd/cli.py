@@ -63,19 +63,12 @@ _ENGINE_FLAGS = ("dtype", "max_model_len", "gpu_memory_utilization", "enforce_ea
 def _engine(args):
     from dataclasses import replace
 
-    from amr_sd.engine.base import EngineSettings
+    from amr_sd.engine import EngineSettings, create_engine
 
     # Device-chosen defaults, then whatever the user set on the command line.
     settings = replace(EngineSettings.for_device(), **{
         name: getattr(args, name) for name in _ENGINE_FLAGS if getattr(args, name) is not None})
-    if args.engine == "hf":
-        from amr_sd.engine.hf import HFEngine
-
-        return HFEngine(args.model, dtype=settings.dtype if settings.dtype != "auto" else "bfloat16",
-                        max_model_len=settings.max_model_len)
-    from amr_sd.engine.vllm import VLLMEngine
-
-    return VLLMEngine.create(args.model, settings)
+    return create_engine(args.engine, args.model, settings)
 
 
 async def _score(args, groups: list[Group], line_numbers: list[int], config: ScoringConfig | None,
@@ -215,9 +208,60 @@ def config_markdown() -> str:
             + "\n".join(rows) + "\n")
 
 
+def openapi_yaml() -> str:
+    """openapi.yaml, generated from the app's routes and the wire schema."""
+    import yaml
+
+    from amr_sd.api.http import create_app
+
+    return yaml.safe_dump(create_app().openapi(), sort_keys=False, allow_unicode=True, width=100)
+
+
+def cmd_openapi(args) -> int:
+    sys.stdout.write(openapi_yaml())
+    return 0
+
+
 def cmd_config_doc(args) -> int:
     sys.stdout.write(config_markdown())
     return 0
+
+
+def cmd_serve(args) -> int:
+    import logging
+
+    import uvicorn
+    from pydantic import ValidationError as SettingsError
+
+    from amr_sd.api.http import create_app
+    from amr_sd.config import Settings
+
+    flags = {name: getattr(args, name) for name in
+             ("model", "engine", "host", "port", "redis_url", *_ENGINE_FLAGS)
+             if getattr(args, name) is not None}
+    try:
+        settings = Settings(**flags)  # AMR_* environment variables fill what flags leave out
+    except SettingsError as exc:
+        err = from_validation_error(exc)
+        print(f"amr-sd serve: {err.field}: {err.message}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # One worker: the engine lives in this process; scale with replicas, not workers.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,
+                log_level="warning")
+    return 0
+
+
+def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    engine = parser.add_argument_group("engine settings (defaults chosen for this machine's device)")
+    engine.add_argument("--dtype", help="bfloat16, float16, float32 or auto")
+    engine.add_argument("--max-model-len", type=int, help="longest prompt + response in tokens")
+    engine.add_argument("--gpu-memory-utilization", type=float,
+                        help="share of GPU memory (CPU build: of RAM, keep <= 0.5) for vLLM")
+    engine.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
+                        help="skip CUDA graphs / compilation")
+    engine.add_argument("--max-num-batched-tokens", type=int,
+                        help="tokens per engine step; bounds the prompt-logprob logits memory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,15 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--model", default=EMBEDDED_MODEL,
                        help=f"embedded name, local HF folder or hub id (default {EMBEDDED_MODEL})")
     score.add_argument("--engine", choices=("vllm", "hf"), default="vllm")
-    engine = score.add_argument_group("engine settings (defaults chosen for this machine's device)")
-    engine.add_argument("--dtype", help="bfloat16, float16, float32 or auto")
-    engine.add_argument("--max-model-len", type=int, help="longest prompt + response in tokens")
-    engine.add_argument("--gpu-memory-utilization", type=float,
-                        help="share of GPU memory (CPU build: of RAM, keep <= 0.5) for vLLM")
-    engine.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
-                        help="skip CUDA graphs / compilation")
-    engine.add_argument("--max-num-batched-tokens", type=int,
-                        help="tokens per engine step; bounds the prompt-logprob logits memory")
+    _add_engine_flags(score)
     score.add_argument("--config", help="ScoringConfig overrides: a JSON object or a JSON file")
     score.add_argument("--batch-groups", type=int, default=64, help="groups per scorer call")
     score.add_argument("--return-cig", action="store_true", help="add per-token cig and gated")
@@ -248,6 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add the per-rollout reflection record (default on)")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     score.set_defaults(func=cmd_score)
+    serve = sub.add_parser("serve", help="run the HTTP service (AMR_* environment variables too)")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1; 0.0.0.0 exposes it)")
+    serve.add_argument("--port", type=int, help="default 8000")
+    serve.add_argument("--model", help=f"embedded name, local HF folder or hub id (default {EMBEDDED_MODEL})")
+    serve.add_argument("--engine", choices=("vllm", "hf"))
+    serve.add_argument("--redis-url", help="reflection cache, e.g. redis://127.0.0.1:6379/0 (default in-process)")
+    _add_engine_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+    api = sub.add_parser("openapi", help="print the OpenAPI document (openapi.yaml) as YAML")
+    api.set_defaults(func=cmd_openapi)
     doc = sub.add_parser("config-doc", help="print the ScoringConfig reference as Markdown")
     doc.set_defaults(func=cmd_config_doc)
     return parser

@@ -2,6 +2,8 @@
 
     AmrError                 status_code, type
     ├── InvalidRequest       422: a field is wrong (`field` = "groups[2].rollouts[0].token_ids")
+    ├── PayloadTooLarge      413: over a size cap; the message names the cap
+    ├── ServiceNotReady      503 + Retry-After: still starting
     └── EngineFailure        503: the engine failed or returned something the scorer must not trust
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 class AmrError(Exception):
     status_code = 500
     type = "internal_error"
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str, *, field: str | None = None):
         super().__init__(message)
@@ -30,6 +33,17 @@ class AmrError(Exception):
 class InvalidRequest(AmrError):
     status_code = 422
     type = "invalid_request"
+
+
+class PayloadTooLarge(AmrError):
+    status_code = 413
+    type = "payload_too_large"
+
+
+class ServiceNotReady(AmrError):
+    status_code = 503
+    type = "not_ready"
+    headers = {"Retry-After": "5"}
 
 
 class EngineFailure(AmrError):

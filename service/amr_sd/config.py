@@ -1,0 +1,49 @@
+"""Server settings: `amr-sd serve` flags and `AMR_*` environment variables (flags win)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from amr_sd.engine.base import EngineSettings
+from amr_sd.engine.models import EMBEDDED_MODEL
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AMR_", extra="forbid")
+
+    model: str = Field(EMBEDDED_MODEL, description="Embedded name, local HF folder or hub id.")
+    engine: Literal["vllm", "hf"] = "vllm"
+    # Loopback by default: exposing a scoring engine is a deliberate choice (--host 0.0.0.0).
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    redis_url: str | None = Field(None, description="Reflection cache; absent -> in-process LRU.")
+    cache_ttl_s: float = Field(86400.0, gt=0, description="Lifetime of a cached reflection.")
+    cache_max_entries: int = Field(100_000, ge=1, description="In-process cache size.")
+
+    # Engine knobs; None keeps the device default (EngineSettings.for_device).
+    dtype: str | None = None
+    max_model_len: int | None = Field(None, ge=16)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    enforce_eager: bool | None = None
+    max_num_batched_tokens: int | None = Field(None, ge=16)
+
+    # Request caps, checked before any engine work (413).
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_groups: int = Field(1024, ge=1)
+    max_rollouts: int = Field(8192, ge=1)
+    max_tokens: int = Field(4_000_000, ge=1, description="Response tokens per request.")
+
+    def engine_settings(self) -> EngineSettings:
+        base = EngineSettings.for_device()
+        overrides = {name: getattr(self, name) for name in
+                     ("dtype", "max_model_len", "gpu_memory_utilization", "enforce_eager",
+                      "max_num_batched_tokens") if getattr(self, name) is not None}
+        return replace(base, **overrides)
+
+    def limits(self) -> dict:
+        return {"max_body_bytes": self.max_body_bytes, "max_groups": self.max_groups,
+                "max_rollouts": self.max_rollouts, "max_tokens": self.max_tokens}

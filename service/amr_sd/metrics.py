@@ -1,0 +1,53 @@
+"""Prometheus metrics, `amr_sd_*`. One registry per app, so tests can build several apps."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from amr_client.schemas import BatchStats
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_RATE_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("amr_sd_requests", "HTTP requests by route and status.",
+                                ["route", "status"], registry=r)
+        self.request_duration = Histogram("amr_sd_request_duration_seconds",
+                                          "HTTP request latency.", ["route"],
+                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("amr_sd_requests_in_flight", "Requests being served.", registry=r)
+        self.tokens_scored = Counter("amr_sd_tokens_scored", "Response tokens teacher-forced.",
+                                     registry=r)
+        self.reflections_generated = Counter("amr_sd_reflections_generated",
+                                             "Reflection generations run (retries included).",
+                                             registry=r)
+        self.reflections_cached = Counter("amr_sd_reflections_cached",
+                                          "Reflections served from the cache.", registry=r)
+        self.reflections_rejected = Counter("amr_sd_reflections_rejected",
+                                            "Reflections finally rejected, by reason.", ["reason"],
+                                            registry=r)
+        self.gate_rate = Histogram("amr_sd_gate_rate", "Share of reflected tokens gated, per request.",
+                                   buckets=_RATE_BUCKETS, registry=r)
+        self.cig_mean = Histogram("amr_sd_cig_mean", "Mean clipped CIG per request (nats).",
+                                  buckets=(-2, -1, -0.5, -0.2, -0.1, 0, 0.1, 0.2, 0.5, 1, 2),
+                                  registry=r)
+        self.engine_seconds = Histogram("amr_sd_engine_seconds", "Engine time per phase.",
+                                        ["phase"], buckets=_LATENCY_BUCKETS, registry=r)
+
+    def observe_scoring(self, stats: BatchStats) -> None:
+        self.tokens_scored.inc(stats.tokens_scored)
+        self.reflections_generated.inc(stats.reflections_generated)
+        self.reflections_cached.inc(stats.reflections_cached)
+        for reason, n in stats.reject_reasons.items():
+            self.reflections_rejected.labels(reason=reason).inc(n)
+        if stats.reflected_tokens:
+            self.gate_rate.observe(stats.gate_rate)
+            self.cig_mean.observe(stats.cig_mean)
+        if stats.reflections_requested:
+            self.engine_seconds.labels(phase="reflect").observe(stats.timings.reflect_s)
+        if stats.tokens_scored:
+            self.engine_seconds.labels(phase="score").observe(stats.timings.score_s)
