@@ -7,11 +7,13 @@ STAMP  := $(VENV)/.amr-sd-setup
 DEVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STEP   ?= 0
 
-.PHONY: setup test test-unit test-integration demo examples clean
+.PHONY: setup test test-unit test-integration demo serve examples openapi clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	# redis-server backs the shared reflection cache; its tests start a real one.
+	command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[$(DEVICE),dev]"
@@ -42,6 +44,14 @@ demo: setup
 	$(BIN)/amr-sd score --in examples/data/groups.jsonl --out build/scored.jsonl --step $(STEP) \
 		--return-cig
 	$(BIN)/python examples/show_scored.py build/scored.jsonl
+
+# The HTTP service on the embedded model, in the foreground (Ctrl-C stops it). AMR_* settings apply.
+serve: setup
+	$(BIN)/amr-sd serve
+
+# Regenerate openapi.yaml from the app (a test fails when it is out of date).
+openapi: setup
+	$(BIN)/amr-sd openapi > openapi.yaml
 
 # Regenerate examples/data/groups.jsonl from the embedded model (about a minute).
 examples: setup
