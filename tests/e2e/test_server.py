@@ -1,0 +1,134 @@
+"""The service as a user runs it: a real `amr-sd serve` process, called over real HTTP by both
+client twins, with and without Redis behind the reflection cache."""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from amr_client import AMRClient, AsyncAMRClient, PayloadTooLargeError, UnprocessableEntityError
+from amr_client.schemas import ScoreRequest
+from amr_sd.scorer import Scorer
+
+pytestmark = pytest.mark.e2e
+
+START_TIMEOUT_S = 240
+# Greedy reflections and no retries: the output is a function of the request, so the server's
+# answer can be compared with the in-process scorer's.
+GREEDY = {"max_retries": 0, "max_reflection_tokens": 48}
+MAX_GROUPS = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def server(request, tmp_path_factory):
+    port = _free_port()
+    args = [sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port),
+            "--gpu-memory-utilization", "0.1"]
+    if request.param == "redis":
+        args += ["--redis-url", request.getfixturevalue("redis_url")]
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    log = open(log_path, "wb")
+    env = {**os.environ, "AMR_MAX_GROUPS": str(MAX_GROUPS)}
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready in {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield request.param, base_url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def metric(base_url: str, name: str) -> float:
+    for line in httpx.get(f"{base_url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_probes_and_info(server):
+    cache, base_url = server
+    assert httpx.get(f"{base_url}/healthz").json() == {"status": "ok"}
+    assert AMRClient(base_url).ready()
+    info = AMRClient(base_url).info()
+    assert info["model"] == "smollm2-135m-instruct" and info["cache"] == cache
+    assert os.path.isdir(info["model_path"]) and info["limits"]["max_groups"] == MAX_GROUPS
+
+
+def test_both_twins_match_the_in_process_scorer_and_repeat_from_cache(server, vllm_engine, run,
+                                                                         example_groups):
+    _, base_url = server
+    groups = example_groups[:2]
+    req = ScoreRequest.model_validate({"groups": groups, "step": 0, "config": GREEDY})
+    local = run(Scorer(vllm_engine).score(req))
+
+    cached_before = metric(base_url, "amr_sd_reflections_cached_total")
+    with AMRClient(base_url) as client:
+        first = client.score(groups, step=0, config=GREEDY)
+
+    async def again():
+        async with AsyncAMRClient(base_url) as client:
+            return await client.score(groups, step=0, config=GREEDY)
+
+    second = asyncio.run(again())
+    for result in (first, second):
+        for g_local, g_remote in zip(local.groups, result.groups):
+            for a, b in zip(g_local.rollouts, g_remote.rollouts):
+                assert a.reflection.text == b.reflection.text
+                assert a.reflection.accepted == b.reflection.accepted
+                np.testing.assert_allclose(a.advantages, b.advantages, rtol=0, atol=1e-6)
+    # The repeat wrote no reflection: every one came from the cache.
+    assert second.stats.reflections_generated == 0
+    assert second.stats.reflections_cached == second.stats.reflections_requested > 0
+    assert all(r.reflection.cached for g in second.groups for r in g.rollouts)
+    assert metric(base_url, "amr_sd_reflections_cached_total") - cached_before == \
+        second.stats.reflections_cached
+
+
+def test_bad_input_is_422_naming_the_field(server, example_groups):
+    _, base_url = server
+    group = example_groups[0]
+    bad = {**group, "rollouts": [group["rollouts"][0], {**group["rollouts"][1], "token_ids": [10**6]}]}
+    with pytest.raises(UnprocessableEntityError) as err:
+        AMRClient(base_url).score([group, bad], step=0)
+    assert err.value.field == "groups[1].rollouts[1].token_ids[0]"
+    assert "vocabulary" in err.value.message
+    raw = httpx.post(f"{base_url}/v1/score", json={"groups": [group], "step": 0, "config": {"tau": 1}})
+    assert raw.status_code == 422
+    assert raw.json()["error"]["field"] == "config.tau"
+
+
+def test_over_the_group_cap_is_413(server, example_groups):
+    _, base_url = server
+    with pytest.raises(PayloadTooLargeError) as err:
+        AMRClient(base_url).score(example_groups[:MAX_GROUPS + 1], step=50)
+    assert f"the cap is {MAX_GROUPS}" in err.value.message
