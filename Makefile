@@ -38,12 +38,10 @@ test-unit: setup
 test-integration: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/integration
 
-# Score the example groups on the embedded model; the summary line is printed at the end.
+# Start the service, score the example groups through AMRClient, show the credit, stop it.
 demo: setup
 	mkdir -p build
-	$(BIN)/amr-sd score --in examples/data/groups.jsonl --out build/scored.jsonl --step $(STEP) \
-		--return-cig
-	$(BIN)/python examples/show_scored.py build/scored.jsonl
+	$(BIN)/python examples/demo.py --step $(STEP)
 
 # The HTTP service on the embedded model, in the foreground (Ctrl-C stops it). AMR_* settings apply.
 serve: setup

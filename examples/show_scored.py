@@ -30,7 +30,7 @@ def colour(piece: str, ratio: float, positive: bool, enabled: bool) -> str:
 
 def show(label: str, rollout_in: dict, rollout_out: dict, tok, enabled: bool) -> None:
     base = rollout_out["base_advantage"]
-    reflection = rollout_out.get("reflection", {})
+    reflection = rollout_out.get("reflection") or {}
     print(f"--- {label}: reward {rollout_in['reward']}, base advantage {base:+.3f}")
     print(f"    {reflection.get('kind')}: {reflection.get('text')!r}")
     pieces = []
