@@ -57,7 +57,9 @@ def main() -> None:
             t2 = time.perf_counter()
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        code = proc.wait(timeout=60)
+    if code != 0:
+        sys.exit(f"the service exited with {code} on SIGTERM; its log: {log_path}")
 
     tok = AutoTokenizer.from_pretrained(resolve_model(EMBEDDED_MODEL))
     colour = sys.stdout.isatty()
@@ -81,7 +83,7 @@ def main() -> None:
         ("mean |Â| vs mean |A|", f"{s.mean_abs_advantage:.4f} vs {s.mean_abs_base_advantage:.4f}"),
         ("CIG mean ± std", f"{s.cig_mean:+.3f} ± {s.cig_std:.3f} nats"),
         ("response tokens/s", f"{s.response_tokens / (t2 - t1):.1f} ({s.response_tokens} tokens in {t2 - t1:.1f} s)"),
-        ("end to end", f"{time.perf_counter() - t0:.0f} s (start-up {t1 - t0:.0f} s)"),
+        ("end to end", f"{time.perf_counter() - t0:.0f} s (start-up {t1 - t0:.0f} s); service stopped cleanly"),
     ]
     width = max(len(k) for k, _ in rows)
     print()
