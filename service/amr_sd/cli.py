@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -246,6 +247,10 @@ def cmd_serve(args) -> int:
         print(f"amr-sd serve: {err.field}: {err.message}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # uvicorn shuts down gracefully on SIGTERM (lifespan: engine closed), then re-raises the signal
+    # to the handler that was there before it. A no-op handler lets the process exit 0 instead of
+    # dying by the signal, which orchestrators read as a crash.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     # One worker: the engine lives in this process; scale with replicas, not workers.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,
                 log_level="warning")

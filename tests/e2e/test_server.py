@@ -132,3 +132,22 @@ def test_over_the_group_cap_is_413(server, example_groups):
     with pytest.raises(PayloadTooLargeError) as err:
         AMRClient(base_url).score(example_groups[:MAX_GROUPS + 1], step=50)
     assert f"the cap is {MAX_GROUPS}" in err.value.message
+
+
+def test_sigterm_stops_the_server_cleanly_with_exit_0(tmp_path):
+    port = _free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port),
+                                 "--gpu-memory-utilization", "0.1"], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not AMRClient(f"http://127.0.0.1:{port}").ready():
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(1)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
