@@ -159,6 +159,15 @@ def parse_score_response(response: httpx.Response) -> ScoreResult:
     return ScoreResult(parsed, request_id=response.headers.get("x-request-id"))
 
 
+def parse_ready(response: httpx.Response) -> bool:
+    """`/readyz`: 503 means still starting; other errors (401, 404...) mean a wrong URL or key."""
+    if response.status_code == 503:
+        return False
+    if response.is_success:
+        return True
+    raise make_status_error(response)
+
+
 def parse_info(response: httpx.Response) -> dict[str, Any]:
     body = _body_of(response)
     if not isinstance(body, dict):
@@ -275,14 +284,18 @@ class BaseClient:
     def _url(self, path: str) -> str:
         return self.base_url + path
 
-    def _options(self, timeout: httpx.Timeout | NotGiven,
-                 max_retries: int | NotGiven) -> dict[str, Any]:
-        """Constructor arguments of a copy with some settings overridden."""
-        return {
-            "api_key": self.api_key,
-            "timeout": self.timeout if isinstance(timeout, NotGiven) else timeout,
-            "max_retries": self.max_retries if isinstance(max_retries, NotGiven) else max_retries,
-        }
+    def with_options(self, *, timeout: httpx.Timeout | NotGiven = NOT_GIVEN,
+                     max_retries: int | NotGiven = NOT_GIVEN):
+        """A copy with other settings that shares this client's connection pool.
+
+        Closing the copy leaves the pool open; close the original when done.
+        """
+        copy = type(self)(
+            self.base_url, http_client=self._http, api_key=self.api_key,
+            timeout=self.timeout if isinstance(timeout, NotGiven) else timeout,
+            max_retries=self.max_retries if isinstance(max_retries, NotGiven) else max_retries)
+        copy._sleep = self._sleep
+        return copy
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(base_url={self.base_url!r}, timeout={self.timeout!r}, "

@@ -22,11 +22,9 @@ from amr_client._base import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
     INFO_PATH,
-    NOT_GIVEN,
     READY_PATH,
     SCORE_PATH,
     BaseClient,
-    NotGiven,
     build_headers,
     build_score_body,
     connection_error,
@@ -34,6 +32,7 @@ from amr_client._base import (
     new_idempotency_key,
     next_retry_delay,
     parse_info,
+    parse_ready,
     parse_score_response,
 )
 from amr_client._exceptions import APIConnectionError, APIStatusError
@@ -102,22 +101,7 @@ class AMRClient(BaseClient):
                                       timeout=self.timeout)
         except httpx.TransportError:
             return False
-        if response.status_code == 503:
-            return False
-        if response.is_success:
-            return True
-        raise make_status_error(response)
-
-    def with_options(self, *, timeout: httpx.Timeout | NotGiven = NOT_GIVEN,
-                     max_retries: int | NotGiven = NOT_GIVEN) -> AMRClient:
-        """A copy with other settings that shares this client's connection pool.
-
-        Closing the copy leaves the pool open; close the original when done.
-        """
-        copy = type(self)(self.base_url, http_client=self._http,
-                          **self._options(timeout, max_retries))
-        copy._sleep = self._sleep
-        return copy
+        return parse_ready(response)
 
     def close(self) -> None:
         """Close the connection pool, unless it was passed in as `http_client` or shared."""
@@ -192,22 +176,7 @@ class AsyncAMRClient(BaseClient):
                                             headers=build_headers(self.api_key), timeout=self.timeout)
         except httpx.TransportError:
             return False
-        if response.status_code == 503:
-            return False
-        if response.is_success:
-            return True
-        raise make_status_error(response)
-
-    def with_options(self, *, timeout: httpx.Timeout | NotGiven = NOT_GIVEN,
-                     max_retries: int | NotGiven = NOT_GIVEN) -> AsyncAMRClient:
-        """A copy with other settings that shares this client's connection pool.
-
-        Closing the copy leaves the pool open; close the original when done.
-        """
-        copy = type(self)(self.base_url, http_client=self._http,
-                          **self._options(timeout, max_retries))
-        copy._sleep = self._sleep
-        return copy
+        return parse_ready(response)
 
     async def close(self) -> None:
         """Close the connection pool, unless it was passed in as `http_client` or shared."""
