@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from amr_client.schemas import Group, ReturnSwitches, ScoreRequest, ScoringConfig
+from amr_sd.engine.base import ENGINE_FLAGS
 from amr_sd.engine.models import EMBEDDED_MODEL
 from amr_sd.errors import AmrError, InvalidRequest, from_validation_error
 
@@ -57,18 +58,12 @@ def _parse_config(raw: str | None) -> ScoringConfig | None:
         raise InputError(f"--config: {err.field}: {err.message}") from None
 
 
-_ENGINE_FLAGS = ("dtype", "max_model_len", "gpu_memory_utilization", "enforce_eager",
-                 "max_num_batched_tokens")
-
-
 def _engine(args):
-    from dataclasses import replace
-
     from amr_sd.engine import EngineSettings, create_engine
 
     # Device-chosen defaults, then whatever the user set on the command line.
-    settings = replace(EngineSettings.for_device(), **{
-        name: getattr(args, name) for name in _ENGINE_FLAGS if getattr(args, name) is not None})
+    settings = EngineSettings.for_device().with_overrides(
+        **{name: getattr(args, name) for name in ENGINE_FLAGS})
     return create_engine(args.engine, args.model, settings)
 
 
@@ -232,17 +227,16 @@ def cmd_serve(args) -> int:
     import logging
 
     import uvicorn
-    from pydantic import ValidationError as SettingsError
 
     from amr_sd.api.http import create_app
     from amr_sd.config import Settings
 
     flags = {name: getattr(args, name) for name in
-             ("model", "engine", "host", "port", "redis_url", *_ENGINE_FLAGS)
+             ("model", "engine", "host", "port", "redis_url", *ENGINE_FLAGS)
              if getattr(args, name) is not None}
     try:
         settings = Settings(**flags)  # AMR_* environment variables fill what flags leave out
-    except SettingsError as exc:
+    except ValidationError as exc:
         err = from_validation_error(exc)
         print(f"amr-sd serve: {err.field}: {err.message}", file=sys.stderr)
         return 2

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from amr_sd.engine.base import EngineSettings
+from amr_sd.engine.base import ENGINE_FLAGS, EngineSettings
 from amr_sd.engine.models import EMBEDDED_MODEL
 
 
@@ -38,11 +37,8 @@ class Settings(BaseSettings):
     max_tokens: int = Field(4_000_000, ge=1, description="Response tokens per request.")
 
     def engine_settings(self) -> EngineSettings:
-        base = EngineSettings.for_device()
-        overrides = {name: getattr(self, name) for name in
-                     ("dtype", "max_model_len", "gpu_memory_utilization", "enforce_eager",
-                      "max_num_batched_tokens") if getattr(self, name) is not None}
-        return replace(base, **overrides)
+        return EngineSettings.for_device().with_overrides(
+            **{name: getattr(self, name) for name in ENGINE_FLAGS})
 
     def limits(self) -> dict:
         return {"max_body_bytes": self.max_body_bytes, "max_groups": self.max_groups,

@@ -50,10 +50,6 @@ def json_response(body, status_code: int = 200, headers: dict | None = None) -> 
                     media_type="application/json")
 
 
-def _build_engine(settings: Settings):
-    return create_engine(settings.engine, settings.model, settings.engine_settings())
-
-
 def create_app(settings: Settings | None = None, engine_factory: Callable | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -61,7 +57,8 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.ready = False
-        engine = (engine_factory or _build_engine)(settings)
+        engine = (engine_factory(settings) if engine_factory else
+                  create_engine(settings.engine, settings.model, settings.engine_settings()))
         cache = make_cache(settings.redis_url, ttl_s=settings.cache_ttl_s,
                            max_entries=settings.cache_max_entries)
         try:

@@ -6,7 +6,7 @@ Two real implementations sit behind it: `vllm.VLLMEngine` (the service's engine)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, Sequence
 
 import numpy as np
@@ -58,6 +58,11 @@ class Engine(Protocol):
     async def close(self) -> None: ...
 
 
+# The knobs a user may set from `amr-sd score|serve` flags or AMR_* variables.
+ENGINE_FLAGS = ("dtype", "max_model_len", "gpu_memory_utilization", "enforce_eager",
+                "max_num_batched_tokens")
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """vLLM engine knobs. `for_device()` picks values that are safe on the machine at hand."""
@@ -71,6 +76,10 @@ class EngineSettings:
     max_num_batched_tokens: int = 4096
     max_num_seqs: int = 64
     extra: dict = field(default_factory=dict)
+
+    def with_overrides(self, **overrides) -> "EngineSettings":
+        """A copy with the given fields replaced; None means "keep the default"."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     @classmethod
     def for_device(cls, device: str | None = None) -> "EngineSettings":
