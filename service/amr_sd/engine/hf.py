@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-
 from amr_sd.engine.base import Generation, GenerationParams
 from amr_sd.engine.models import resolve_model
 

