@@ -40,9 +40,11 @@ class ScoringConfig(_Strict):
     success_threshold: float = Field(
         1.0, description="A rollout is correct when reward >= this, unless it sets `correct`. Paper: 1.0.")
     norm_by_std: bool = Field(
-        True, description="A_i = (r_i - mean) / (std + 1e-6); false gives A_i = r_i - mean. Paper: true (GRPO).")
+        True, description="A_i = (r_i - mean) / (std + std_eps); false gives A_i = r_i - mean. Paper: true (GRPO).")
     std_unbiased: bool = Field(
         True, description="Use the unbiased (n-1) standard deviation. Paper: true.")
+    std_eps: float = Field(
+        1e-6, ge=0, le=1, description="ε added to the std. (ours): 1e-6 as in verl; set 1e-4 to match TRL's GRPOTrainer exactly.")
 
     # > Parameters that control the gate (METHOD step 8)
     lambda_pos: float = Field(

@@ -135,7 +135,7 @@ class Scorer:
 
         rewards = np.array([r.reward for r in group.rollouts])
         base = advantage.grpo_advantages(rewards, norm_by_std=cfg.norm_by_std,
-                                         std_unbiased=cfg.std_unbiased)
+                                         std_unbiased=cfg.std_unbiased, eps=cfg.std_eps)
         correct = [r.correct if r.correct is not None else r.reward >= cfg.success_threshold
                    for r in group.rollouts]
         work = []

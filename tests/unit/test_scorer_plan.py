@@ -233,3 +233,13 @@ def test_rewards_1001_give_the_worked_base_advantages(scorer, config, magnitude)
     assert [r.base_advantage for r in scored] == pytest.approx(expected, abs=1e-5)
     for r in scored:
         assert r.advantages == [r.base_advantage] * len(TOKENS)
+
+
+def test_std_eps_sets_the_epsilon_of_the_base_advantage(scorer):
+    # TRL divides by std + 1e-4: 0.5 / (0.5773503 + 1e-4) = 0.8658754 (vs 0.8660239 at 1e-6).
+    response = score(scorer, request(group([1.0, 0.0, 0.0, 1.0]), step=50, config={"std_eps": 1e-4}))
+    base = [r.base_advantage for r in response.groups[0].rollouts]
+    std = (1 / 3) ** 0.5
+    a = 0.5 / (std + 1e-4)
+    assert base == pytest.approx([a, -a, -a, a], rel=1e-12)
+    assert base[0] == pytest.approx(0.8658754, abs=1e-7)
