@@ -4,10 +4,6 @@ client twins, with and without Redis behind the reflection cache."""
 import asyncio
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import numpy as np
@@ -19,53 +15,18 @@ from amr_sd.scorer import Scorer
 
 pytestmark = pytest.mark.e2e
 
-START_TIMEOUT_S = 240
 # Greedy reflections and no retries: the output is a function of the request, so the server's
 # answer can be compared with the in-process scorer's.
 GREEDY = {"max_retries": 0, "max_reflection_tokens": 48}
 MAX_GROUPS = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=["memory", "redis"])
-def server(request, tmp_path_factory):
-    port = _free_port()
-    args = [sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port),
-            "--gpu-memory-utilization", "0.1"]
-    if request.param == "redis":
-        args += ["--redis-url", request.getfixturevalue("redis_url")]
+def server(request, tmp_path_factory, launch_server):
+    args = ["--redis-url", request.getfixturevalue("redis_url")] if request.param == "redis" else []
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    log = open(log_path, "wb")
-    env = {**os.environ, "AMR_MAX_GROUPS": str(MAX_GROUPS)}
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield request.param, base_url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with launch_server(log_path, *args, env={"AMR_MAX_GROUPS": str(MAX_GROUPS)}) as server:
+        yield request.param, server.base_url
 
 
 def metric(base_url: str, name: str) -> float:
@@ -134,20 +95,7 @@ def test_over_the_group_cap_is_413(server, example_groups):
     assert f"the cap is {MAX_GROUPS}" in err.value.message
 
 
-def test_sigterm_stops_the_server_cleanly_with_exit_0(tmp_path):
-    port = _free_port()
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port),
-                                 "--gpu-memory-utilization", "0.1"], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not AMRClient(f"http://127.0.0.1:{port}").ready():
-                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-                time.sleep(1)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+def test_sigterm_stops_the_server_cleanly_with_exit_0(tmp_path, launch_server):
+    with launch_server(tmp_path / "server.log") as server:
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=60) == 0, server.log_path.read_text()[-3000:]
