@@ -11,7 +11,7 @@ STEP   ?= 0
 VERL_VENV  ?= .venv-verl
 VERL_STAMP := $(VERL_VENV)/.amr-sd-setup
 
-.PHONY: setup setup-verl test test-unit test-integration demo serve examples openapi clean
+.PHONY: setup setup-verl test test-unit test-integration demo trl-example serve examples openapi clean
 
 setup: $(STAMP)
 
@@ -55,6 +55,11 @@ test-integration: setup
 demo: setup
 	mkdir -p build
 	$(BIN)/python examples/demo.py --step $(STEP)
+
+# Train the embedded model with TRL's GRPOTrainer on AMR-SD advantages, next to plain GRPO.
+trl-example: setup
+	mkdir -p build
+	$(BIN)/python examples/trl_grpo_amrsd.py --compare-grpo
 
 # The HTTP service on the embedded model, in the foreground (Ctrl-C stops it). AMR_* settings apply.
 serve: setup

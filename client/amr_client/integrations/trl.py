@@ -1,0 +1,247 @@
+"""TRL: `AMRGRPOTrainer`, a `trl.GRPOTrainer` whose loss sees AMR-SD per-token advantages.
+
+    from amr_client import AMRClient
+    from amr_client.integrations.trl import AMRGRPOTrainer
+
+    trainer = AMRGRPOTrainer(
+        model=model, reward_funcs=[accuracy], args=GRPOConfig(...), train_dataset=dataset,
+        amr_client=AMRClient("http://127.0.0.1:8000", timeout=httpx.Timeout(600.0)),
+        amr_config={"decay_steps": 50},          # any ScoringConfig field
+    )
+    trainer.train()
+
+Tested with trl 1.16.0. How it plugs in (trl/trainer/grpo_trainer.py):
+
+- `_calculate_rewards` is where TRL gathers the rewards of the whole generation batch, the
+  batch whose consecutive `num_generations` rows form a group. The override keeps those rows'
+  prompts, completion token ids and rewards (plus any `log_extra(feedback_column, ...)` a reward
+  function wrote) for the next step.
+- `_generate_and_score_completions` returns `advantages` of shape (B,) sliced per process. The
+  override sends the gathered groups, whole, to the service in one `score` call from the main
+  process, broadcasts the answer, and replaces `advantages` by a (B, T) tensor aligned with
+  `completion_ids` (T = `completion_ids.size(1)`, right-padded with 0) before TRL shuffles and
+  splits the batch. `_compute_loss` already accepts (B, T) advantages.
+
+The service computes the base advantage exactly as TRL does (`std_eps=1e-4`, unbiased std,
+`norm_by_std` from `scale_rewards`), so at anneal weight 0 the loss sees TRL's own advantages.
+Evaluation batches keep TRL's advantages: AMR-SD shapes the training signal only.
+
+Feedback: a reward function may pass verifier feedback per completion through TRL's own
+`log_extra` hook, `log_extra("amr_feedback", texts)`; it reaches the critique writer and also
+shows in TRL's completions table. A dataset column named by `amr_reference_column` becomes the
+group's reference answer, which the leak filter keeps out of every reflection.
+
+Failure policy: by default any error raises, so a batch is never trained on advantages the
+service did not produce. With `amr_fallback_to_grpo=True`, a service that cannot be reached
+after the client's own retries (connection errors, timeouts, 503) gives TRL's GRPO advantages
+for that batch, a logged warning, and `amr/fallback` = 1 in the trainer's metrics. Errors that
+mean the request is wrong (4xx) always raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from accelerate.utils import broadcast_object_list, gather_object
+from trl import GRPOTrainer
+
+from amr_client import AMRClient, APIConnectionError, ScoringConfig, ServiceUnavailableError
+
+__all__ = ["AMRGRPOTrainer"]
+
+logger = logging.getLogger(__name__)
+
+# TRL's GRPO divides by (std + 1e-4) (grpo_trainer.py, `_generate_and_score_completions`).
+TRL_STD_EPS = 1e-4
+UNREACHABLE = (APIConnectionError, ServiceUnavailableError)
+
+
+class AMRGRPOTrainer(GRPOTrainer):
+    """`GRPOTrainer` with AMR-SD advantages from an amr-sd service.
+
+    Args (besides GRPOTrainer's own):
+        amr_client: the `AMRClient` to score with. Give it a long read timeout: a cold batch
+            writes reflections for every rollout of a mixed group.
+        amr_config: `ScoringConfig` fields to override on the server (dict or model). The
+            fields that define the base advantage are set to TRL's and may not be overridden.
+        amr_fallback_to_grpo: train on TRL's GRPO advantages, with a warning, when the service
+            is unreachable after the client's retries. Off: such a batch raises.
+        amr_feedback_column: the `log_extra` column holding verifier feedback, if any.
+        amr_reference_column: a dataset column with the reference answer, if any.
+    """
+
+    def __init__(self, *args: Any, amr_client: AMRClient,
+                 amr_config: ScoringConfig | Mapping[str, Any] | None = None,
+                 amr_fallback_to_grpo: bool = False,
+                 amr_feedback_column: str = "amr_feedback",
+                 amr_reference_column: str | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.args.scale_rewards not in ("group", "none"):
+            raise ValueError(
+                f"AMRGRPOTrainer needs scale_rewards='group' or 'none', got {self.args.scale_rewards!r}: "
+                "the service normalises rewards within each group.")
+        if self.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(
+                "AMRGRPOTrainer needs multi_objective_aggregation='sum_then_normalize': the service "
+                "takes one scalar reward per completion.")
+        self.amr_client = amr_client
+        self.amr_config = _trl_matched_config(amr_config, norm_by_std=self.args.scale_rewards == "group")
+        self.amr_fallback_to_grpo = amr_fallback_to_grpo
+        self.amr_feedback_column = amr_feedback_column
+        self.amr_reference_column = amr_reference_column
+        self._amr_batch: dict[str, Any] | None = None
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        # Read before TRL flushes the pending log_extra columns into its completions table.
+        feedback = self._pending_extra_logs.get(self.amr_feedback_column)
+        self._amr_batch = {
+            "prompts": prompts,
+            "completion_ids": [list(map(int, ids)) for ids in completion_ids_list],
+            "feedback": list(feedback) if feedback is not None else None,
+            "references": ([str(x[self.amr_reference_column]) for x in inputs]
+                           if self.amr_reference_column else None),
+            "rewards_per_func": rewards_per_func,  # (N, F), already gathered over processes
+        }
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        batch, self._amr_batch = self._amr_batch, None
+        if not self.model.training or batch is None:
+            return output
+        output["advantages"] = self._amr_advantages(batch, output)
+        return output
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _amr_advantages(self, batch: dict[str, Any], output: dict[str, Any]) -> torch.Tensor:
+        grpo = output["advantages"]  # (B,) this process's rows, TRL's own GRPO advantages
+        completion_ids = output["completion_ids"]  # (B, T) right-padded
+        prompt_ids = [ids[mask.bool()].tolist()
+                      for ids, mask in zip(output["prompt_ids"], output["prompt_mask"], strict=True)]
+        rows = {
+            "prompts": gather_object(batch["prompts"]),
+            "prompt_ids": gather_object(prompt_ids),
+            "completion_ids": gather_object(batch["completion_ids"]),
+            "feedback": gather_object(batch["feedback"]) if batch["feedback"] is not None else None,
+            "references": gather_object(batch["references"]) if batch["references"] is not None else None,
+        }
+        weights = self.reward_weights.to(batch["rewards_per_func"].device)
+        rewards = (batch["rewards_per_func"] * weights.unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(batch["rewards_per_func"]).all(dim=1)] = torch.nan  # unscorable, as TRL
+
+        answer: list[Any] = [None]
+        if self.accelerator.is_main_process:
+            answer[0] = self._score_on_main(rows, rewards.tolist())
+        answer = broadcast_object_list(answer)[0]
+        if isinstance(answer, BaseException):  # raise on every process, so none hangs
+            raise answer
+        per_row, metrics = answer
+        for name, value in metrics.items():
+            self._metrics["train"][name].append(value)
+
+        start = self.accelerator.process_index * len(grpo)
+        advantages = torch.zeros(completion_ids.shape, dtype=torch.float32, device=grpo.device)
+        for i in range(len(grpo)):
+            values = per_row[start + i]
+            if values is None:  # fallback, or a group TRL could not score: TRL's own advantage
+                advantages[i, :len(batch["completion_ids"][i])] = grpo[i]
+            else:
+                advantages[i, :len(values)] = torch.tensor(values, dtype=torch.float32)
+        return advantages
+
+    def _score_on_main(self, rows: dict[str, Any], rewards: list[float]):
+        """Score every complete group; returns (per-row advantages or None, metrics) or the error."""
+        size = self.num_generations
+        groups, group_rows = [], []
+        unscorable = 0
+        for start in range(0, len(rewards), size):
+            members = range(start, start + size)
+            if any(r != r for r in (rewards[i] for i in members)):  # NaN: a reward fn returned None
+                unscorable += 1
+                continue
+            groups.append(self._group(rows, rewards, members))
+            group_rows.append(members)
+        per_row: list[list[float] | None] = [None] * len(rewards)
+        metrics = {"amr/unscored_groups": float(unscorable), "amr/fallback": 0.0}
+        if not groups:
+            return per_row, metrics
+        started = time.perf_counter()
+        try:
+            result = self.amr_client.score(groups, step=self.state.global_step, config=self.amr_config)
+        except UNREACHABLE as exc:
+            if not self.amr_fallback_to_grpo:
+                return exc
+            logger.warning("amr-sd unreachable after retries (%s); step %d trains on GRPO advantages",
+                           exc, self.state.global_step)
+            metrics["amr/fallback"] = 1.0
+            return per_row, metrics
+        except Exception as exc:  # noqa: BLE001 - handed to every process, then raised
+            return exc
+        scored = iter(result.advantages())
+        for members in group_rows:
+            for i in members:
+                values = next(scored)
+                if len(values) != len(rows["completion_ids"][i]):
+                    return RuntimeError(f"amr-sd returned {len(values)} advantages for completion {i} "
+                                        f"of {len(rows['completion_ids'][i])} tokens")
+                per_row[i] = values
+        stats = result.stats
+        metrics.update({
+            "amr/anneal_weight": result.anneal_weight,
+            "amr/gate_rate": stats.gate_rate,
+            "amr/acceptance_rate": stats.acceptance_rate,
+            "amr/reflections_generated": float(stats.reflections_generated),
+            "amr/reflections_cached": float(stats.reflections_cached),
+            "amr/mean_abs_advantage": stats.mean_abs_advantage,
+            "amr/mean_abs_base_advantage": stats.mean_abs_base_advantage,
+            "amr/score_seconds": time.perf_counter() - started,
+        })
+        return per_row, metrics
+
+    def _group(self, rows: dict[str, Any], rewards: list[float], members: range) -> dict[str, Any]:
+        first = members[0]
+        prompt = rows["prompts"][first]
+        wire_prompt: dict[str, Any] = {"prompt_token_ids": rows["prompt_ids"][first]}
+        if isinstance(prompt, str):
+            wire_prompt["text"] = prompt
+        else:
+            wire_prompt["messages"] = [{"role": m["role"], "content": _text(m["content"])} for m in prompt]
+        rollouts = []
+        for i in members:
+            rollout: dict[str, Any] = {"token_ids": rows["completion_ids"][i], "reward": rewards[i]}
+            if rows["feedback"] is not None and rows["feedback"][i]:
+                rollout["feedback"] = str(rows["feedback"][i])
+            rollouts.append(rollout)
+        group: dict[str, Any] = {"prompt": wire_prompt, "rollouts": rollouts}
+        if rows["references"] is not None:
+            group["reference"] = {"answer": rows["references"][first]}
+        return group
+
+
+def _trl_matched_config(user: ScoringConfig | Mapping[str, Any] | None, *, norm_by_std: bool) -> dict[str, Any]:
+    """The user's overrides plus the base-advantage fields that make the service agree with TRL."""
+    if isinstance(user, ScoringConfig):
+        user = user.model_dump(exclude_unset=True)
+    config = dict(user or {})
+    matched = {"std_eps": TRL_STD_EPS, "std_unbiased": True, "norm_by_std": norm_by_std}
+    for name, value in matched.items():
+        if name in config and config[name] != value:
+            how = "set GRPOConfig.scale_rewards instead" if name == "norm_by_std" else f"TRL uses {value!r}"
+            raise ValueError(
+                f"amr_config.{name}={config[name]!r} would make the service's base advantage differ "
+                f"from TRL's; remove it ({how}).")
+    ScoringConfig.model_validate(config)  # a bad field fails here, at construction, not mid-run
+    return {**config, **matched}
+
+
+def _text(content: Any) -> str:
+    # TRL normalises message content to a list of {"type": "text", ...} blocks for some models.
+    if isinstance(content, str):
+        return content
+    return "".join(block.get("text", "") for block in content if block.get("type") == "text")

@@ -1,0 +1,195 @@
+"""TRL's own GRPOTrainer trains the embedded model with AMR-SD advantages from a real server.
+
+Every check looks at what reached the loss (`_compute_loss`'s inputs), after TRL shuffled and
+split the generation batch, and matches rows back by their (prompt, completion) token ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import GRPOConfig, GRPOTrainer
+
+from amr_client import AMRClient, APIConnectionError
+from amr_client.integrations.trl import AMRGRPOTrainer
+from amr_sd.engine.models import materialize_embedded
+
+pytestmark = pytest.mark.e2e
+
+GROUP = 4
+# Step 0 at full weight, step 1 at anneal weight 0 (u = 1 / 1). Short greedy reflections, no
+# retries, τ = 0 so that any accepted reflection moves some tokens.
+AMR_CONFIG = {"decay_steps": 1, "max_reflection_tokens": 32, "max_retries": 0,
+              "tau_pos": 0.0, "tau_neg": 0.0}
+QUESTIONS = ["What is 3 + 4?", "What is 9 - 5?", "What is 2 * 6?", "What is 8 + 1?"]
+
+
+def alternating_reward(completions, log_extra, **_):
+    """Rows of a group are consecutive, so this gives every group rewards [0, 1, 0, 1]: mixed
+    groups, the ones AMR-SD has something to say about. The failed ones get verifier feedback."""
+    rewards = [float(i % 2) for i in range(len(completions))]
+    log_extra("amr_feedback", ["The final answer is wrong." if r == 0 else "" for r in rewards])
+    return rewards
+
+
+class RecordingClient(AMRClient):
+    """A real client that keeps every request's groups and the service's answer."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def score(self, groups, *, step, config=None, returns=None):
+        result = super().score(groups, step=step, config=config, returns=returns)
+        self.calls.append({"groups": list(groups), "step": step, "result": result})
+        return result
+
+
+def key(prompt_ids, prompt_mask, completion_ids, length) -> tuple:
+    return (tuple(prompt_ids[prompt_mask.bool()].tolist()), tuple(completion_ids[:length].tolist()))
+
+
+@pytest.fixture(scope="module")
+def model_path():
+    return str(materialize_embedded())
+
+
+def make_trainer(model_path, tmp_path, client, *, max_steps, **amr):
+    args = GRPOConfig(
+        output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=2 * GROUP,
+        num_generations=GROUP, max_completion_length=16, learning_rate=1e-6, logging_steps=1,
+        report_to="none", use_cpu=True, bf16=False, save_strategy="no", seed=0)
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]} for q in QUESTIONS])
+    return AMRGRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32),
+        processing_class=AutoTokenizer.from_pretrained(model_path),
+        reward_funcs=[alternating_reward], args=args, train_dataset=dataset,
+        amr_client=client, **amr)
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Records TRL's own GRPO output (before the adapter) and every loss input."""
+    seen = {"grpo": [], "loss": []}
+    own = GRPOTrainer._generate_and_score_completions
+
+    def grpo_output(self, inputs):
+        output = own(self, inputs)
+        seen["grpo"].append({k: v.clone() for k, v in output.items() if torch.is_tensor(v)})
+        return output
+
+    loss = GRPOTrainer._compute_loss
+
+    def loss_input(self, model, inputs):
+        seen["loss"].append({k: v.clone() for k, v in inputs.items() if torch.is_tensor(v)})
+        return loss(self, model, inputs)
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", grpo_output)
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", loss_input)
+    return seen
+
+
+def rows_of(batch, values_of):
+    """{(prompt ids, completion ids): [per-row values]} for every row of a batch."""
+    rows = {}
+    for i in range(len(batch["completion_ids"])):
+        length = int(batch["completion_mask"][i].sum())
+        k = key(batch["prompt_ids"][i], batch["prompt_mask"][i], batch["completion_ids"][i], length)
+        rows.setdefault(k, []).append(values_of(i, length))
+    return rows
+
+
+def test_two_grpo_steps_train_on_exactly_the_service_advantages(amr_server, model_path, tmp_path,
+                                                                 recorded):
+    client = RecordingClient(amr_server)
+    trainer = make_trainer(model_path, tmp_path, client, max_steps=2, amr_config=AMR_CONFIG)
+    trainer.train()
+
+    assert trainer.state.global_step == 2
+    assert [c["step"] for c in client.calls] == [0, 1]
+    assert len(recorded["loss"]) == 2
+
+    # Step 0, anneal weight 1: the loss sees the service's per-token advantages, bit for bit,
+    # at the completion's tokens and 0 on the padding.
+    call = client.calls[0]
+    assert call["result"].anneal_weight == 1.0
+    sent = [(tuple(g["prompt"]["prompt_token_ids"]), tuple(r["token_ids"]))
+            for g in call["groups"] for r in g["rollouts"]]
+    service = {}
+    for k, values in zip(sent, call["result"].advantages(), strict=True):
+        service.setdefault(k, []).append(torch.tensor(values, dtype=torch.float32))
+    assert all(len(g["rollouts"]) == GROUP for g in call["groups"])
+    assert [r.get("feedback") for g in call["groups"] for r in g["rollouts"]] == \
+        ["The final answer is wrong.", None] * (len(sent) // 2)
+
+    batch = recorded["loss"][0]
+    advantages = batch["advantages"]
+    assert advantages.shape == batch["completion_ids"].shape == batch["completion_mask"].shape
+    token_level = False
+    for i in range(len(advantages)):
+        length = int(batch["completion_mask"][i].sum())
+        k = key(batch["prompt_ids"][i], batch["prompt_mask"][i], batch["completion_ids"][i], length)
+        candidates = service[k]
+        assert len(candidates[0]) == length, "service row and completion differ in length"
+        match = [j for j, c in enumerate(candidates) if torch.equal(advantages[i, :length], c)]
+        assert match, f"loss row {i} is not the service's advantages"
+        candidates.pop(match[0])
+        assert torch.all(advantages[i, length:] == 0)
+        token_level |= len(set(advantages[i, :length].tolist())) > 1
+    print(f"per-token variation reached the loss: {token_level}; "
+          f"gate rate {call['result'].stats.gate_rate:.3f}")
+
+    # Step 1, anneal weight 0: the loss sees TRL's own GRPO advantage on every token.
+    assert client.calls[1]["result"].anneal_weight == 0.0
+    own = rows_of(recorded["grpo"][1], lambda i, _: float(recorded["grpo"][1]["advantages"][i]))
+    batch = recorded["loss"][1]
+    for i in range(len(batch["advantages"])):
+        length = int(batch["completion_mask"][i].sum())
+        k = key(batch["prompt_ids"][i], batch["prompt_mask"][i], batch["completion_ids"][i], length)
+        row = batch["advantages"][i]
+        value = float(row[0])
+        assert any(abs(value - a) < 1e-6 for a in own[k]), (value, own[k])
+        np.testing.assert_array_equal(row[:length].numpy(), np.full(length, row[0].item(), np.float32))
+        assert torch.all(row[length:] == 0)
+
+    logged = [entry for entry in trainer.state.log_history if "amr/gate_rate" in entry]
+    assert len(logged) == 2 and all(0 <= e["amr/gate_rate"] <= 1 for e in logged)
+    assert {"amr/acceptance_rate", "amr/mean_abs_advantage", "amr/mean_abs_base_advantage"} <= set(logged[0])
+
+
+def unreachable_client() -> AMRClient:
+    with socket.socket() as s:  # a port that nothing listens on once this socket closes
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return AMRClient(f"http://127.0.0.1:{port}", max_retries=0)
+
+
+def test_unreachable_service_raises_by_default(model_path, tmp_path, recorded):
+    trainer = make_trainer(model_path, tmp_path, unreachable_client(), max_steps=1)
+    with pytest.raises(APIConnectionError):
+        trainer.train()
+    assert recorded["loss"] == []  # no step trained on advantages the service did not produce
+
+
+def test_fallback_trains_on_trl_advantages_with_a_warning_and_a_metric(model_path, tmp_path, recorded,
+                                                                       caplog):
+    trainer = make_trainer(model_path, tmp_path, unreachable_client(), max_steps=1,
+                           amr_fallback_to_grpo=True)
+    with caplog.at_level(logging.WARNING, logger="amr_client.integrations.trl"):
+        trainer.train()
+    assert "amr-sd unreachable" in caplog.text
+    assert trainer.state.log_history[0]["amr/fallback"] == 1.0
+    own = rows_of(recorded["grpo"][0], lambda i, _: float(recorded["grpo"][0]["advantages"][i]))
+    batch = recorded["loss"][0]
+    for i in range(len(batch["advantages"])):
+        length = int(batch["completion_mask"][i].sum())
+        k = key(batch["prompt_ids"][i], batch["prompt_mask"][i], batch["completion_ids"][i], length)
+        row = batch["advantages"][i]
+        assert float(row[0]) in own[k]
+        assert torch.all(row[:length] == row[0]) and torch.all(row[length:] == 0)
