@@ -249,3 +249,20 @@ class ScoreResponse(BaseModel):
     anneal_weight: float
     groups: list[ScoredGroup]
     stats: BatchStats
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(..., description="Machine-readable kind: invalid_request, overloaded, draining, ...")
+    message: str = Field(..., description="What went wrong and what to change.")
+    field: str | None = Field(None, description="The offending field or header, e.g. `groups[1].rollouts[0].reward`.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer of the service: `{"error": {"type", "message", "field"}}`."""
+
+    error: ErrorDetail

@@ -15,7 +15,12 @@ old entries simply expire (`ttl_s`).
     ├── MemoryCache   in-process LRU with TTL
     └── RedisCache    redis.asyncio, shared by replicas
 
-Redis errors propagate to the caller for now.
+A cache is an optimisation, never a dependency: when Redis is down, hung, full or goes away
+mid-run, `RedisCache` reads miss and writes are skipped, so scoring continues uncached (only
+slower). Each failed operation calls `on_error` (the HTTP layer counts `amr_sd_cache_errors_total`);
+one warning is logged when an outage starts and one info line when Redis answers again. Short
+socket timeouts bound what a dead or hung Redis costs a request, and the client reconnects by
+itself once Redis is back.
 """
 
 from __future__ import annotations
@@ -23,15 +28,26 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import logging
 import math
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import orjson
 import redis.asyncio
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 KEY_PREFIX = "amr-sd:reflection:"
+
+log = logging.getLogger("amr_sd.cache")
+
+# What a failed Redis operation raises: redis-py's own errors (connection, timeout, a refused
+# command such as OOM or NOAUTH) and socket errors that reach us unwrapped.
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
 
 class ReflectionCache(Protocol):
@@ -103,20 +119,43 @@ class MemoryCache:
 
 
 class RedisCache:
-    """Records as orjson values under their keys; one MGET per read, one pipeline per write."""
+    """Records as orjson values under their keys; one MGET per read, one pipeline per write.
+
+    Never raises a Redis error: a failed read returns all None (a miss), a failed write is
+    skipped, and either calls `on_error()` once. An outage (from the first failed operation until
+    every kind of operation that failed, read or write, has succeeded again) logs one warning at
+    its start and one info line at its end.
+    """
 
     name = "redis"
 
-    def __init__(self, url: str, ttl_s: float = 86400.0):
+    def __init__(self, url: str, ttl_s: float = 86400.0,
+                 on_error: Callable[[], None] | None = None,
+                 socket_connect_timeout_s: float = 1.0, socket_timeout_s: float = 1.0):
         self.url = url
         self.ttl_s = ttl_s
-        # No connection is made until the first command.
-        self._client = redis.asyncio.Redis.from_url(url)
+        self._on_error = on_error
+        self._log_url = _without_password(url)
+        self._failing: set[str] = set()  # "get" and/or "set" while Redis is failing them
+        # No connection is made until the first command. from_url's default is no retry, so the
+        # first command on a pooled connection that died with a restarted Redis fails: one
+        # immediate retry on a connection error reconnects, and a restart costs no miss. Timeouts
+        # are not retried: a hung Redis costs one socket timeout per operation, not several.
+        self._client = redis.asyncio.Redis.from_url(
+            url, socket_connect_timeout=socket_connect_timeout_s,
+            socket_timeout=socket_timeout_s,
+            retry=Retry(NoBackoff(), retries=1,
+                        supported_errors=(redis.exceptions.ConnectionError,)))
 
     async def get_many(self, keys: Sequence[str]) -> list[dict | None]:
         if not keys:
             return []  # MGET with no keys is an error in Redis
-        values = await self._client.mget(keys)
+        try:
+            values = await self._client.mget(keys)
+        except REDIS_ERRORS as exc:
+            self._failed("get", exc)
+            return [None] * len(keys)
+        self._succeeded("get")
         return [None if v is None else orjson.loads(v) for v in values]
 
     async def set_many(self, items: Mapping[str, dict]) -> None:
@@ -124,19 +163,63 @@ class RedisCache:
             return
         # EX takes whole seconds; rounding up never expires a record before ttl_s.
         ex = math.ceil(self.ttl_s) if self.ttl_s > 0 else None
-        # No MULTI/EXEC: each SET stands alone, and a transaction would only add a round trip.
-        async with self._client.pipeline(transaction=False) as pipe:
-            for key, value in items.items():
-                pipe.set(key, orjson.dumps(value), ex=ex)
-            await pipe.execute()
+        try:
+            # No MULTI/EXEC: each SET stands alone, and a transaction would only add a round trip.
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value in items.items():
+                    pipe.set(key, orjson.dumps(value), ex=ex)
+                # raise_on_error=False: a raised pipeline error carries the command (key and
+                # value) in its message, which must not reach the log; the bare reply does not.
+                replies = await pipe.execute(raise_on_error=False)
+            refused = next((r for r in replies if isinstance(r, Exception)), None)
+            if refused is not None:
+                raise refused
+        except REDIS_ERRORS as exc:
+            self._failed("set", exc)
+            return
+        self._succeeded("set")
 
     async def close(self) -> None:
         await self._client.aclose()
 
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        if self._on_error is not None:
+            self._on_error()
+        if not self._failing:
+            log.warning("redis cache unavailable at %s: %s: %s; scoring continues uncached",
+                        self._log_url, type(exc).__name__, exc)
+        self._failing.add(operation)
 
-def make_cache(redis_url: str | None, ttl_s: float = 86400.0,
-               max_entries: int = 100_000) -> ReflectionCache:
-    """Redis when a URL is configured (replicas share it), else an in-process LRU."""
+    def _succeeded(self, operation: str) -> None:
+        # An outage ends when what failed works again: a Redis that is full (OOM refuses SET,
+        # MGET still answers) stays one outage instead of a warning and a recovery per request.
+        if operation in self._failing:
+            self._failing.discard(operation)
+            if not self._failing:
+                log.info("redis cache back at %s", self._log_url)
+
+
+def _without_password(url: str) -> str:
+    """`url` for a log line: a password in the user part or the query becomes `***`."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if parts.password is None and not any(k == "password" for k, _ in query):
+        return url  # unchanged, not re-encoded (urlunsplit would turn unix:///p into unix:/p)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query_text = urllib.parse.urlencode(
+        [(k, "***" if k == "password" else v) for k, v in query], safe="*")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query_text))
+
+
+def make_cache(redis_url: str | None, ttl_s: float = 86400.0, max_entries: int = 100_000,
+               on_error: Callable[[], None] | None = None) -> ReflectionCache:
+    """Redis when a URL is configured (replicas share it), else an in-process LRU.
+
+    `on_error` is called once per failed Redis operation (the in-process LRU cannot fail).
+    """
     if redis_url:
-        return RedisCache(redis_url, ttl_s=ttl_s)
+        return RedisCache(redis_url, ttl_s=ttl_s, on_error=on_error)
     return MemoryCache(max_entries=max_entries, ttl_s=ttl_s)

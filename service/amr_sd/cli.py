@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -223,16 +222,21 @@ def cmd_config_doc(args) -> int:
     return 0
 
 
+SERVE_FLAGS = ("model", "engine", "host", "port", "redis_url", "max_pending_sequences",
+               "max_pending_tokens", "request_timeout_s", "drain_timeout_s")
+EXIT_ENGINE_DEAD = 3
+
+
 def cmd_serve(args) -> int:
     import logging
 
     import uvicorn
 
     from amr_sd.api.http import create_app
+    from amr_sd.api.server import DrainingServer
     from amr_sd.config import Settings
 
-    flags = {name: getattr(args, name) for name in
-             ("model", "engine", "host", "port", "redis_url", *ENGINE_FLAGS)
+    flags = {name: getattr(args, name) for name in (*SERVE_FLAGS, *ENGINE_FLAGS)
              if getattr(args, name) is not None}
     try:
         settings = Settings(**flags)  # AMR_* environment variables fill what flags leave out
@@ -241,14 +245,13 @@ def cmd_serve(args) -> int:
         print(f"amr-sd serve: {err.field}: {err.message}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # uvicorn shuts down gracefully on SIGTERM (lifespan: engine closed), then re-raises the signal
-    # to the handler that was there before it. A no-op handler lets the process exit 0 instead of
-    # dying by the signal, which orchestrators read as a crash.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    app = create_app(settings)
     # One worker: the engine lives in this process; scale with replicas, not workers.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,
-                log_level="warning")
-    return 0
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1,
+                            log_level="warning", timeout_graceful_shutdown=5)
+    server = DrainingServer(config, app, settings.drain_timeout_s)
+    server.run()
+    return EXIT_ENGINE_DEAD if app.state.engine_dead else 0
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -289,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help=f"embedded name, local HF folder or hub id (default {EMBEDDED_MODEL})")
     serve.add_argument("--engine", choices=("vllm", "hf"))
     serve.add_argument("--redis-url", help="reflection cache, e.g. redis://127.0.0.1:6379/0 (default in-process)")
+    limits = serve.add_argument_group("reliability (README: Running it safely)")
+    limits.add_argument("--max-pending-sequences", type=int,
+                        help="rollouts admitted and unanswered before 429 (default 4096)")
+    limits.add_argument("--max-pending-tokens", type=int,
+                        help="response tokens admitted and unanswered before 429 (default 2000000)")
+    limits.add_argument("--request-timeout-s", type=float,
+                        help="default deadline per request, then 504 (default 600)")
+    limits.add_argument("--drain-timeout-s", type=float,
+                        help="on SIGTERM, how long in-flight requests may finish (default 30)")
     _add_engine_flags(serve)
     serve.set_defaults(func=cmd_serve)
     api = sub.add_parser("openapi", help="print the OpenAPI document (openapi.yaml) as YAML")

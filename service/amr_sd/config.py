@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from amr_sd.engine.base import ENGINE_FLAGS, EngineSettings
@@ -36,10 +36,36 @@ class Settings(BaseSettings):
     max_rollouts: int = Field(8192, ge=1)
     max_tokens: int = Field(4_000_000, ge=1, description="Response tokens per request.")
 
+    # Admission (429 over the bound, before any engine work): rollouts and response tokens of
+    # the requests admitted and not yet answered, across all clients.
+    max_pending_sequences: int = Field(4096, ge=1)
+    max_pending_tokens: int = Field(2_000_000, ge=1)
+
+    # Deadlines (504, engine work aborted): the default, and the most a client may ask for with
+    # the X-Request-Timeout header.
+    request_timeout_s: float = Field(600.0, gt=0)
+    max_request_timeout_s: float = Field(3600.0, gt=0)
+    idempotency_ttl_s: float = Field(3600.0, gt=0, description="How long an answer is replayed.")
+    drain_timeout_s: float = Field(30.0, ge=0, description="SIGTERM: how long in-flight requests may finish.")
+
+    # Comma-separated bearer tokens; unset = no authentication. Environment only: a flag would
+    # show the keys in `ps`.
+    api_keys: SecretStr | None = None
+    metrics_require_key: bool = False
+
     def engine_settings(self) -> EngineSettings:
         return EngineSettings.for_device().with_overrides(
             **{name: getattr(self, name) for name in ENGINE_FLAGS})
 
     def limits(self) -> dict:
         return {"max_body_bytes": self.max_body_bytes, "max_groups": self.max_groups,
-                "max_rollouts": self.max_rollouts, "max_tokens": self.max_tokens}
+                "max_rollouts": self.max_rollouts, "max_tokens": self.max_tokens,
+                "max_pending_sequences": self.max_pending_sequences,
+                "max_pending_tokens": self.max_pending_tokens,
+                "request_timeout_s": self.request_timeout_s,
+                "max_request_timeout_s": self.max_request_timeout_s}
+
+    def keys(self) -> list[bytes]:
+        if self.api_keys is None:
+            return []
+        return [k.strip().encode() for k in self.api_keys.get_secret_value().split(",") if k.strip()]

@@ -1,10 +1,17 @@
 """The server's error tree. Every error a user can cause names the field and the reason.
 
-    AmrError                 status_code, type
+    AmrError                 status_code, type (500 internal_error: a bug of ours)
+    ├── Unauthenticated      401: no bearer token while API keys are configured
+    ├── Forbidden            403: a bearer token that is not one of the keys
+    ├── Conflict             409: the same Idempotency-Key is still in flight
     ├── InvalidRequest       422: a field is wrong (`field` = "groups[2].rollouts[0].token_ids")
     ├── PayloadTooLarge      413: over a size cap; the message names the cap
+    ├── Overloaded           429 + Retry-After: the pending-work bound is full; retry later
     ├── ServiceNotReady      503 + Retry-After: still starting
-    └── EngineFailure        503: the engine failed or returned something the scorer must not trust
+    ├── Draining             503 + Retry-After: shutting down; retry (another replica)
+    ├── EngineFailure        503: the engine failed or returned something the scorer must not trust
+    │   └── EngineDead       503: the engine process died; this process exits for a restart
+    └── DeadlineExceeded     504: the request's deadline passed; its engine work was aborted
 """
 
 from __future__ import annotations
@@ -15,10 +22,13 @@ class AmrError(Exception):
     type = "internal_error"
     headers: dict[str, str] = {}
 
-    def __init__(self, message: str, *, field: str | None = None):
+    def __init__(self, message: str, *, field: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.field = field
+        if headers is not None:
+            self.headers = {**self.headers, **headers}
 
     def to_dict(self) -> dict:
         body = {"type": self.type, "message": self.message}
@@ -28,6 +38,22 @@ class AmrError(Exception):
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class Unauthenticated(AmrError):
+    status_code = 401
+    type = "unauthenticated"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(AmrError):
+    status_code = 403
+    type = "forbidden"
+
+
+class Conflict(AmrError):
+    status_code = 409
+    type = "conflict"
 
 
 class InvalidRequest(AmrError):
@@ -40,15 +66,36 @@ class PayloadTooLarge(AmrError):
     type = "payload_too_large"
 
 
+class Overloaded(AmrError):
+    status_code = 429
+    type = "overloaded"
+
+
 class ServiceNotReady(AmrError):
     status_code = 503
     type = "not_ready"
     headers = {"Retry-After": "5"}
 
 
+class Draining(AmrError):
+    status_code = 503
+    type = "draining"
+    headers = {"Retry-After": "5"}
+
+
 class EngineFailure(AmrError):
     status_code = 503
     type = "engine_error"
+
+
+class EngineDead(EngineFailure):
+    type = "engine_dead"
+    headers = {"Retry-After": "10"}
+
+
+class DeadlineExceeded(AmrError):
+    status_code = 504
+    type = "deadline_exceeded"
 
 
 def field_path(loc: tuple) -> str:

@@ -37,6 +37,28 @@ class Metrics:
                                   registry=r)
         self.engine_seconds = Histogram("amr_sd_engine_seconds", "Engine time per phase.",
                                         ["phase"], buckets=_LATENCY_BUCKETS, registry=r)
+        # Reliability (README "Running it safely").
+        self.admission_rejected = Counter("amr_sd_admission_rejected",
+                                          "Score requests refused before engine work, by reason.",
+                                          ["reason"], registry=r)
+        self.pending_sequences = Gauge("amr_sd_pending_sequences",
+                                       "Rollouts admitted and not yet answered.", registry=r)
+        self.pending_tokens = Gauge("amr_sd_pending_tokens",
+                                    "Response tokens admitted and not yet answered.", registry=r)
+        self.deadline_exceeded = Counter("amr_sd_deadline_exceeded",
+                                         "Requests whose deadline passed (504, engine work aborted).",
+                                         registry=r)
+        self.client_disconnects = Counter("amr_sd_client_disconnects",
+                                          "Requests whose client left before the answer (work aborted).",
+                                          registry=r)
+        self.idempotent_replays = Counter("amr_sd_idempotent_replays",
+                                          "Answers replayed for a repeated Idempotency-Key.", registry=r)
+        self.cache_errors = Counter("amr_sd_cache_errors",
+                                    "Redis operations that failed (scoring went on uncached).",
+                                    registry=r)
+        self.engine_unfinished = Gauge("amr_sd_engine_unfinished_requests",
+                                       "Requests the engine holds that are neither finished nor aborted.",
+                                       registry=r)
 
     def observe_scoring(self, stats: BatchStats) -> None:
         self.tokens_scored.inc(stats.tokens_scored)

@@ -1,33 +1,50 @@
-"""The HTTP API: parse, call the scorer, return. No scoring logic lives here.
+"""The HTTP API: parse, guard, call the scorer, return. No scoring logic lives here.
 
 Routes: POST /v1/score, GET /v1/info, GET /healthz, GET /readyz, GET /metrics.
-Errors: `{"error": {"type", "message", "field"}}` with 422 for bad fields, 413 for size caps.
+Errors: `{"error": {"type", "message", "field"}}` (amr_sd.errors lists every status).
+
+A score request passes, in order: API key (401/403), draining (503), body cap (413), schema
+(422), readiness (503), size caps (413), Idempotency-Key (replay, 409, 422), admission (429),
+then the scorer under a deadline (504) that also ends when the client disconnects. Whatever ends
+a request early cancels its scoring task, and vLLM aborts the engine requests of a cancelled task.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import math
 import time
 import uuid
 from contextlib import asynccontextmanager
 from typing import Annotated, Callable
 
 import orjson
-from fastapi import Body, FastAPI, Request
+from fastapi import Body, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from amr_client.schemas import ScoreRequest, ScoreResponse, ScoringConfig
+from amr_client.schemas import ErrorResponse, ScoreRequest, ScoreResponse, ScoringConfig
 from amr_sd.algo.reflection import TEMPLATE_VERSION
+from amr_sd.api.admission import Admission
+from amr_sd.api.auth import check_bearer
+from amr_sd.api.body_limit import BodyLimit
+from amr_sd.api.idempotency import fingerprint, make_store, scoped_key
 from amr_sd.cache import make_cache
 from amr_sd.config import Settings
 from amr_sd.engine import create_engine
-from amr_sd.errors import AmrError, InvalidRequest, PayloadTooLarge, ServiceNotReady, field_path
+from amr_sd.errors import (AmrError, DeadlineExceeded, Draining, EngineDead, InvalidRequest,
+                           Overloaded, PayloadTooLarge, ServiceNotReady, field_path)
 from amr_sd.metrics import Metrics
 from amr_sd.scorer import Scorer
 
 log = logging.getLogger("amr_sd.http")
+
+HEALTH_INTERVAL_S = 1.0
+# Final answers a retry would get again are stored for replay; the rest free the key.
+_REPLAYABLE_ERRORS = {400, 401, 403, 404, 413, 422}
 
 _EXAMPLE = {
     "step": 0,
@@ -44,6 +61,28 @@ _EXAMPLE = {
 }
 
 
+
+def _errors(*statuses: int) -> dict:
+    return {code: {"model": ErrorResponse, "description": _ERROR_DOCS[code]} for code in statuses}
+
+
+_ERROR_DOCS = {
+    401: "No `Authorization: Bearer <key>` while API keys are configured",
+    403: "The bearer token is not one of the configured keys",
+    409: "A request with this Idempotency-Key is still in flight; retry later",
+    413: "Over a size cap (body, groups, rollouts, tokens); the message names the cap",
+    422: "A field or header is invalid; `error.field` names it",
+    429: "The pending-work bound is full; retry after `Retry-After` seconds",
+    500: "A bug in the service",
+    503: "Not ready, draining, or the engine failed; retry after `Retry-After` seconds",
+    504: "The request's deadline passed; its engine work was aborted",
+}
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
 def json_response(body, status_code: int = 200, headers: dict | None = None) -> Response:
     # orjson: large advantage arrays serialise several times faster than the stdlib encoder.
     return Response(orjson.dumps(body), status_code=status_code, headers=headers,
@@ -53,23 +92,35 @@ def json_response(body, status_code: int = 200, headers: dict | None = None) -> 
 def create_app(settings: Settings | None = None, engine_factory: Callable | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
+    keys = settings.keys()
+    admission = Admission(settings.max_pending_sequences, settings.max_pending_tokens)
+    metrics.pending_sequences.set_function(lambda: admission.pending_sequences)
+    metrics.pending_tokens.set_function(lambda: admission.pending_tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.ready = False
         engine = (engine_factory(settings) if engine_factory else
                   create_engine(settings.engine, settings.model, settings.engine_settings()))
         cache = make_cache(settings.redis_url, ttl_s=settings.cache_ttl_s,
-                           max_entries=settings.cache_max_entries)
+                           max_entries=settings.cache_max_entries, on_error=metrics.cache_errors.inc)
+        store = make_store(settings.redis_url, ttl_s=settings.idempotency_ttl_s,
+                           pending_ttl_s=settings.max_request_timeout_s + 60,
+                           on_error=metrics.cache_errors.inc)
+        monitor = None
         try:
             await engine.warmup()
-            app.state.engine, app.state.cache = engine, cache
+            app.state.engine, app.state.cache, app.state.store = engine, cache, store
             app.state.scorer = Scorer(engine, cache=cache)
+            metrics.engine_unfinished.set_function(engine.unfinished_requests)
+            monitor = asyncio.create_task(_watch_engine(app, engine))
             app.state.ready = True
             log.info("ready: model=%s engine=%s cache=%s", engine.model_id, settings.engine, cache.name)
             yield
         finally:
             app.state.ready = False
+            if monitor is not None:
+                monitor.cancel()
+            await store.close()
             await cache.close()
             await engine.close()
 
@@ -77,29 +128,40 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
                   description="AMR-SD token-level credit assignment for LLM reinforcement learning.")
     app.state.metrics = metrics
     app.state.ready = False
+    app.state.draining = False  # set on SIGTERM by `amr-sd serve`
+    app.state.engine_dead = False
+    app.state.in_flight = 0  # /v1/* requests being served, for the drain
+    # Innermost: runs after the key and drain checks below, before the body is parsed.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id
-        route = request.url.path if request.url.path in _ROUTES else "other"
+        path = request.url.path
+        route = path if path in _ROUTES else "other"
+        api = path.startswith("/v1/")
         metrics.in_flight.inc()
+        app.state.in_flight += api
         start = time.perf_counter()
         status = 500
         try:
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-                # Refuse before reading the body: a flood of huge bodies must not fill memory.
-                exc = PayloadTooLarge(f"body of {length} bytes; the cap is {settings.max_body_bytes}")
-                response = json_response(exc.to_dict(), exc.status_code)
-            else:
+            try:
+                if keys and (api or (path == "/metrics" and settings.metrics_require_key)):
+                    check_bearer(request.headers.get("authorization"), keys)
+                if api and app.state.draining:
+                    raise Draining("the service is shutting down; retry (another replica)")
                 response = await call_next(request)
+            except AmrError as exc:
+                response = json_response(exc.to_dict(), exc.status_code, headers=exc.headers or None)
             status = response.status_code
         finally:
             metrics.in_flight.dec()
+            app.state.in_flight -= api
             metrics.requests.labels(route=route, status=str(status)).inc()
             metrics.request_duration.labels(route=route).observe(time.perf_counter() - start)
         response.headers["X-Request-ID"] = request_id
+        # One line per request; never bodies, keys or reflections.
         log.info("%s %s %d %.3fs id=%s", request.method, route, status,
                  time.perf_counter() - start, request_id)
         return response
@@ -115,24 +177,65 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
             error = first.get("ctx", {}).get("error", "")
             return json_response(InvalidRequest(f"body is not valid JSON: {error}".strip()).to_dict(), 422)
         loc = tuple(first["loc"])
-        loc = loc[1:] if loc and loc[0] == "body" else loc
+        loc = loc[1:] if loc and loc[0] in ("body", "header") else loc
         message = str(first["msg"]).removeprefix("Value error, ")
         return json_response(InvalidRequest(message, field=field_path(loc) or None).to_dict(), 422)
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("internal error, id=%s", getattr(request.state, "request_id", "-"))
+        error = AmrError("internal error; quote the X-Request-ID when reporting it")
+        return json_response(error.to_dict(), 500)
+
     @app.post("/v1/score", response_model=ScoreResponse,
-              responses={413: {"description": "Over a size cap"},
-                         422: {"description": "A field is invalid; `error.field` names it"},
-                         503: {"description": "Not ready or the engine failed"}})
+              responses=_errors(401, 403, 409, 413, 422, 429, 500, 503, 504))
     async def score(request: Request,
                     body: Annotated[ScoreRequest, Body(openapi_examples={
-                        "one group": {"summary": "A group of two rollouts", "value": _EXAMPLE}})]):
-        _check_caps(body, settings)
+                        "one group": {"summary": "A group of two rollouts", "value": _EXAMPLE}})],
+                    x_request_timeout: Annotated[str | None, Header(
+                        description="Seconds this request may take (default and cap: see /v1/info "
+                                    "limits); past it: 504 and its engine work is aborted.")] = None,
+                    idempotency_key: Annotated[str | None, Header(
+                        description="One key per logical request, resent on every retry: a repeat "
+                                    "is answered from the first attempt, never scored twice.")] = None):
         scorer = _scorer(request)
-        response = await scorer.score(body)
-        metrics.observe_scoring(response.stats)
-        return json_response(response.model_dump(mode="json"))
+        timeout_s = _timeout_s(x_request_timeout, settings)
+        _check_caps(body, settings)
+        key = fp = None
+        store = request.app.state.store
+        if idempotency_key is not None:
+            key = scoped_key(idempotency_key, request.headers.get("authorization"))
+            fp = fingerprint(await request.body())
+            stored = await store.begin(key, fp)
+            if stored is not None:
+                metrics.idempotent_replays.inc()
+                return Response(stored.body, status_code=stored.status, media_type="application/json",
+                                headers={"Idempotent-Replayed": "true"})
+        try:
+            payload = await _score_admitted(request, scorer, body, timeout_s, admission, metrics)
+        except AmrError as exc:
+            if isinstance(exc, EngineDead):  # unready now, not at the monitor's next look
+                request.app.state.engine_dead, request.app.state.ready = True, False
+            if key is not None:
+                if exc.status_code in _REPLAYABLE_ERRORS:
+                    await store.finish(key, fp, exc.status_code, orjson.dumps(exc.to_dict()))
+                else:
+                    await store.release(key)
+            raise
+        except _ClientGone:
+            if key is not None:
+                await store.release(key)
+            metrics.client_disconnects.inc()
+            return Response(status_code=499)  # nobody reads it; the log and metrics do
+        except BaseException:
+            if key is not None:
+                await store.release(key)
+            raise
+        if key is not None:
+            await store.finish(key, fp, 200, payload)
+        return Response(payload, media_type="application/json")
 
-    @app.get("/v1/info")
+    @app.get("/v1/info", responses=_errors(401, 403, 503))
     async def info(request: Request):
         scorer = _scorer(request)
         engine = scorer.engine
@@ -148,13 +251,16 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
     async def healthz():
         return json_response({"status": "ok"})
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "starting, draining or engine_dead"}})
     async def readyz(request: Request):
-        if not request.app.state.ready:
-            return json_response({"status": "starting"}, 503, headers={"Retry-After": "5"})
+        state = request.app.state
+        status = ("engine_dead" if state.engine_dead else "draining" if state.draining
+                  else "ready" if state.ready else "starting")
+        if status != "ready":
+            return json_response({"status": status}, 503, headers={"Retry-After": "5"})
         return json_response({"status": "ready"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses=_errors(401, 403))
     async def prometheus():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -164,11 +270,91 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
 _ROUTES = {"/v1/score", "/v1/info", "/healthz", "/readyz", "/metrics"}
 
 
+async def _watch_engine(app: FastAPI, engine) -> None:
+    """Turn unready for good when the engine dies; `amr-sd serve` then exits non-zero."""
+    while True:
+        await asyncio.sleep(HEALTH_INTERVAL_S)
+        try:
+            await engine.check_health()
+        except EngineDead as exc:
+            log.error("engine died (%s): not ready; the process exits for a restart", exc)
+            app.state.engine_dead = True
+            app.state.ready = False
+            return
+
+
 def _scorer(request: Request) -> Scorer:
-    scorer = getattr(request.app.state, "scorer", None)
-    if scorer is None or not request.app.state.ready:
+    state = request.app.state
+    if state.engine_dead:
+        raise EngineDead("the engine process died; this replica is restarting")
+    scorer = getattr(state, "scorer", None)
+    if scorer is None or not state.ready:
         raise ServiceNotReady("the engine is still starting")
     return scorer
+
+
+def _timeout_s(header: str | None, settings: Settings) -> float:
+    if header is None:
+        return settings.request_timeout_s
+    try:
+        value = float(header)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= settings.max_request_timeout_s:  # NaN fails too
+        raise InvalidRequest(f"must be a number of seconds > 0 and <= {settings.max_request_timeout_s:g}, "
+                             f"got {header!r}", field="X-Request-Timeout")
+    return value
+
+
+async def _score_admitted(request: Request, scorer: Scorer, body: ScoreRequest, timeout_s: float,
+                          admission: Admission, metrics: Metrics) -> bytes:
+    """Admit the request, score it under its deadline, and return the JSON answer."""
+    try:
+        ticket = admission.admit(sum(len(g.rollouts) for g in body.groups),
+                                 sum(len(r.token_ids) for g in body.groups for r in g.rollouts))
+    except (Overloaded, PayloadTooLarge) as exc:
+        metrics.admission_rejected.labels(reason=exc.type).inc()
+        raise
+    completed = False
+    try:
+        response = await _bounded(scorer.score(body), timeout_s, request)
+        completed = True
+    except DeadlineExceeded:
+        metrics.deadline_exceeded.inc()
+        raise
+    finally:
+        admission.release(ticket, completed=completed)
+    metrics.observe_scoring(response.stats)
+    return orjson.dumps(response.model_dump(mode="json"))
+
+
+async def _bounded(coro, timeout_s: float, request: Request):
+    """`coro` under a deadline that also ends when the client disconnects; cancels it either way."""
+    task = asyncio.ensure_future(coro)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, gone}, timeout=timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server is stopping this request
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    # Wait until the cancellation has reached the engine, so the work is aborted when we answer.
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    if gone in done:
+        raise _ClientGone()
+    raise DeadlineExceeded(f"the deadline of {timeout_s:g} s passed; the request's engine work "
+                           "was aborted")
+
+
+async def _disconnected(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.25)
 
 
 def _check_caps(body: ScoreRequest, settings: Settings) -> None:

@@ -55,6 +55,14 @@ class Engine(Protocol):
         """Run a tiny batch so the first real request does not pay one-off start-up costs."""
         ...
 
+    async def check_health(self) -> None:
+        """Raise `EngineDead` if the engine can no longer serve (e.g. its process died)."""
+        ...
+
+    def unfinished_requests(self) -> int:
+        """Requests the engine holds that are neither finished nor aborted (0 when idle)."""
+        ...
+
     async def close(self) -> None: ...
 
 

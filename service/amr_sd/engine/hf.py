@@ -88,5 +88,11 @@ class HFEngine:
         finished = bool(tokens) and tokens[-1] == eos
         return Generation(text, tuple(tokens), "stop" if finished else "length")
 
+    async def check_health(self) -> None:
+        pass  # in-process: if it is dead, so is this process
+
+    def unfinished_requests(self) -> int:
+        return 0  # calls run to completion inside the awaiting coroutine
+
     async def close(self) -> None:
         self._model = None

@@ -15,7 +15,7 @@ import numpy as np
 
 from amr_sd.engine.base import EngineSettings, Generation, GenerationParams
 from amr_sd.engine.models import resolve_model
-from amr_sd.errors import EngineFailure
+from amr_sd.errors import EngineDead, EngineFailure
 
 
 class VLLMEngine:
@@ -69,14 +69,20 @@ class VLLMEngine:
 
     async def _final(self, prompt_ids: Sequence[int], params):
         from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         final = None
         # FINAL_ONLY: one output per request, no per-token streaming overhead. Cancelling this
         # coroutine makes vLLM abort the request, so no engine work is orphaned.
-        async for out in self._llm.generate(
-            TokensPrompt(prompt_token_ids=list(prompt_ids)), params, self._request_id()
-        ):
-            final = out
+        try:
+            async for out in self._llm.generate(
+                TokensPrompt(prompt_token_ids=list(prompt_ids)), params, self._request_id()
+            ):
+                final = out
+        except EngineDeadError as exc:
+            raise EngineDead("the vLLM engine process died") from exc
+        except EngineGenerateError as exc:
+            raise EngineFailure(f"vLLM failed the request: {exc}") from exc
         if final is None:
             raise EngineFailure("vLLM finished a request without output")
         return final
@@ -129,6 +135,13 @@ class VLLMEngine:
         ids = self.tokenizer.encode("Warm-up: 1 + 1 = 2.", add_special_tokens=False)
         await self.score([ids] * 2, [1, 1])
         await self.generate([ids], GenerationParams(max_tokens=2))
+
+    async def check_health(self) -> None:
+        if self._llm is None or self._llm.errored:
+            raise EngineDead("the vLLM engine process died")
+
+    def unfinished_requests(self) -> int:
+        return 0 if self._llm is None else self._llm.get_num_unfinished_requests()
 
     async def close(self) -> None:
         llm, self._llm = self._llm, None
