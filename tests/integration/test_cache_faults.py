@@ -1,18 +1,14 @@
 """Redis faults: with Redis down, hung, full or restarted, scoring goes on uncached.
 
-Every test here runs its own redis-server (not the session's from tests/conftest.py), because it
-kills, pauses or fills it; the server comes back on the same port, as a restarted Redis pod does
+Every test here runs its own redis-server (`own_redis` from tests/conftest.py, not the session's),
+because it kills, pauses or fills it; the server comes back on the same port, as a restarted Redis pod does
 behind its Service. Loopback only, no persistence; each server is stopped by its pid even when the
 test fails.
 """
 
 import asyncio
 import logging
-import os
-import shutil
-import signal
 import socket
-import subprocess
 import time
 
 import pytest
@@ -22,78 +18,10 @@ from amr_sd.cache import RedisCache, make_cache
 pytestmark = pytest.mark.integration
 
 RECORD = {"kind": "hint", "text": "Check the sign of the last step.", "accepted": True}
-START_TIMEOUT_S = 10.0
-
-
 def _free_port() -> int:
     with socket.socket() as s:  # nothing listens on it once this block ends
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _pings(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-class RedisServer:
-    """One redis-server on one fixed port, which a test can kill, pause and start again."""
-
-    def __init__(self, exe: str, workdir):
-        self.exe, self.workdir = exe, workdir
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, *config: str) -> None:
-        log_path = self.workdir / "redis.log"
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--daemonize", "no", "--dir", str(self.workdir), *config],
-                stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _pings(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"redis-server on port {self.port} did not answer PING within "
-                            f"{START_TIMEOUT_S:.0f} s:\n" + log_path.read_text(errors="replace"),
-                            pytrace=False)
-            time.sleep(0.01)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, open client connections simply die, as in a crash."""
-        self.proc.kill()
-        self.proc.wait()
-
-    def pause(self) -> None:
-        os.kill(self.proc.pid, signal.SIGSTOP)  # accepts connections, answers nothing
-
-    def resume(self) -> None:
-        os.kill(self.proc.pid, signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # SIGKILL ends a paused process too
-            self.proc.wait()
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not on PATH; `make setup` installs it "
-                    "(apt-get install -y redis-server)", pytrace=False)
-    server = RedisServer(exe, tmp_path)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
