@@ -47,9 +47,10 @@ INITIAL_RETRY_DELAY_S = 0.5
 MAX_RETRY_DELAY_S = 8.0
 RETRY_JITTER = 0.25
 
-# Transient by nature: request timeout, our own queue full, server errors, proxies in between.
-# Every other 4xx means the same request will fail again (409 = the first try is still running).
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Transient by nature: request timeout, the first try of this Idempotency-Key still running (409:
+# a later retry gets its answer), our own queue full, server errors, proxies in between. Every
+# other 4xx means the same request will fail again.
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 SCORE_PATH = "/v1/score"
 INFO_PATH = "/v1/info"

@@ -263,7 +263,7 @@ def test_each_score_call_gets_a_new_idempotency_key():
     assert first != second
 
 
-@pytest.mark.parametrize("status", [409, 422])
+@pytest.mark.parametrize("status", [403, 422])
 def test_client_errors_are_not_retried(status):
     server = Server(error_json(status, "invalid_request", "no"), ok())
     client, slept = client_for(server)
@@ -338,8 +338,8 @@ def test_unparsable_retry_after_falls_back_to_backoff():
 
 
 @pytest.mark.parametrize(("error", "expected"), [
-    (408, True), (429, True), (500, True), (502, True), (503, True), (504, True),
-    (400, False), (401, False), (404, False), (409, False), (413, False), (422, False),
+    (408, True), (409, True), (429, True), (500, True), (502, True), (503, True), (504, True),
+    (400, False), (401, False), (404, False), (413, False), (422, False),
     (httpx.ConnectError("refused"), True), (APITimeoutError(), True), (ValueError("x"), False),
 ])
 def test_should_retry_only_transient_failures(error, expected):
