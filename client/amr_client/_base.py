@@ -100,7 +100,9 @@ def build_score_body(groups: Iterable[Group | Mapping[str, Any]], *, step: int,
         payload["config"] = config
     if returns is not None:
         payload["return"] = returns
-    request = ScoreRequest.model_validate(payload)
+    # Lax here, strict on the server: numpy and torch numbers (np.int64 token ids, a 0-d tensor
+    # reward) are plain numbers to a trainer, and the JSON sent is plain either way.
+    request = ScoreRequest.model_validate(payload, strict=False)
     body = request.model_dump(mode="json", by_alias=True, exclude_none=True)
     if request.config is not None:
         # The server applies only the config fields that were set (Scorer.resolve_config merges

@@ -24,7 +24,9 @@ TokenId = Annotated[int, Field(ge=0)]
 
 class _Strict(BaseModel):
     # Unknown fields are errors: a misspelt `refelction_override` must not be silently ignored.
-    model_config = ConfigDict(extra="forbid")
+    # No type coercion either: "3" is not a step and 7.0 is not a token id; a trainer that sends
+    # them has a bug the service must report, not guess around.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,3 +268,9 @@ class ErrorResponse(BaseModel):
     """Every error answer of the service: `{"error": {"type", "message", "field"}}`."""
 
     error: ErrorDetail
+
+
+class ProbeStatus(BaseModel):
+    """`/healthz` and `/readyz`: ok, ready, starting, draining or engine_dead."""
+
+    status: str

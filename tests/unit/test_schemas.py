@@ -297,3 +297,31 @@ def test_resolve_config_applies_a_field_the_request_sets_to_the_class_default():
     scorer = scorer_with_defaults(ScoringConfig(lambda_pos=0.3))
     request = ScoreRequest.model_validate({**payload(), "config": {"lambda_pos": 0.2}})
     assert scorer.resolve_config(request.config).lambda_pos == 0.2
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    (("step",), "3"),
+    (("groups", 0, "rollouts", 0, "token_ids", 0), 7.0),
+    (("groups", 0, "rollouts", 0, "reward"), "1"),
+    (("groups", 0, "rollouts", 0, "reward"), True),
+], ids=["string_step", "float_token_id", "string_reward", "bool_reward"])
+def test_the_wire_schema_coerces_no_types(path, value):
+    # "3" is not a step and 7.0 is not a token id: a trainer sending them has a bug to report.
+    body = payload()
+    target = body
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    assert error_of(body).field == ".".join(str(p) for p in path).replace(".0", "[0]")
+
+
+def test_the_client_turns_numpy_numbers_into_plain_json():
+    import numpy as np
+
+    from amr_client._base import build_score_body
+
+    body = payload()
+    body["groups"][0]["rollouts"][0] = {"token_ids": list(np.array([28, 29])), "reward": np.float64(1.0)}
+    sent = build_score_body(body["groups"], step=np.int64(2))
+    assert sent["step"] == 2 and sent["groups"][0]["rollouts"][0]["token_ids"] == [28, 29]
+    assert type(sent["groups"][0]["rollouts"][0]["token_ids"][0]) is int

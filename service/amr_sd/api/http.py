@@ -23,10 +23,11 @@ from typing import Annotated, Callable
 import orjson
 from fastapi import Body, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
 
-from amr_client.schemas import ErrorResponse, ScoreRequest, ScoreResponse, ScoringConfig
+from amr_client.schemas import ErrorResponse, ProbeStatus, ScoreRequest, ScoreResponse, ScoringConfig
 from amr_sd.algo.reflection import TEMPLATE_VERSION
 from amr_sd.api.admission import Admission
 from amr_sd.api.auth import check_bearer
@@ -97,32 +98,55 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
     metrics.pending_sequences.set_function(lambda: admission.pending_sequences)
     metrics.pending_tokens.set_function(lambda: admission.pending_tokens)
 
+    def make_engine():
+        return (engine_factory(settings) if engine_factory else
+                create_engine(settings.engine, settings.model, settings.engine_settings()))
+
+    async def start(app: FastAPI, creating: asyncio.Future) -> None:
+        """Load and warm up the engine while the port is already open (/readyz: 503 starting)."""
+        try:
+            engine = await asyncio.shield(creating)  # a stop mid-load still gets it, to close it
+            app.state.engine = engine
+            await engine.warmup()
+            app.state.cache = make_cache(settings.redis_url, ttl_s=settings.cache_ttl_s,
+                                         max_entries=settings.cache_max_entries,
+                                         on_error=metrics.cache_errors.inc)
+            app.state.store = make_store(settings.redis_url, ttl_s=settings.idempotency_ttl_s,
+                                         pending_ttl_s=settings.max_request_timeout_s + 60,
+                                         on_error=metrics.cache_errors.inc)
+            app.state.scorer = Scorer(engine, cache=app.state.cache)
+            metrics.engine_unfinished.set_function(engine.unfinished_requests)
+            app.state.monitor = asyncio.create_task(_watch_engine(app, engine))
+            app.state.ready = True
+            log.info("ready: model=%s engine=%s cache=%s", engine.model_id, settings.engine,
+                     app.state.cache.name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Same exit as a dead engine: `amr-sd serve` stops with code 3 for a restart.
+            log.exception("the engine failed to start")
+            app.state.engine_dead = True
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine = (engine_factory(settings) if engine_factory else
-                  create_engine(settings.engine, settings.model, settings.engine_settings()))
-        cache = make_cache(settings.redis_url, ttl_s=settings.cache_ttl_s,
-                           max_entries=settings.cache_max_entries, on_error=metrics.cache_errors.inc)
-        store = make_store(settings.redis_url, ttl_s=settings.idempotency_ttl_s,
-                           pending_ttl_s=settings.max_request_timeout_s + 60,
-                           on_error=metrics.cache_errors.inc)
-        monitor = None
+        # vLLM's engine takes tens of seconds to load; a thread keeps the loop, and so the port
+        # and the probes, answering meanwhile.
+        creating = asyncio.ensure_future(asyncio.to_thread(make_engine))
+        starting = asyncio.create_task(start(app, creating))
         try:
-            await engine.warmup()
-            app.state.engine, app.state.cache, app.state.store = engine, cache, store
-            app.state.scorer = Scorer(engine, cache=cache)
-            metrics.engine_unfinished.set_function(engine.unfinished_requests)
-            monitor = asyncio.create_task(_watch_engine(app, engine))
-            app.state.ready = True
-            log.info("ready: model=%s engine=%s cache=%s", engine.model_id, settings.engine, cache.name)
             yield
         finally:
             app.state.ready = False
-            if monitor is not None:
-                monitor.cancel()
-            await store.close()
-            await cache.close()
-            await engine.close()
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await starting
+            if getattr(app.state, "monitor", None) is not None:
+                app.state.monitor.cancel()
+            for name in ("store", "cache"):
+                if getattr(app.state, name, None) is not None:
+                    await getattr(app.state, name).close()
+            with contextlib.suppress(Exception):
+                await (await creating).close()
 
     app = FastAPI(title="amr-sd", version="0.1.0", lifespan=lifespan,
                   description="AMR-SD token-level credit assignment for LLM reinforcement learning.")
@@ -131,6 +155,7 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
     app.state.draining = False  # set on SIGTERM by `amr-sd serve`
     app.state.engine_dead = False
     app.state.in_flight = 0  # /v1/* requests being served, for the drain
+    app.state.monitor = app.state.cache = app.state.store = None
     # Innermost: runs after the key and drain checks below, before the body is parsed.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
@@ -177,9 +202,22 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
             error = first.get("ctx", {}).get("error", "")
             return json_response(InvalidRequest(f"body is not valid JSON: {error}".strip()).to_dict(), 422)
         loc = tuple(first["loc"])
-        loc = loc[1:] if loc and loc[0] in ("body", "header") else loc
         message = str(first["msg"]).removeprefix("Value error, ")
-        return json_response(InvalidRequest(message, field=field_path(loc) or None).to_dict(), 422)
+        if loc[:1] == ("header",):  # named as users write it: "Idempotency-Key"
+            field = "-".join(part.capitalize() for part in str(loc[1]).split("-"))
+        else:
+            field = field_path(loc[1:] if loc[:1] == ("body",) else loc) or None
+        return json_response(InvalidRequest(message, field=field).to_dict(), 422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        # The framework's own errors (unknown route, wrong method, an unreadable body) in the
+        # same envelope as ours.
+        if exc.status_code == 400:  # FastAPI could not read the body: not UTF-8, not JSON
+            return json_response(InvalidRequest("body is not valid JSON (UTF-8)").to_dict(), 422)
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return json_response({"error": {"type": kind, "message": str(exc.detail)}},
+                             exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
@@ -196,7 +234,7 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
                         description="Seconds this request may take (default and cap: see /v1/info "
                                     "limits); past it: 504 and its engine work is aborted.")] = None,
                     idempotency_key: Annotated[str | None, Header(
-                        description="One key per logical request, resent on every retry: a repeat "
+                        min_length=1, max_length=200, description="One key per logical request, resent on every retry: a repeat "
                                     "is answered from the first attempt, never scored twice.")] = None):
         scorer = _scorer(request)
         timeout_s = _timeout_s(x_request_timeout, settings)
@@ -247,11 +285,12 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
             "limits": settings.limits(), "defaults": ScoringConfig().model_dump(),
         })
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=ProbeStatus)
     async def healthz():
         return json_response({"status": "ok"})
 
-    @app.get("/readyz", responses={503: {"description": "starting, draining or engine_dead"}})
+    @app.get("/readyz", response_model=ProbeStatus,
+             responses={503: {"model": ProbeStatus, "description": "starting, draining or engine_dead"}})
     async def readyz(request: Request):
         state = request.app.state
         status = ("engine_dead" if state.engine_dead else "draining" if state.draining
@@ -260,7 +299,10 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
             return json_response({"status": status}, 503, headers={"Retry-After": "5"})
         return json_response({"status": "ready"})
 
-    @app.get("/metrics", responses=_errors(401, 403))
+    # Declared by hand: with a text/plain route, `model=` would document the errors as text too.
+    @app.get("/metrics", response_class=PlainTextResponse, responses={
+        code: {"description": _ERROR_DOCS[code], "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}} for code in (401, 403)})
     async def prometheus():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
