@@ -1,6 +1,6 @@
 """Each guard in front of the scorer, over real HTTP to a real `amr-sd serve` process.
 
-401/403 (API keys), 409/422/replay (Idempotency-Key), 413 (caps, chunked bodies too), 429 with
+401/403 (API keys; /metrics behind them too here), 409/422/replay (Idempotency-Key), 413 (caps, chunked bodies too), 429 with
 Retry-After (pending-work bound), 504 and client disconnects with the engine's own count of
 unfinished requests back at 0, and a Redis outage in the middle of a run.
 """
@@ -26,13 +26,13 @@ SLOW = {"max_retries": 0, "max_reflection_tokens": 64}
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory, launch_server):
     env = {"AMR_API_KEYS": f"{KEY},k-test-2", "AMR_MAX_PENDING_SEQUENCES": str(PENDING_SEQUENCES),
-           "AMR_MAX_ROLLOUTS": str(MAX_ROLLOUTS)}
+           "AMR_MAX_ROLLOUTS": str(MAX_ROLLOUTS), "AMR_METRICS_REQUIRE_KEY": "true"}
     with launch_server(tmp_path_factory.mktemp("guarded") / "server.log", env=env) as server:
         yield server
 
 
 def metric(base_url: str, name: str) -> float:
-    for line in httpx.get(f"{base_url}/metrics").text.splitlines():
+    for line in httpx.get(f"{base_url}/metrics", headers=AUTH).text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
@@ -74,8 +74,10 @@ def test_without_a_key_is_401_and_a_wrong_key_403_while_probes_stay_open(guarded
     assert httpx.get(f"{guarded.base_url}/v1/info").status_code == 401
     assert post(guarded.base_url, body).status_code == 200
     assert post(guarded.base_url, body, {"Authorization": "Bearer k-test-2"}).status_code == 200
-    for open_path in ("/healthz", "/readyz", "/metrics"):
+    for open_path in ("/healthz", "/readyz"):
         assert httpx.get(f"{guarded.base_url}{open_path}").status_code == 200
+    assert httpx.get(f"{guarded.base_url}/metrics").status_code == 401  # AMR_METRICS_REQUIRE_KEY
+    assert httpx.get(f"{guarded.base_url}/metrics", headers=AUTH).status_code == 200
     assert KEY not in guarded.log_path.read_text()  # keys never reach the log
 
 
