@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
         return (engine_factory(settings) if engine_factory else
                 create_engine(settings.engine, settings.model, settings.engine_settings()))
 
-    async def start(app: FastAPI, creating: asyncio.Future) -> None:
+    async def load_engine(app: FastAPI, creating: asyncio.Future) -> None:
         """Load and warm up the engine while the port is already open (/readyz: 503 starting)."""
         try:
             engine = await asyncio.shield(creating)  # a stop mid-load still gets it, to close it
@@ -132,7 +132,7 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
         # vLLM's engine takes tens of seconds to load; a thread keeps the loop, and so the port
         # and the probes, answering meanwhile.
         creating = asyncio.ensure_future(asyncio.to_thread(make_engine))
-        starting = asyncio.create_task(start(app, creating))
+        starting = asyncio.create_task(load_engine(app, creating))
         try:
             yield
         finally:
@@ -140,11 +140,11 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
             starting.cancel()
             with contextlib.suppress(BaseException):
                 await starting
-            if getattr(app.state, "monitor", None) is not None:
+            if app.state.monitor is not None:
                 app.state.monitor.cancel()
-            for name in ("store", "cache"):
-                if getattr(app.state, name, None) is not None:
-                    await getattr(app.state, name).close()
+            for closable in (app.state.store, app.state.cache):
+                if closable is not None:
+                    await closable.close()
             with contextlib.suppress(Exception):
                 await (await creating).close()
 
