@@ -238,7 +238,7 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
                                     "is answered from the first attempt, never scored twice.")] = None):
         scorer = _scorer(request)
         timeout_s = _timeout_s(x_request_timeout, settings)
-        _check_caps(body, settings)
+        rollouts, tokens = _check_caps(body, settings)
         key = fp = None
         store = request.app.state.store
         if idempotency_key is not None:
@@ -250,7 +250,8 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
                 return Response(stored.body, status_code=stored.status, media_type="application/json",
                                 headers={"Idempotent-Replayed": "true"})
         try:
-            payload = await _score_admitted(request, scorer, body, timeout_s, admission, metrics)
+            payload = await _score_admitted(request, scorer, body, (rollouts, tokens), timeout_s,
+                                            admission, metrics)
         except AmrError as exc:
             if isinstance(exc, EngineDead):  # unready now, not at the monitor's next look
                 request.app.state.engine_dead, request.app.state.ready = True, False
@@ -348,12 +349,12 @@ def _timeout_s(header: str | None, settings: Settings) -> float:
     return value
 
 
-async def _score_admitted(request: Request, scorer: Scorer, body: ScoreRequest, timeout_s: float,
-                          admission: Admission, metrics: Metrics) -> bytes:
-    """Admit the request, score it under its deadline, and return the JSON answer."""
+async def _score_admitted(request: Request, scorer: Scorer, body: ScoreRequest, size: tuple[int, int],
+                          timeout_s: float, admission: Admission, metrics: Metrics) -> bytes:
+    """Admit the request (`size`: its rollouts and response tokens), score it under its
+    deadline, and return the JSON answer."""
     try:
-        ticket = admission.admit(sum(len(g.rollouts) for g in body.groups),
-                                 sum(len(r.token_ids) for g in body.groups for r in g.rollouts))
+        ticket = admission.admit(*size)
     except (Overloaded, PayloadTooLarge) as exc:
         metrics.admission_rejected.labels(reason=exc.type).inc()
         raise
@@ -402,7 +403,8 @@ async def _disconnected(request: Request) -> None:
         await asyncio.sleep(0.05)
 
 
-def _check_caps(body: ScoreRequest, settings: Settings) -> None:
+def _check_caps(body: ScoreRequest, settings: Settings) -> tuple[int, int]:
+    """Refuse a request over a size cap; return its (rollouts, response tokens)."""
     rollouts = sum(len(g.rollouts) for g in body.groups)
     tokens = sum(len(r.token_ids) for g in body.groups for r in g.rollouts)
     for what, value, cap in (("groups", len(body.groups), settings.max_groups),
@@ -411,3 +413,4 @@ def _check_caps(body: ScoreRequest, settings: Settings) -> None:
         if value > cap:
             raise PayloadTooLarge(f"{value} {what} in one request; the cap is {cap}",
                                   field="groups")
+    return rollouts, tokens

@@ -122,11 +122,11 @@ class MemoryStore:
         self._entries[key] = (self._clock() + self.ttl_s,
                               {"state": "done", "fp": fp, "status": status, "body": body})
         self._bytes += len(body)
-        for old in list(self._entries):
-            if self._bytes <= self.max_bytes:
-                break
-            if self._entries[old][1]["state"] == "done":
+        if self._bytes > self.max_bytes:  # oldest finished answers first; claims stay
+            for old in [k for k, (_, e) in self._entries.items() if e["state"] == "done"]:
                 self._drop(old)
+                if self._bytes <= self.max_bytes:
+                    break
 
     async def release(self, key: str) -> None:
         if key in self._entries:
