@@ -1,8 +1,11 @@
 """A real `amr-sd serve` process, the way a user starts it.
 
-`launch_server(log_path, *args, env=...)` is a context manager: it runs one on a free loopback
-port and yields the `Server` once /readyz answers 200; on exit it sends SIGTERM and waits. `amr_server` is one shared server for the session (memory
-cache) for the tests that only need a service to talk to, such as the trainer integrations.
+`spawn_server(log_path, *args, env=...)` starts one on a free loopback port and yields its
+`Server` at once (for tests that watch it start); `launch_server` (the same arguments) yields it
+only once /readyz answers 200. On exit both send SIGTERM, wait, and then stop by pid any process
+the server started that outlived it (a killed EngineCore leaves its worker behind for a moment).
+`amr_server` is one shared server for the session (memory cache) for the tests that only need a
+service to talk to, such as the trainer integrations.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 START_TIMEOUT_S = 240
@@ -35,38 +39,72 @@ class Server:
     base_url: str
     proc: subprocess.Popen
     log_path: Path
+    # Every process the server started, by pid, so that none outlives the test.
+    descendants: dict[int, psutil.Process] = field(default_factory=dict)
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def remember_children(self) -> None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self.descendants.update(
+                {p.pid: p for p in psutil.Process(self.proc.pid).children(recursive=True)})
 
 
 @contextlib.contextmanager
-def start_server(log_path: Path, *extra_args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+def spawn_server(log_path: Path, *extra_args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
     port = free_port()
     args = [sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port),
             "--gpu-memory-utilization", "0.1", *extra_args]
     log = open(log_path, "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
+    server = Server(f"http://127.0.0.1:{port}", proc, log_path)
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield Server(base_url, proc, log_path)
+        yield server
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.remember_children()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for child in server.descendants.values():  # by pid, never by name
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.wait(timeout=10)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if child.is_running():
+                    child.kill()
         log.close()
+
+
+def wait_ready(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if server.proc.poll() is not None:
+            pytest.fail(f"server exited with {server.proc.returncode}:\n{server.log_tail()}")
+        try:
+            if httpx.get(f"{server.base_url}/readyz", timeout=1).status_code == 200:
+                server.remember_children()
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"server not ready in {START_TIMEOUT_S} s:\n{server.log_tail()}")
+        time.sleep(1)
+
+
+@contextlib.contextmanager
+def start_server(log_path: Path, *extra_args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    with spawn_server(log_path, *extra_args, env=env) as server:
+        wait_ready(server)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def spawn():
+    return spawn_server
 
 
 @pytest.fixture(scope="session")

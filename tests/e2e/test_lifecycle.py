@@ -7,24 +7,18 @@
 - The vLLM EngineCore process killed: the request in flight and new ones get 503 "engine_dead",
   /readyz is 503 "engine_dead" until the process exits with code 3 so that it gets restarted.
 
-Each test owns its server, started here rather than by `launch_server`, which only hands a server
+Each test owns its server, from `spawn` rather than `launch_server`, which only hands a server
 over once it is ready. Requests go out through plain httpx with no retries, so every status seen
 is the server's own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import psutil
@@ -47,68 +41,18 @@ CHEAP = {"groups": [{"prompt": {"text": "x"},
 
 
 @dataclass
-class Spawned:
-    base_url: str
-    proc: subprocess.Popen
-    log_path: Path
+class Startup:
+    """What a server answered from its first second until /readyz was 200."""
+
     # (seconds since spawn, /readyz status or None when refused, its Retry-After, its body)
     readyz_seen: list[tuple] = field(default_factory=list)
     # /v1/score answers while /readyz was not yet 200: (status, error type, Retry-After)
     score_seen: list[tuple] = field(default_factory=list)
-    # Every process the server started, by pid, so that none outlives the test.
-    descendants: dict[int, psutil.Process] = field(default_factory=dict)
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def spawn_server(log_path: Path, env: dict[str, str] | None = None) -> Iterator[Spawned]:
-    """Start `amr-sd serve` and return at once; on exit stop it and every process it started."""
-    port = _free_port()
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port),
-         "--gpu-memory-utilization", "0.1"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    server = Spawned(f"http://127.0.0.1:{port}", proc, log_path)
-    descendants = server.descendants
-    try:
-        yield server
-    finally:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            descendants.update({p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)})
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        # The engine processes this server started, should any outlive it (a killed EngineCore
-        # leaves its worker behind for a moment): by pid, never by name.
-        for child in descendants.values():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.wait(timeout=10)
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if child.is_running():
-                    child.kill()
-        log.close()
-
-
-def remember_children(server: Spawned) -> None:
-    server.descendants.update(
-        {p.pid: p for p in psutil.Process(server.proc.pid).children(recursive=True)})
-
-
-def watch_until_ready(server: Spawned) -> None:
+def watch_until_ready(server) -> Startup:
     """Probe /readyz (and /v1/score while not ready) every 0.2 s from spawn until /readyz is 200."""
+    seen = Startup()
     start = time.monotonic()
     with httpx.Client(timeout=5) as http:
         while True:
@@ -119,15 +63,16 @@ def watch_until_ready(server: Spawned) -> None:
             try:
                 ready = http.get(f"{server.base_url}/readyz")
             except httpx.TransportError:
-                server.readyz_seen.append((time.monotonic() - start, None, None, None))
+                seen.readyz_seen.append((time.monotonic() - start, None, None, None))
                 time.sleep(0.2)
                 continue
-            server.readyz_seen.append((time.monotonic() - start, ready.status_code,
+            seen.readyz_seen.append((time.monotonic() - start, ready.status_code,
                                        ready.headers.get("retry-after"), ready.json()))
             if ready.status_code == 200:
-                return
+                server.remember_children()
+                return seen
             score = http.post(f"{server.base_url}/v1/score", json=CHEAP)
-            server.score_seen.append((score.status_code, score.json()["error"]["type"],
+            seen.score_seen.append((score.status_code, score.json()["error"]["type"],
                                       score.headers.get("retry-after")))
             time.sleep(0.2)
 
@@ -179,31 +124,30 @@ def engine_core(pid: int) -> psutil.Process:
 
 
 @pytest.fixture(scope="module")
-def watched_start(tmp_path_factory) -> Iterator[Spawned]:
-    with spawn_server(tmp_path_factory.mktemp("lifecycle") / "server.log") as server:
-        watch_until_ready(server)
-        remember_children(server)
-        yield server
+def watched_start(tmp_path_factory, spawn):
+    with spawn(tmp_path_factory.mktemp("lifecycle") / "server.log") as server:
+        yield server, watch_until_ready(server)
 
 
 def test_before_warm_up_ends_readyz_and_score_are_503_with_retry_after(watched_start):
-    answered = [s for s in watched_start.readyz_seen if s[1] is not None]
+    _, startup = watched_start
+    answered = [s for s in startup.readyz_seen if s[1] is not None]
     not_ready = [s for s in answered if s[1] != 200]
-    print(f"\nstart-up: {len(watched_start.readyz_seen)} /readyz probes over "
-          f"{watched_start.readyz_seen[-1][0]:.1f} s, {len(answered)} answered, "
-          f"{len(not_ready)} not ready; /v1/score while not ready: {watched_start.score_seen[:3]}")
+    print(f"\nstart-up: {len(startup.readyz_seen)} /readyz probes over "
+          f"{startup.readyz_seen[-1][0]:.1f} s, {len(answered)} answered, "
+          f"{len(not_ready)} not ready; /v1/score while not ready: {startup.score_seen[:3]}")
     assert not_ready, ("no /readyz answer before ready: the port was refused until warm-up ended "
-                       f"({len(watched_start.readyz_seen) - 1} probes refused)")
+                       f"({len(startup.readyz_seen) - 1} probes refused)")
     for _, status, retry_after, body in not_ready:
         assert status == 503 and body == {"status": "starting"} and retry_after is not None
-    assert watched_start.score_seen
-    for status, kind, retry_after in watched_start.score_seen:
+    assert startup.score_seen
+    for status, kind, retry_after in startup.score_seen:
         assert status == 503 and kind == "not_ready" and retry_after is not None
 
 
 def test_a_killed_engine_makes_score_and_readyz_503_and_the_process_exit_3(watched_start,
                                                                          example_groups):
-    server = watched_start
+    server, _ = watched_start
     core = engine_core(server.proc.pid)
     thread, in_flight = in_background(lambda: slow_score(server.base_url, example_groups[:2]))
     wait_until(lambda: metric(server.base_url, "amr_sd_pending_sequences") > 0)
@@ -263,10 +207,10 @@ def test_a_killed_engine_makes_score_and_readyz_503_and_the_process_exit_3(watch
 # ---------------------------------------------------------------------------------------------
 
 
-def test_sigterm_refuses_new_work_finishes_in_flight_requests_and_exits_0(tmp_path, example_groups):
-    with spawn_server(tmp_path / "server.log", env={"AMR_DRAIN_TIMEOUT_S": "60"}) as server:
+def test_sigterm_refuses_new_work_finishes_in_flight_requests_and_exits_0(tmp_path, spawn,
+                                                                         example_groups):
+    with spawn(tmp_path / "server.log", env={"AMR_DRAIN_TIMEOUT_S": "60"}) as server:
         watch_until_ready(server)
-        remember_children(server)
         in_flight = [in_background(lambda k=k: slow_score(server.base_url, example_groups[k:k + 2]))
                      for k in (10, 12)]
         wait_until(lambda: metric(server.base_url, "amr_sd_pending_sequences") == 16)
