@@ -151,13 +151,13 @@ class CountingEngine:
     def __getattr__(self, name):
         return getattr(self._engine, name)
 
-    async def generate(self, prompts, params):
+    async def generate(self, prompts, params, adapter=None):
         self.generate_calls += 1
-        return await self._engine.generate(prompts, params)
+        return await self._engine.generate(prompts, params, adapter)
 
-    async def score(self, sequences, start_indices):
+    async def score(self, sequences, start_indices, adapter=None):
         self.score_calls += 1
-        return await self._engine.score(sequences, start_indices)
+        return await self._engine.score(sequences, start_indices, adapter)
 
     @property
     def calls(self) -> int:

@@ -15,6 +15,7 @@ from amr_client._exceptions import (
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    PolicyMismatchError,
     RateLimitError,
     ServiceUnavailableError,
     UnprocessableEntityError,
@@ -23,6 +24,9 @@ from amr_client.results import ScoreResult
 from amr_client.schemas import (
     Group,
     Message,
+    PolicyRef,
+    PolicyStatus,
+    PolicyUpdate,
     Prompt,
     Reference,
     ReturnSwitches,
@@ -35,11 +39,12 @@ from amr_client.schemas import (
 )
 
 __all__ = [
-    "Group", "Message", "Prompt", "Reference", "ReturnSwitches", "Rollout", "ScoredGroup",
+    "Group", "Message", "PolicyRef", "PolicyStatus", "PolicyUpdate", "Prompt", "Reference", "ReturnSwitches", "Rollout", "ScoredGroup",
     "ScoredRollout", "ScoreRequest", "ScoreResponse", "ScoringConfig",
     "AMRClient", "AsyncAMRClient", "ScoreResult",
     "AMRError", "APIConnectionError", "APITimeoutError", "APIStatusError", "BadRequestError",
     "AuthenticationError", "PermissionDeniedError", "NotFoundError", "ConflictError",
+    "PolicyMismatchError",
     "PayloadTooLargeError", "UnprocessableEntityError", "RateLimitError", "InternalServerError",
     "ServiceUnavailableError", "GatewayTimeoutError",
 ]

@@ -28,12 +28,14 @@ from amr_client._exceptions import (
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    PolicyMismatchError,
     RateLimitError,
     ServiceUnavailableError,
     UnprocessableEntityError,
 )
 from amr_client.results import ScoreResult
-from amr_client.schemas import Group, ReturnSwitches, ScoreRequest, ScoreResponse, ScoringConfig
+from amr_client.schemas import (Group, PolicyRef, PolicyStatus, PolicyUpdate, ReturnSwitches,
+                                ScoreRequest, ScoreResponse, ScoringConfig)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 # Scoring a large batch on a CPU engine takes minutes, so reads may wait long; an unreachable
@@ -51,9 +53,12 @@ RETRY_JITTER = 0.25
 # a later retry gets its answer), our own queue full, server errors, proxies in between. Every
 # other 4xx means the same request will fail again.
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+# ...except these error types, which the same request meets again.
+FINAL_ERROR_TYPES = frozenset({"policy_mismatch"})
 
 SCORE_PATH = "/v1/score"
 INFO_PATH = "/v1/info"
+POLICY_PATH = "/v1/policy"
 READY_PATH = "/readyz"
 
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
@@ -88,10 +93,12 @@ NOT_GIVEN = NotGiven()
 
 def build_score_body(groups: Iterable[Group | Mapping[str, Any]], *, step: int,
                      config: ScoringConfig | Mapping[str, Any] | None = None,
-                     returns: ReturnSwitches | Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     returns: ReturnSwitches | Mapping[str, Any] | None = None,
+                     policy: PolicyRef | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON body of `POST /v1/score`.
 
-    `groups`, `config` and `returns` may be models or plain dicts; both give the same body.
+    `groups`, `config`, `returns` and `policy` may be models or plain dicts; both give the same
+    body.
     The request is validated by `ScoreRequest`, exactly as the server validates it, so a bad
     field raises pydantic's `ValidationError` here, before any network traffic.
     """
@@ -100,6 +107,8 @@ def build_score_body(groups: Iterable[Group | Mapping[str, Any]], *, step: int,
         payload["config"] = config
     if returns is not None:
         payload["return"] = returns
+    if policy is not None:
+        payload["policy"] = policy
     # Lax here, strict on the server: numpy and torch numbers (np.int64 token ids, a 0-d tensor
     # reward) are plain numbers to a trainer, and the JSON sent is plain either way.
     request = ScoreRequest.model_validate(payload, strict=False)
@@ -109,6 +118,11 @@ def build_score_body(groups: Iterable[Group | Mapping[str, Any]], *, step: int,
         # `exclude_unset`), so sending every default would override the server's own defaults.
         body["config"] = request.config.model_dump(mode="json", exclude_unset=True)
     return body
+
+
+def build_policy_body(path: str, version: str) -> dict[str, Any]:
+    """The JSON body of `POST /v1/policy`, validated as the server validates it."""
+    return PolicyUpdate(path=str(path), version=version).model_dump(mode="json")
 
 
 def new_idempotency_key() -> str:
@@ -179,6 +193,14 @@ def parse_info(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
+def parse_policy_status(response: httpx.Response) -> PolicyStatus:
+    try:
+        return PolicyStatus.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise APIStatusError(f"response is not a PolicyStatus: {exc}", response=response,
+                             body=_body_of(response), type="invalid_response") from exc
+
+
 def _body_of(response: httpx.Response) -> Any:
     try:
         return response.json()
@@ -198,6 +220,8 @@ def make_status_error(response: httpx.Response) -> APIStatusError:
         message = (body if isinstance(body, str) else "") or response.reason_phrase or "error"
         kind = field = None
     cls = _STATUS_ERRORS.get(response.status_code, APIStatusError)
+    if response.status_code == 409 and kind == "policy_mismatch":
+        cls = PolicyMismatchError
     return cls(message, response=response, body=body, type=kind, field=field)
 
 
@@ -228,7 +252,7 @@ def should_retry(error: int | BaseException) -> bool:
     if isinstance(error, (APIConnectionError, httpx.TransportError)):
         return True
     if isinstance(error, APIStatusError):
-        return error.status_code in RETRYABLE_STATUS
+        return error.status_code in RETRYABLE_STATUS and error.type not in FINAL_ERROR_TYPES
     if isinstance(error, int) and not isinstance(error, bool):
         return error in RETRYABLE_STATUS
     return False

@@ -22,22 +22,25 @@ from amr_client._base import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
     INFO_PATH,
+    POLICY_PATH,
     READY_PATH,
     SCORE_PATH,
     BaseClient,
     build_headers,
+    build_policy_body,
     build_score_body,
     connection_error,
     make_status_error,
     new_idempotency_key,
     next_retry_delay,
     parse_info,
+    parse_policy_status,
     parse_ready,
     parse_score_response,
 )
 from amr_client._exceptions import APIConnectionError, APIStatusError
 from amr_client.results import ScoreResult
-from amr_client.schemas import Group, ReturnSwitches, ScoringConfig
+from amr_client.schemas import Group, PolicyRef, PolicyStatus, ReturnSwitches, ScoringConfig
 
 __all__ = ["AMRClient", "AsyncAMRClient"]
 
@@ -77,18 +80,33 @@ class AMRClient(BaseClient):
 
     def score(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
               config: ScoringConfig | Mapping[str, Any] | None = None,
-              returns: ReturnSwitches | Mapping[str, Any] | None = None) -> ScoreResult:
+              returns: ReturnSwitches | Mapping[str, Any] | None = None,
+              policy: PolicyRef | Mapping[str, Any] | None = None) -> ScoreResult:
         """Score `groups` at trainer step `step`; `config` overrides only the fields it sets.
 
-        Raises pydantic's ValidationError for a bad request before sending it.
+        `policy` picks the weights: `{"lora_path": ..., "version": ...}` (a LoRA adapter),
+        `{"lora_name": ...}` (one registered at start-up) or `{"version": ...}` (require that
+        full-weight version; `PolicyMismatchError` otherwise). Raises pydantic's
+        ValidationError for a bad request before sending it.
         """
-        body = build_score_body(groups, step=step, config=config, returns=returns)
+        body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
         headers = build_headers(self.api_key, new_idempotency_key())
         return parse_score_response(self._send("POST", SCORE_PATH, headers, body))
 
     def info(self) -> dict[str, Any]:
         """`GET /v1/info`: model, model_path, policy_version, engine, limits, defaults."""
         return parse_info(self._send("GET", INFO_PATH, build_headers(self.api_key)))
+
+    def set_policy(self, path: str, version: str) -> PolicyStatus:
+        """`POST /v1/policy`: load the full weights in `path` (a folder under the service's
+        policy root, as the service sees it) as `version`. Safe to retry: the same path and
+        version again is a no-op (`changed=False`)."""
+        body = build_policy_body(path, version)
+        return parse_policy_status(self._send("POST", POLICY_PATH, build_headers(self.api_key), body))
+
+    def get_policy(self) -> PolicyStatus:
+        """`GET /v1/policy`: the full-weight version in service and the adapters loaded."""
+        return parse_policy_status(self._send("GET", POLICY_PATH, build_headers(self.api_key)))
 
     def ready(self) -> bool:
         """True when the server is ready to score; False on 503 or when it cannot be reached.
@@ -153,18 +171,31 @@ class AsyncAMRClient(BaseClient):
 
     async def score(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
                     config: ScoringConfig | Mapping[str, Any] | None = None,
-                    returns: ReturnSwitches | Mapping[str, Any] | None = None) -> ScoreResult:
+                    returns: ReturnSwitches | Mapping[str, Any] | None = None,
+                    policy: PolicyRef | Mapping[str, Any] | None = None) -> ScoreResult:
         """Score `groups` at trainer step `step`; `config` overrides only the fields it sets.
 
-        Raises pydantic's ValidationError for a bad request before sending it.
+        `policy` picks the weights: `{"lora_path": ..., "version": ...}` (a LoRA adapter),
+        `{"lora_name": ...}` (one registered at start-up) or `{"version": ...}` (require that
+        full-weight version; `PolicyMismatchError` otherwise). Raises pydantic's
+        ValidationError for a bad request before sending it.
         """
-        body = build_score_body(groups, step=step, config=config, returns=returns)
+        body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
         headers = build_headers(self.api_key, new_idempotency_key())
         return parse_score_response(await self._send("POST", SCORE_PATH, headers, body))
 
     async def info(self) -> dict[str, Any]:
         """`GET /v1/info`: model, model_path, policy_version, engine, limits, defaults."""
         return parse_info(await self._send("GET", INFO_PATH, build_headers(self.api_key)))
+
+    async def set_policy(self, path: str, version: str) -> PolicyStatus:
+        """`POST /v1/policy`; see `AMRClient.set_policy`."""
+        body = build_policy_body(path, version)
+        return parse_policy_status(await self._send("POST", POLICY_PATH, build_headers(self.api_key), body))
+
+    async def get_policy(self) -> PolicyStatus:
+        """`GET /v1/policy`; see `AMRClient.get_policy`."""
+        return parse_policy_status(await self._send("GET", POLICY_PATH, build_headers(self.api_key)))
 
     async def ready(self) -> bool:
         """True when the server is ready to score; False on 503 or when it cannot be reached.

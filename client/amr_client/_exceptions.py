@@ -103,6 +103,12 @@ class ConflictError(APIStatusError):
     """409: a request with the same Idempotency-Key is still being scored."""
 
 
+class PolicyMismatchError(ConflictError):
+    """409 `policy_mismatch`: the service holds another policy version than the one required.
+
+    Not retried: push the weights (`set_policy`) or drop the requirement."""
+
+
 class PayloadTooLargeError(APIStatusError):
     """413: the request exceeds the server's payload or token caps; send smaller batches."""
 

@@ -41,6 +41,16 @@ class ScoreResult:
         return self.response.model
 
     @property
+    def policy_version(self) -> str:
+        """The full-weight version that scored the whole request."""
+        return self.response.policy_version
+
+    @property
+    def adapter(self) -> str | None:
+        """The LoRA adapter on top, if the request named one."""
+        return self.response.adapter
+
+    @property
     def anneal_weight(self) -> float:
         return self.response.anneal_weight
 

@@ -174,6 +174,42 @@ class ReturnSwitches(_Strict):
     reflections: bool = Field(True, description="Add the per-rollout `reflection` record.")
 
 
+# A label names one set of weights for good: the reflection cache is keyed by it.
+VersionLabel = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:+@-]*$")]
+CheckpointPath = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class PolicyRef(_Strict):
+    """Which policy scores a request: reflections and both scoring passes use it.
+
+    - absent: the service's current full weights, whatever their version;
+    - `{"version": V}`: the current full weights, which must be version V (else 409);
+    - `{"lora_path": P, "version": V}`: the LoRA adapter in folder P (under the service's
+      AMR_POLICY_ROOT), labelled V, on top of the current full weights;
+    - `{"lora_name": N}`: an adapter registered at start-up (`--lora-modules N=PATH`).
+    """
+
+    version: VersionLabel | None = Field(
+        None, description="Without an adapter: the full-weight version the service must hold (409 otherwise). "
+                          "With `lora_path`: the adapter's version label (required).")
+    lora_path: CheckpointPath | None = Field(
+        None, description="A PEFT LoRA adapter folder, absolute or relative to the service's policy root.")
+    lora_name: VersionLabel | None = Field(
+        None, description="An adapter registered at start-up with `--lora-modules NAME=PATH`.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PolicyRef":
+        if self.lora_path is not None and self.lora_name is not None:
+            raise ValueError("give lora_path (with version) or lora_name, not both")
+        if self.lora_path is not None and self.version is None:
+            raise ValueError("lora_path needs a version label: it keys the reflection cache, so "
+                             "a changed adapter must get a new one")
+        if self.lora_name is not None and self.version is not None:
+            raise ValueError("a registered adapter (lora_name) has no version; use lora_path "
+                             "and version for an adapter that changes")
+        return self
+
+
 class ScoreRequest(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -181,6 +217,17 @@ class ScoreRequest(_Strict):
     step: int = Field(..., ge=0, description="The trainer's global step; drives the anneal schedule.")
     config: ScoringConfig | None = Field(None, description="Overrides of the server's defaults; only set fields apply.")
     returns: ReturnSwitches = Field(default_factory=ReturnSwitches, alias="return")
+    policy: PolicyRef | None = Field(
+        None, description="The policy that scores this request (default: the current full weights).")
+
+
+class PolicyUpdate(_Strict):
+    """`POST /v1/policy`: load new full weights into the running engine."""
+
+    path: CheckpointPath = Field(
+        ..., description="A checkpoint folder (config.json + *.safetensors, the served architecture), "
+                         "absolute or relative to the service's policy root.")
+    version: VersionLabel = Field(..., description="The label every later response reports, e.g. step-17.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,12 +292,27 @@ class BatchStats(BaseModel):
 
 class ScoreResponse(BaseModel):
     model: str
-    policy_version: str
+    policy_version: str = Field(..., description="The full-weight version that scored the whole request.")
+    adapter: str | None = Field(None, description="The LoRA adapter used on top: its version label, or its registered name.")
     template_version: str
     step: int
     anneal_weight: float
     groups: list[ScoredGroup]
     stats: BatchStats
+
+
+class PolicyStatus(BaseModel):
+    """`GET /v1/policy`, and the answer of `POST /v1/policy`."""
+
+    version: str = Field(..., description="The full-weight version in service.")
+    path: str = Field(..., description="The folder those weights came from.")
+    previous_version: str | None = Field(None, description="POST only: the version it replaced.")
+    changed: bool | None = Field(None, description="POST only: false when that version and folder were already in service.")
+    reload_s: float | None = Field(None, description="POST only: seconds spent loading the weights.")
+    wait_s: float | None = Field(None, description="POST only: seconds spent waiting for in-flight requests.")
+    lora_enabled: bool = False
+    lora_modules: list[str] = Field(default_factory=list, description="Adapters registered at start-up.")
+    adapters_loaded: list[str] = Field(default_factory=list, description="Adapters in the engine's LRU, most recent last.")
 
 
 # --------------------------------------------------------------------------------------------

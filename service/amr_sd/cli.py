@@ -223,7 +223,8 @@ def cmd_config_doc(args) -> int:
 
 
 SERVE_FLAGS = ("model", "engine", "host", "port", "redis_url", "max_pending_sequences",
-               "max_pending_tokens", "request_timeout_s", "drain_timeout_s")
+               "max_pending_tokens", "request_timeout_s", "drain_timeout_s", "policy_root",
+               "policy_version", "policy_wait_s", "lora_modules")
 EXIT_ENGINE_DEAD = 3
 
 
@@ -264,6 +265,11 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
                         help="skip CUDA graphs / compilation")
     engine.add_argument("--max-num-batched-tokens", type=int,
                         help="tokens per engine step; bounds the prompt-logprob logits memory")
+    engine.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=None,
+                        help="serve LoRA adapters per request (vLLM engine; off by default)")
+    engine.add_argument("--max-lora-rank", type=int, help="largest adapter rank accepted (default 16)")
+    engine.add_argument("--max-loras", type=int, help="different adapters in one engine step (default 4)")
+    engine.add_argument("--max-cpu-loras", type=int, help="adapters kept loaded, an LRU (default 8)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default deadline per request, then 504 (default 600)")
     limits.add_argument("--drain-timeout-s", type=float,
                         help="on SIGTERM, how long in-flight requests may finish (default 30)")
+    policy = serve.add_argument_group("policy sync (README: Keeping the teacher on the current policy)")
+    policy.add_argument("--policy-root", help="folder under which POST /v1/policy and policy.lora_path "
+                                              "may load weights (default: loading from a path is off)")
+    policy.add_argument("--policy-version", help="label of the weights the service starts with (default base)")
+    policy.add_argument("--policy-wait-s", type=float,
+                        help="how long a request waits for a weight reload before 503 (default 30)")
+    policy.add_argument("--lora-modules", help="adapters requests may name with policy.lora_name: NAME=PATH,...")
     _add_engine_flags(serve)
     serve.set_defaults(func=cmd_serve)
     api = sub.add_parser("openapi", help="print the OpenAPI document (openapi.yaml) as YAML")

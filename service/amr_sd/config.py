@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from amr_sd.engine.base import ENGINE_FLAGS, EngineSettings
@@ -29,6 +30,21 @@ class Settings(BaseSettings):
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     enforce_eager: bool | None = None
     max_num_batched_tokens: int | None = Field(None, ge=16)
+    enable_lora: bool | None = Field(None, description="Serve LoRA adapters per request (vLLM).")
+    max_lora_rank: int | None = Field(None, ge=1, le=512)
+    max_loras: int | None = Field(None, ge=1, description="Different adapters in one engine step.")
+    max_cpu_loras: int | None = Field(None, ge=1, description="Adapters kept loaded (LRU).")
+
+    # Policy sync (README "Keeping the teacher on the current policy").
+    policy_root: str | None = Field(
+        None, description="The only folder (and below) that POST /v1/policy and `policy.lora_path` "
+                          "may load from; unset turns loading from a path off.")
+    policy_version: str = Field("base", min_length=1, max_length=128,
+                                pattern=r"^[A-Za-z0-9][A-Za-z0-9._:+@-]*$",
+                                description="Label of the weights the service starts with.")
+    policy_wait_s: float = Field(30.0, ge=0, description="How long a request waits for a reload "
+                                 "before 503 + Retry-After.")
+    lora_modules: str | None = Field(None, description="Adapters requests may name: NAME=PATH,...")
 
     # Request caps, checked before any engine work (413).
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
@@ -53,6 +69,16 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = None
     metrics_require_key: bool = False
 
+    @field_validator("lora_modules")
+    @classmethod
+    def _pairs(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_lora_modules(value)
+        return value
+
+    def lora_module_paths(self) -> dict[str, str]:
+        return parse_lora_modules(self.lora_modules) if self.lora_modules else {}
+
     def engine_settings(self) -> EngineSettings:
         return EngineSettings.for_device().with_overrides(
             **{name: getattr(self, name) for name in ENGINE_FLAGS})
@@ -69,3 +95,18 @@ class Settings(BaseSettings):
         if self.api_keys is None:
             return []
         return [k.strip().encode() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+
+def parse_lora_modules(value: str) -> dict[str, str]:
+    """"a=/ckpt/a,b=/ckpt/b" -> {"a": "/ckpt/a", "b": "/ckpt/b"}."""
+    modules = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"{item!r} is not NAME=PATH")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:+@-]{0,127}", name.strip()):
+            raise ValueError(f"adapter name {name.strip()!r}: use letters, digits and ._:+@-")
+        if name.strip() in modules:
+            raise ValueError(f"adapter name {name.strip()!r} is given twice")
+        modules[name.strip()] = path.strip()
+    return modules

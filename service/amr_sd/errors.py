@@ -3,12 +3,15 @@
     AmrError                 status_code, type (500 internal_error: a bug of ours)
     ├── Unauthenticated      401: no bearer token while API keys are configured
     ├── Forbidden            403: a bearer token that is not one of the keys
+    │   └── PolicyDisabled   403: a weights folder was named but AMR_POLICY_ROOT is not set
     ├── Conflict             409: the same Idempotency-Key is still in flight
+    │   └── PolicyMismatch   409: the request requires another policy version than the one served
     ├── InvalidRequest       422: a field is wrong (`field` = "groups[2].rollouts[0].token_ids")
     ├── PayloadTooLarge      413: over a size cap; the message names the cap
     ├── Overloaded           429 + Retry-After: the pending-work bound is full; retry later
     ├── ServiceNotReady      503 + Retry-After: still starting
     ├── Draining             503 + Retry-After: shutting down; retry (another replica)
+    ├── PolicyReloading      503 + Retry-After: new weights are loading for longer than a request waits
     ├── EngineFailure        503: the engine failed or returned something the scorer must not trust
     │   └── EngineDead       503: the engine process died; this process exits for a restart
     └── DeadlineExceeded     504: the request's deadline passed; its engine work was aborted
@@ -51,9 +54,17 @@ class Forbidden(AmrError):
     type = "forbidden"
 
 
+class PolicyDisabled(Forbidden):
+    type = "policy_disabled"
+
+
 class Conflict(AmrError):
     status_code = 409
     type = "conflict"
+
+
+class PolicyMismatch(Conflict):
+    type = "policy_mismatch"
 
 
 class InvalidRequest(AmrError):
@@ -81,6 +92,12 @@ class Draining(AmrError):
     status_code = 503
     type = "draining"
     headers = {"Retry-After": "5"}
+
+
+class PolicyReloading(AmrError):
+    status_code = 503
+    type = "reloading"
+    headers = {"Retry-After": "2"}
 
 
 class EngineFailure(AmrError):

@@ -59,6 +59,13 @@ class Metrics:
         self.engine_unfinished = Gauge("amr_sd_engine_unfinished_requests",
                                        "Requests the engine holds that are neither finished nor aborted.",
                                        registry=r)
+        # Policy sync (README "Keeping the teacher on the current policy").
+        self.policy_reloads = Counter("amr_sd_policy_reloads",
+                                      "POST /v1/policy by outcome: loaded, unchanged, rejected, failed.",
+                                      ["outcome"], registry=r)
+        self.policy_reload_seconds = Histogram("amr_sd_policy_reload_seconds",
+                                               "Time to load new full weights into the engine.",
+                                               buckets=_LATENCY_BUCKETS, registry=r)
 
     def observe_scoring(self, stats: BatchStats) -> None:
         self.tokens_scored.inc(stats.tokens_scored)

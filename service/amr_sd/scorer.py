@@ -30,7 +30,7 @@ from amr_client.schemas import (
 from amr_sd.algo import advantage, reflection
 from amr_sd.algo.context import render_prompt, splice, with_block
 from amr_sd.cache import ReflectionCache, reflection_key
-from amr_sd.engine.base import Engine, GenerationParams
+from amr_sd.engine.base import Adapter, Engine, GenerationParams
 from amr_sd.errors import InvalidRequest, from_validation_error
 
 
@@ -224,20 +224,27 @@ class Scorer:
 
     # ---------------------------------------------------------------- engine phases
 
-    async def score(self, request: ScoreRequest) -> ScoreResponse:
+    async def score(self, request: ScoreRequest, adapter: Adapter | None = None) -> ScoreResponse:
+        """Score `request` with the engine's full weights, plus `adapter` if given.
+
+        `request.policy` is the caller's to resolve (`policy.PolicyManager.serving`): it
+        decides the adapter and holds the weights steady for the whole call.
+        """
         t0 = time.perf_counter()
         plan = self.plan(request)
         active = plan.active
-        generated, cached = await self._reflect(active, plan.config)
+        generated, cached = await self._reflect(active, plan.config, adapter)
         t1 = time.perf_counter()
-        await self._rescore([w for w in active if w.accepted_text is not None])
+        await self._rescore([w for w in active if w.accepted_text is not None], adapter)
         t2 = time.perf_counter()
         response = self._assemble(request, plan, generated, cached)
+        response.adapter = adapter.label if adapter is not None else None
         response.stats.timings = Timings(reflect_s=t1 - t0, score_s=t2 - t1,
                                          total_s=time.perf_counter() - t0)
         return response
 
-    async def _reflect(self, active: list[_Work], cfg: ScoringConfig) -> tuple[int, int]:
+    async def _reflect(self, active: list[_Work], cfg: ScoringConfig,
+                       adapter: Adapter | None) -> tuple[int, int]:
         """Write, parse and filter reflections with retries: (generations run, cache hits)."""
         pending = []
         for w in active:
@@ -256,7 +263,7 @@ class Scorer:
         cached = 0
         if self.cache is not None and pending:
             for w in pending:
-                w.cache_key = self._cache_key(w, cfg)
+                w.cache_key = self._cache_key(w, cfg, adapter)
             hits = await self.cache.get_many([w.cache_key for w in pending])
             misses = []
             for w, hit in zip(pending, hits):
@@ -285,7 +292,8 @@ class Scorer:
                                      stop=(reflection.closing_tag(kind),),
                                      # Retries must differ from the greedy first attempt and
                                      # stay reproducible where the engine takes a seed.
-                                     seed=attempt if attempt else None))
+                                     seed=attempt if attempt else None),
+                    adapter)
                 for kind, ws in batches))
             generated += len(pending)
             pending = []
@@ -304,11 +312,13 @@ class Scorer:
                                        for w in written})
         return generated, cached
 
-    def _cache_key(self, w: _Work, cfg: ScoringConfig) -> str:
+    def _cache_key(self, w: _Work, cfg: ScoringConfig, adapter: Adapter | None) -> str:
         # Everything the final record depends on: the writer's input, how it decodes, and what
         # the filter compares against. A changed template, policy or setting misses the cache.
+        # An adapter joins the key only when there is one: keys of plain requests stay as they were.
+        on_top = {} if adapter is None else {"adapter": [adapter.label, adapter.path]}
         return reflection_key(
-            model_id=self.engine.model_id, policy_version=self.engine.policy_version,
+            model_id=self.engine.model_id, policy_version=self.engine.policy_version, **on_top,
             template_version=reflection.TEMPLATE_VERSION, kind=w.kind,
             writer_prompt_ids=w.writer_ids,
             generation={"max_tokens": cfg.max_reflection_tokens,
@@ -337,7 +347,7 @@ class Scorer:
         record.reject_reasons.append(reason.value)
         return False
 
-    async def _rescore(self, work: list[_Work]) -> None:
+    async def _rescore(self, work: list[_Work], adapter: Adapter | None) -> None:
         """Both teacher-forced passes for every rollout with a reflection, in one submission."""
         sequences, starts, slots = [], [], []
         for w in work:
@@ -350,7 +360,7 @@ class Scorer:
                 w.student_logprobs = np.asarray(w.rollout.student_logprobs, dtype=np.float64)
         if not sequences:
             return
-        for (w, attr), values in zip(slots, await self.engine.score(sequences, starts)):
+        for (w, attr), values in zip(slots, await self.engine.score(sequences, starts, adapter)):
             setattr(w, attr, values)
 
     # ---------------------------------------------------------------- combine and report

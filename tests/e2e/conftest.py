@@ -5,7 +5,8 @@
 only once /readyz answers 200. On exit both send SIGTERM, wait, and then stop by pid any process
 the server started that outlived it (a killed EngineCore leaves its worker behind for a moment).
 `amr_server` is one shared server for the session (memory cache) for the tests that only need a
-service to talk to, such as the trainer integrations.
+service to talk to, such as the trainer integrations. `policy_server` is one with LoRA, a policy
+root full of test checkpoints (policy_assets.py) and an API key, for the policy-sync tests.
 """
 
 from __future__ import annotations
@@ -116,3 +117,29 @@ def launch_server():
 def amr_server(tmp_path_factory) -> Iterator[str]:
     with start_server(tmp_path_factory.mktemp("amr_server") / "server.log") as server:
         yield server.base_url
+
+
+POLICY_KEY = "policy-test-key"
+
+
+@dataclass
+class PolicyServer:
+    base_url: str
+    root: Path
+    folders: dict[str, Path]
+    api_key: str = POLICY_KEY
+
+
+@pytest.fixture(scope="session")
+def policy_server(tmp_path_factory) -> Iterator[PolicyServer]:
+    """fp32, so that references computed with transformers match to ~1e-5, not bf16 noise."""
+    from amr_sd.engine.models import EMBEDDED_MODEL, resolve_model
+    from policy_assets import make_policy_root
+
+    root = tmp_path_factory.mktemp("policy_root")
+    folders = make_policy_root(root, resolve_model(EMBEDDED_MODEL))
+    log = tmp_path_factory.mktemp("policy_server") / "server.log"
+    with start_server(log, "--enable-lora", "--max-lora-rank", "8", "--policy-root", str(root),
+                      "--dtype", "float32", "--lora-modules", f"fixed={folders['lora']}",
+                      env={"AMR_API_KEYS": POLICY_KEY}) as server:
+        yield PolicyServer(server.base_url, root, folders)

@@ -32,6 +32,7 @@ from amr_client import (
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    PolicyMismatchError,
     RateLimitError,
     ReturnSwitches,
     ScoreResponse,
@@ -448,3 +449,71 @@ def test_advantages_padded_right_pads_to_the_longest_rollout_with_a_mask():
 def test_advantages_padded_honours_dtype():
     values, _ = result().advantages_padded(dtype=torch.float64)
     assert values.dtype == torch.float64
+
+
+# --- policy sync ------------------------------------------------------------------------------
+
+POLICY_STATUS = {"version": "step-3", "path": "/ckpt/step-3", "previous_version": "base",
+                 "changed": True, "reload_s": 0.5, "wait_s": 0.0, "lora_enabled": False}
+
+
+def test_set_policy_posts_path_and_version_and_parses_the_status():
+    server = Server(httpx.Response(200, json=POLICY_STATUS))
+    client, _ = client_for(server, api_key="k")
+    status = client.set_policy("step-3", "step-3")
+    (request,) = server.requests
+    assert request.method == "POST" and request.url == f"{BASE_URL}/v1/policy"
+    assert json.loads(request.content) == {"path": "step-3", "version": "step-3"}
+    assert request.headers["authorization"] == "Bearer k"
+    assert status.version == "step-3" and status.changed and status.reload_s == 0.5
+
+
+def test_a_bad_version_label_fails_before_sending():
+    server = Server(httpx.Response(200, json=POLICY_STATUS))
+    client, _ = client_for(server)
+    with pytest.raises(ValidationError, match="version"):
+        client.set_policy("step-3", "step 3")  # no spaces in a label
+    assert server.requests == []
+
+
+def test_a_reload_in_progress_is_retried_and_a_policy_mismatch_is_not():
+    server = Server(error_json(503, "reloading", "new weights are still loading", headers={"Retry-After": "2"}),
+                    ok())
+    client, slept = client_for(server)
+    client.score([GROUP], step=0, policy={"version": "p1"})
+    assert len(server.requests) == 2 and slept == [2.0]
+    assert json.loads(server.requests[0].content)["policy"] == {"version": "p1"}
+
+    server = Server(error_json(409, "policy_mismatch", "the service holds 'a'", field="policy.version"))
+    client, slept = client_for(server)
+    with pytest.raises(PolicyMismatchError) as err:
+        client.score([GROUP], step=0, policy={"version": "b"})
+    assert isinstance(err.value, ConflictError) and err.value.field == "policy.version"
+    assert len(server.requests) == 1 and slept == []
+
+
+def test_async_twin_sets_and_gets_the_policy():
+    server = Server(httpx.Response(200, json=POLICY_STATUS))
+    client, _ = async_client_for(server)
+
+    async def both():
+        return await client.set_policy("a", "v1"), await client.get_policy()
+
+    posted, got = asyncio.run(both())
+    assert [r.method for r in server.requests] == ["POST", "GET"]
+    assert posted.version == got.version == "step-3"
+
+
+@pytest.mark.parametrize("policy,message", [
+    ({"lora_path": "a"}, "needs a version label"),
+    ({"lora_path": "a", "lora_name": "b", "version": "v"}, "not both"),
+    ({"lora_name": "b", "version": "v"}, "has no version"),
+    ({"version": ""}, "at least 1 character"),
+    ({"version": "v", "extra": 1}, "Extra inputs"),
+])
+def test_a_bad_policy_is_refused_before_sending(policy, message):
+    server = Server(ok())
+    client, _ = client_for(server)
+    with pytest.raises(ValidationError, match=message):
+        client.score([GROUP], step=0, policy=policy)
+    assert server.requests == []

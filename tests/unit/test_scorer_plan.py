@@ -37,10 +37,10 @@ class NoCallEngine:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
 
-    async def generate(self, prompts, params):
+    async def generate(self, prompts, params, adapter=None):
         raise AssertionError("engine called")
 
-    async def score(self, sequences, start_indices):
+    async def score(self, sequences, start_indices, adapter=None):
         raise AssertionError("engine called")
 
     async def warmup(self):

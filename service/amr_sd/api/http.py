@@ -1,12 +1,13 @@
 """The HTTP API: parse, guard, call the scorer, return. No scoring logic lives here.
 
-Routes: POST /v1/score, GET /v1/info, GET /healthz, GET /readyz, GET /metrics.
+Routes: POST /v1/score, GET|POST /v1/policy, GET /v1/info, GET /healthz, GET /readyz, GET /metrics.
 Errors: `{"error": {"type", "message", "field"}}` (amr_sd.errors lists every status).
 
 A score request passes, in order: API key (401/403), draining (503), body cap (413), schema
 (422), readiness (503), size caps (413), Idempotency-Key (replay, 409, 422), admission (429),
-then the scorer under a deadline (504) that also ends when the client disconnects. Whatever ends
-a request early cancels its scoring task, and vLLM aborts the engine requests of a cancelled task.
+then the policy gate (503 during a long reload, 409 for another version) and the scorer, under a
+deadline (504) that also ends when the client disconnects. Whatever ends a request early cancels
+its scoring task, and vLLM aborts the engine requests of a cancelled task.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from amr_client.schemas import ErrorResponse, ProbeStatus, ScoreRequest, ScoreResponse, ScoringConfig
+from amr_client.schemas import (ErrorResponse, PolicyStatus, PolicyUpdate, ProbeStatus, ScoreRequest,
+                                ScoreResponse, ScoringConfig)
 from amr_sd.algo.reflection import TEMPLATE_VERSION
 from amr_sd.api.admission import Admission
 from amr_sd.api.auth import check_bearer
@@ -39,6 +41,7 @@ from amr_sd.engine import create_engine
 from amr_sd.errors import (AmrError, DeadlineExceeded, Draining, EngineDead, InvalidRequest,
                            Overloaded, PayloadTooLarge, ServiceNotReady, field_path)
 from amr_sd.metrics import Metrics
+from amr_sd.policy import PolicyManager
 from amr_sd.scorer import Scorer
 
 log = logging.getLogger("amr_sd.http")
@@ -69,13 +72,15 @@ def _errors(*statuses: int) -> dict:
 
 _ERROR_DOCS = {
     401: "No `Authorization: Bearer <key>` while API keys are configured",
-    403: "The bearer token is not one of the configured keys",
-    409: "A request with this Idempotency-Key is still in flight; retry later",
+    403: "The bearer token is not one of the configured keys, or loading weights from a folder "
+         "is off (no AMR_POLICY_ROOT)",
+    409: "A request with this Idempotency-Key is still in flight (retry later), or the request "
+         "requires another policy version than the one in service (`policy_mismatch`)",
     413: "Over a size cap (body, groups, rollouts, tokens); the message names the cap",
     422: "A field or header is invalid; `error.field` names it",
     429: "The pending-work bound is full; retry after `Retry-After` seconds",
     500: "A bug in the service",
-    503: "Not ready, draining, or the engine failed; retry after `Retry-After` seconds",
+    503: "Not ready, draining, reloading weights, or the engine failed; retry after `Retry-After` seconds",
     504: "The request's deadline passed; its engine work was aborted",
 }
 
@@ -114,6 +119,10 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
             app.state.store = make_store(settings.redis_url, ttl_s=settings.idempotency_ttl_s,
                                          pending_ttl_s=settings.max_request_timeout_s + 60,
                                          on_error=metrics.cache_errors.inc)
+            app.state.policies = PolicyManager(
+                engine, root=settings.policy_root, version=settings.policy_version,
+                lora_modules=settings.lora_module_paths(), wait_s=settings.policy_wait_s)
+            app.state.policies.check_modules()
             app.state.scorer = Scorer(engine, cache=app.state.cache)
             metrics.engine_unfinished.set_function(engine.unfinished_requests)
             app.state.monitor = asyncio.create_task(_watch_engine(app, engine))
@@ -250,8 +259,8 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
                 return Response(stored.body, status_code=stored.status, media_type="application/json",
                                 headers={"Idempotent-Replayed": "true"})
         try:
-            payload = await _score_admitted(request, scorer, body, (rollouts, tokens), timeout_s,
-                                            admission, metrics)
+            payload = await _score_admitted(request, scorer, request.app.state.policies, body,
+                                            (rollouts, tokens), timeout_s, admission, metrics)
         except AmrError as exc:
             if isinstance(exc, EngineDead):  # unready now, not at the monitor's next look
                 request.app.state.engine_dead, request.app.state.ready = True, False
@@ -274,13 +283,44 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
             await store.finish(key, fp, 200, payload)
         return Response(payload, media_type="application/json")
 
+    @app.post("/v1/policy", response_model=PolicyStatus,
+              responses=_errors(401, 403, 422, 500, 503, 504))
+    async def set_policy(request: Request, body: PolicyUpdate,
+                         x_request_timeout: Annotated[str | None, Header(
+                             description="Seconds the reload may wait for requests in flight "
+                                         "(default: the request timeout); past it: 504, weights "
+                                         "unchanged.")] = None):
+        """Load new full weights into the running engine; later requests report `version`."""
+        _scorer(request)  # 503 until the engine is ready
+        policies: PolicyManager = request.app.state.policies
+        timeout_s = _timeout_s(x_request_timeout, settings)
+        try:
+            status, outcome = await policies.reload(body, timeout_s)
+        except AmrError as exc:
+            if isinstance(exc, EngineDead):
+                request.app.state.engine_dead, request.app.state.ready = True, False
+            metrics.policy_reloads.labels(outcome="failed" if exc.status_code >= 500 else "rejected").inc()
+            raise
+        metrics.policy_reloads.labels(outcome=outcome).inc()
+        if outcome == "loaded":
+            metrics.policy_reload_seconds.observe(status.reload_s)
+        return json_response(status.model_dump(mode="json"))
+
+    @app.get("/v1/policy", response_model=PolicyStatus, responses=_errors(401, 403, 503))
+    async def get_policy(request: Request):
+        """The full-weight version in service, and the LoRA adapters loaded."""
+        _scorer(request)
+        status = await request.app.state.policies.status()
+        return json_response(status.model_dump(mode="json"))
+
     @app.get("/v1/info", responses=_errors(401, 403, 503))
     async def info(request: Request):
         scorer = _scorer(request)
         engine = scorer.engine
         return json_response({
             "model": engine.model_id, "model_path": engine.model_path,
-            "policy_version": engine.policy_version, "engine": settings.engine,
+            "policy_version": engine.policy_version, "lora_enabled": bool(engine.max_lora_rank),
+            "engine": settings.engine,
             "max_model_len": engine.max_model_len, "vocab_size": engine.vocab_size,
             "template_version": TEMPLATE_VERSION, "cache": request.app.state.cache.name,
             "limits": settings.limits(), "defaults": ScoringConfig().model_dump(),
@@ -310,7 +350,7 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
     return app
 
 
-_ROUTES = {"/v1/score", "/v1/info", "/healthz", "/readyz", "/metrics"}
+_ROUTES = {"/v1/score", "/v1/policy", "/v1/info", "/healthz", "/readyz", "/metrics"}
 
 
 async def _watch_engine(app: FastAPI, engine) -> None:
@@ -349,18 +389,23 @@ def _timeout_s(header: str | None, settings: Settings) -> float:
     return value
 
 
-async def _score_admitted(request: Request, scorer: Scorer, body: ScoreRequest, size: tuple[int, int],
-                          timeout_s: float, admission: Admission, metrics: Metrics) -> bytes:
+async def _score_admitted(request: Request, scorer: Scorer, policies: PolicyManager,
+                          body: ScoreRequest, size: tuple[int, int], timeout_s: float,
+                          admission: Admission, metrics: Metrics) -> bytes:
     """Admit the request (`size`: its rollouts and response tokens), score it under its
-    deadline, and return the JSON answer."""
+    deadline with one policy throughout, and return the JSON answer."""
     try:
         ticket = admission.admit(*size)
     except (Overloaded, PayloadTooLarge) as exc:
         metrics.admission_rejected.labels(reason=exc.type).inc()
         raise
+    async def under_one_policy():
+        async with policies.serving(body.policy) as policy:
+            return await scorer.score(body, policy.adapter)
+
     completed = False
     try:
-        response = await _bounded(scorer.score(body), timeout_s, request)
+        response = await _bounded(under_one_policy(), timeout_s, request)
         completed = True
     except DeadlineExceeded:
         metrics.deadline_exceeded.inc()

@@ -28,22 +28,35 @@ class Generation:
     finish_reason: Literal["stop", "length"]
 
 
+@dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter folder, already checked (`checkpoint.check_adapter`), and its label: the
+    version it was sent with, or the name it was registered under. (label, path) is its identity."""
+
+    label: str
+    path: str
+
+
 class Engine(Protocol):
     model_id: str
-    policy_version: str
+    model_path: str  # the folder the engine started on; reloads must match its architecture
+    policy_version: str  # the label of the full weights in service ("base" until a reload)
+    max_lora_rank: int  # 0: this engine serves no LoRA adapters
     tokenizer: object  # a transformers tokenizer: chat template, vocab, special ids
     vocab_size: int
     max_model_len: int
     supports_seed: bool
 
     async def generate(
-        self, prompts: Sequence[Sequence[int]], params: GenerationParams
+        self, prompts: Sequence[Sequence[int]], params: GenerationParams,
+        adapter: Adapter | None = None,
     ) -> list[Generation]:
         """Decode a continuation of each token-id prompt."""
         ...
 
     async def score(
-        self, sequences: Sequence[Sequence[int]], start_indices: Sequence[int]
+        self, sequences: Sequence[Sequence[int]], start_indices: Sequence[int],
+        adapter: Adapter | None = None,
     ) -> list[np.ndarray]:
         """Teacher-forced log-probabilities of `seq[start:]` for each sequence, (len - start,) float64.
 
@@ -53,6 +66,18 @@ class Engine(Protocol):
 
     async def warmup(self) -> None:
         """Run a tiny batch so the first real request does not pay one-off start-up costs."""
+        ...
+
+    async def load_adapter(self, adapter: Adapter) -> None:
+        """Make sure `adapter` is loaded; raise `InvalidRequest` if the engine cannot load it."""
+        ...
+
+    async def loaded_adapters(self) -> list[str]:
+        """Labels of the adapters the engine holds loaded now."""
+        ...
+
+    async def load_weights(self, path: str) -> None:
+        """Replace the full weights in place with a checked checkpoint folder of the same model."""
         ...
 
     async def check_health(self) -> None:
@@ -68,7 +93,8 @@ class Engine(Protocol):
 
 # The knobs a user may set from `amr-sd score|serve` flags or AMR_* variables.
 ENGINE_FLAGS = ("dtype", "max_model_len", "gpu_memory_utilization", "enforce_eager",
-                "max_num_batched_tokens")
+                "max_num_batched_tokens", "enable_lora", "max_lora_rank", "max_loras",
+                "max_cpu_loras")
 
 
 @dataclass(frozen=True)
@@ -83,6 +109,11 @@ class EngineSettings:
     # the per-step token budget is what bounds it.
     max_num_batched_tokens: int = 4096
     max_num_seqs: int = 64
+    # LoRA adapters per request: off unless asked for (it adds LoRA kernels to every step).
+    enable_lora: bool = False
+    max_lora_rank: int = 16
+    max_loras: int = 4  # different adapters within one engine step
+    max_cpu_loras: int = 8  # adapters kept loaded (an LRU); a later use of an evicted one reloads it
     extra: dict = field(default_factory=dict)
 
     def with_overrides(self, **overrides) -> "EngineSettings":

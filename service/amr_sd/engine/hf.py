@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from amr_sd.engine.base import Generation, GenerationParams
+from amr_sd.engine.base import Adapter, Generation, GenerationParams
 from amr_sd.engine.models import resolve_model
+from amr_sd.errors import InvalidRequest
 
 
 class HFEngine:
     supports_seed = True
+    max_lora_rank = 0
 
     def __init__(self, model: str, *, dtype: str = "bfloat16", max_model_len: int | None = 4096):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self._torch = torch
         path = resolve_model(model)
@@ -25,17 +27,34 @@ class HFEngine:
         self.model_path = path
         self.policy_version = "base"
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self._model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-        self._model.eval()
+        self._dtype = getattr(torch, dtype)
+        self._model = self._load(path)
         self.vocab_size = int(self._model.get_input_embeddings().num_embeddings)
         # The tighter of the asked length and the model's own context.
         limits = [n for n in (max_model_len, getattr(self._model.config, "max_position_embeddings", None)) if n]
         self.max_model_len = int(min(limits))
 
+    def _load(self, path: str):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self._dtype)
+        model.eval()
+        return model
+
     async def warmup(self) -> None:
         return None
 
-    async def score(self, sequences: Sequence[Sequence[int]], start_indices: Sequence[int]):
+    async def load_adapter(self, adapter: Adapter) -> None:
+        raise InvalidRequest("the transformers engine serves no LoRA adapters: use --engine vllm")
+
+    async def loaded_adapters(self) -> list[str]:
+        return []
+
+    async def load_weights(self, path: str) -> None:
+        self._model = self._load(path)
+
+    async def score(self, sequences: Sequence[Sequence[int]], start_indices: Sequence[int],
+                    adapter: Adapter | None = None):
         torch = self._torch
         out = []
         with torch.inference_mode():
@@ -49,7 +68,8 @@ class HFEngine:
                 out.append(logprobs.gather(1, target[:, None])[:, 0].double().numpy())
         return out
 
-    async def generate(self, prompts, params: GenerationParams) -> list[Generation]:
+    async def generate(self, prompts, params: GenerationParams,
+                       adapter: Adapter | None = None) -> list[Generation]:
         torch = self._torch
         result = []
         with torch.inference_mode():

@@ -7,21 +7,24 @@ spawns its engine-core process, which re-imports the main module.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
+import re
 import uuid
 from typing import Sequence
 
 import numpy as np
 
-from amr_sd.engine.base import EngineSettings, Generation, GenerationParams
+from amr_sd.engine.base import Adapter, EngineSettings, Generation, GenerationParams
 from amr_sd.engine.models import resolve_model
-from amr_sd.errors import EngineDead, EngineFailure
+from amr_sd.errors import EngineDead, EngineFailure, InvalidRequest
 
 
 class VLLMEngine:
     supports_seed: bool
 
-    def __init__(self, llm, *, model_id: str, model_path: str, tokenizer, supports_seed: bool):
+    def __init__(self, llm, *, model_id: str, model_path: str, tokenizer, supports_seed: bool,
+                 max_lora_rank: int = 0):
         self._llm = llm
         self._ids = itertools.count()
         self._prefix = uuid.uuid4().hex[:8]
@@ -30,6 +33,11 @@ class VLLMEngine:
         self.policy_version = "base"
         self.tokenizer = tokenizer
         self.supports_seed = supports_seed
+        self.max_lora_rank = max_lora_rank
+        # vLLM keeps loaded adapters in its own LRU (max_cpu_loras) and names them by int id:
+        # one id per (label, path). Ids are never reused, so forgetting an old one is safe.
+        self._lora_ids: collections.OrderedDict[Adapter, int] = collections.OrderedDict()
+        self._next_lora_id = itertools.count(1)
         config = llm.model_config
         self.max_model_len = int(config.max_model_len)
         self.vocab_size = int(config.get_vocab_size())
@@ -57,17 +65,68 @@ class VLLMEngine:
             # little. Off keeps scores independent of what ran before.
             enable_prefix_caching=False,
             disable_log_stats=True,
+            **_lora_args(settings),
             **settings.extra,
         )
         llm = AsyncLLM.from_engine_args(args)
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(llm, model_id=model, model_path=path, tokenizer=tokenizer,
-                   supports_seed=device != "cpu")
+                   supports_seed=device != "cpu",
+                   max_lora_rank=settings.max_lora_rank if settings.enable_lora else 0)
 
     def _request_id(self) -> str:
         return f"amr-{self._prefix}-{next(self._ids)}"
 
-    async def _final(self, prompt_ids: Sequence[int], params):
+    def _lora_request(self, adapter: Adapter | None):
+        if adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        lora_id = self._lora_id(adapter)
+        return LoRARequest(f"{adapter.label}#{lora_id}", lora_id, adapter.path)
+
+    def _lora_id(self, adapter: Adapter) -> int:
+        if adapter not in self._lora_ids:
+            self._lora_ids[adapter] = next(self._next_lora_id)
+            if len(self._lora_ids) > _MAX_LORA_IDS:
+                self._lora_ids.popitem(last=False)
+        self._lora_ids.move_to_end(adapter)
+        return self._lora_ids[adapter]
+
+    async def load_adapter(self, adapter: Adapter) -> None:
+        # A request naming an adapter vLLM cannot load kills the whole engine core, while
+        # add_lora fails cleanly; so every adapter goes through add_lora before any request
+        # uses it. Once per request: it also reloads one that vLLM evicted or a weight reload
+        # dropped (0.01 s for the embedded model; ~1 ms when already loaded).
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if self.max_lora_rank == 0:
+            raise InvalidRequest("this service was started without LoRA: add --enable-lora")
+        try:
+            await self._llm.add_lora(self._lora_request(adapter))
+        except EngineDeadError as exc:
+            raise EngineDead("the vLLM engine process died") from exc
+        except Exception as exc:
+            self._lora_ids.pop(adapter, None)
+            reason = re.search(r"failed with error '(.*)'", str(exc), re.S)
+            raise InvalidRequest("vLLM could not load the LoRA adapter: "
+                                 + (reason.group(1) if reason else str(exc))) from None
+
+    async def loaded_adapters(self) -> list[str]:
+        """Labels of the adapters in vLLM's LRU, least recently used first."""
+        loaded = await self._llm.list_loras() if self.max_lora_rank else set()
+        return [a.label for a, i in self._lora_ids.items() if i in loaded]
+
+    async def load_weights(self, path: str) -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        # vLLM's own loader, in place; it drops every LoRA adapter, so load_adapter re-adds them.
+        try:
+            await self._llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+        except EngineDeadError as exc:
+            raise EngineDead("the vLLM engine process died") from exc
+
+    async def _final(self, prompt_ids: Sequence[int], params, lora_request=None):
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
@@ -76,7 +135,8 @@ class VLLMEngine:
         # coroutine makes vLLM abort the request, so no engine work is orphaned.
         try:
             async for out in self._llm.generate(
-                TokensPrompt(prompt_token_ids=list(prompt_ids)), params, self._request_id()
+                TokensPrompt(prompt_token_ids=list(prompt_ids)), params, self._request_id(),
+                lora_request=lora_request,
             ):
                 final = out
         except EngineDeadError as exc:
@@ -87,7 +147,8 @@ class VLLMEngine:
             raise EngineFailure("vLLM finished a request without output")
         return final
 
-    async def generate(self, prompts, params: GenerationParams) -> list[Generation]:
+    async def generate(self, prompts, params: GenerationParams,
+                       adapter: Adapter | None = None) -> list[Generation]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -100,7 +161,8 @@ class VLLMEngine:
             seed=params.seed if self.supports_seed else None,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
-        outs = await asyncio.gather(*(self._final(p, sampling) for p in prompts))
+        lora = self._lora_request(adapter)
+        outs = await asyncio.gather(*(self._final(p, sampling, lora) for p in prompts))
         result = []
         for out in outs:
             c = out.outputs[0]
@@ -111,7 +173,7 @@ class VLLMEngine:
             ))
         return result
 
-    async def score(self, sequences, start_indices) -> list[np.ndarray]:
+    async def score(self, sequences, start_indices, adapter: Adapter | None = None) -> list[np.ndarray]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -125,7 +187,8 @@ class VLLMEngine:
             flat_logprobs=True,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
-        outs = await asyncio.gather(*(self._final(s, params) for s in sequences))
+        lora = self._lora_request(adapter)
+        outs = await asyncio.gather(*(self._final(s, params, lora) for s in sequences))
         return [_actual_token_logprobs(o.prompt_logprobs, seq, start)
                 for o, seq, start in zip(outs, sequences, start_indices)]
 
@@ -150,6 +213,23 @@ class VLLMEngine:
             # AsyncLLM.__del__ calls shutdown() again at interpreter exit, when vLLM's module
             # globals are already gone (a TypeError on stderr); once is enough.
             llm.shutdown = lambda timeout=None: None
+
+
+_MAX_LORA_IDS = 10_000
+# The layers adapters may change: the transformer's projections (Llama-family names, packed and
+# unpacked). Not lm_head: with LoRA on the logits, vLLM 0.32 applies one LoRA row per request
+# to prompt-logprob logits that have one row per token, and the engine core dies as soon as two
+# scoring requests share a step. `checkpoint.check_adapter` refuses adapters on those layers.
+LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj",
+                       "up_proj", "gate_up_proj", "down_proj"]
+
+
+def _lora_args(settings: EngineSettings) -> dict:
+    if not settings.enable_lora:
+        return {}
+    return {"enable_lora": True, "max_lora_rank": settings.max_lora_rank,
+            "max_loras": settings.max_loras, "max_cpu_loras": settings.max_cpu_loras,
+            "lora_target_modules": LORA_TARGET_MODULES}
 
 
 def _actual_token_logprobs(flat, seq: Sequence[int], start: int) -> np.ndarray:
