@@ -44,9 +44,9 @@ class RecordingClient(AMRClient):
         super().__init__(*args, **kwargs)
         self.calls = []
 
-    def score(self, groups, *, step, config=None, returns=None):
-        result = super().score(groups, step=step, config=config, returns=returns)
-        self.calls.append({"groups": list(groups), "step": step, "result": result})
+    def score(self, groups, *, step, config=None, returns=None, policy=None):
+        result = super().score(groups, step=step, config=config, returns=returns, policy=policy)
+        self.calls.append({"groups": list(groups), "step": step, "result": result, "policy": policy})
         return result
 
 
@@ -59,10 +59,10 @@ def model_path():
     return str(materialize_embedded())
 
 
-def make_trainer(model_path, tmp_path, client, *, max_steps, **amr):
+def make_trainer(model_path, tmp_path, client, *, max_steps, learning_rate=1e-6, **amr):
     args = GRPOConfig(
         output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=2 * GROUP,
-        num_generations=GROUP, max_completion_length=16, learning_rate=1e-6, logging_steps=1,
+        num_generations=GROUP, max_completion_length=16, learning_rate=learning_rate, logging_steps=1,
         report_to="none", use_cpu=True, bf16=False, save_strategy="no", seed=0)
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]} for q in QUESTIONS])
     return AMRGRPOTrainer(
@@ -184,3 +184,58 @@ def test_fallback_trains_on_trl_advantages_with_a_warning_and_a_metric(model_pat
     assert "amr-sd unreachable" in caplog.text
     assert trainer.state.log_history[0]["amr/fallback"] == 1.0
     assert_loss_rows_are_trls_grpo(recorded, 0, atol=0.0)
+
+
+def test_full_weight_sync_scores_each_step_with_the_weights_being_trained(policy_server, model_path,
+                                                                           tmp_path):
+    from safetensors.torch import load_file
+
+    client = RecordingClient(policy_server.base_url, api_key=policy_server.api_key)
+    trainer = make_trainer(model_path, tmp_path, client, max_steps=3, learning_rate=1e-4,
+                           amr_config=AMR_CONFIG, amr_policy_sync="full", amr_policy_sync_steps=2,
+                           amr_policy_dir=policy_server.root / "trl-full", amr_policy_label="trl",
+                           amr_policy_keep=1)
+    trainer.train()
+
+    # Pushed at step 0 and step 2; step 1 is scored with the step-0 weights, and says so.
+    assert [c["policy"] for c in client.calls] == [{"version": "trl-step-0"}] * 2 + [{"version": "trl-step-2"}]
+    assert [c["result"].policy_version for c in client.calls] == ["trl-step-0", "trl-step-0", "trl-step-2"]
+    status = client.get_policy()
+    assert status.version == "trl-step-2" and status.path.endswith("trl-full/trl-step-2")
+    assert sorted(p.name for p in (policy_server.root / "trl-full").iterdir()) == ["trl-step-2"]
+    # What the service loaded is what the trainer had after two optimizer steps, not the base.
+    pushed = load_file(str(policy_server.root / "trl-full" / "trl-step-2" / "model.safetensors"))
+    base = load_file(str(policy_server.folders["original"] / "model.safetensors"))
+    assert pushed.keys() == base.keys()
+    assert any(not torch.equal(pushed[k].float(), base[k].float()) for k in base)
+    logged = [e for e in trainer.state.log_history if "amr/policy_step" in e]
+    assert [e["amr/policy_step"] for e in logged] == [0.0, 0.0, 2.0]
+
+
+def test_lora_sync_names_the_trainers_adapter_in_every_request(policy_server, model_path, tmp_path):
+    from peft import LoraConfig
+
+    client = RecordingClient(policy_server.base_url, api_key=policy_server.api_key)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = make_trainer(model_path, tmp_path, client, max_steps=2, peft_config=lora,
+                           amr_config=AMR_CONFIG, amr_policy_sync="lora",
+                           amr_policy_dir=policy_server.root / "trl-lora", amr_policy_label="trl-lora")
+    trainer.train()
+
+    folder = str((policy_server.root / "trl-lora").resolve())
+    assert [c["policy"] for c in client.calls] == [
+        {"lora_path": f"{folder}/trl-lora-step-{k}", "version": f"trl-lora-step-{k}"} for k in (0, 1)]
+    assert [c["result"].adapter for c in client.calls] == ["trl-lora-step-0", "trl-lora-step-1"]
+    assert {"trl-lora-step-0", "trl-lora-step-1"} <= set(client.get_policy().adapters_loaded)
+
+
+def test_policy_sync_settings_are_checked_at_construction(model_path, tmp_path):
+    client = AMRClient("http://127.0.0.1:9")
+    with pytest.raises(ValueError, match="needs a PEFT model"):
+        make_trainer(model_path, tmp_path, client, max_steps=1, amr_policy_sync="lora",
+                     amr_policy_dir=tmp_path)
+    with pytest.raises(ValueError, match="needs amr_policy_dir"):
+        make_trainer(model_path, tmp_path, client, max_steps=1, amr_policy_sync="full")
+    with pytest.raises(ValueError, match="'off', 'lora' or 'full'"):
+        make_trainer(model_path, tmp_path, client, max_steps=1, amr_policy_sync="weights",
+                     amr_policy_dir=tmp_path)

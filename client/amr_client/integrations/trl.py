@@ -31,6 +31,15 @@ Feedback: a reward function may pass verifier feedback per completion through TR
 shows in TRL's completions table. A dataset column named by `amr_reference_column` becomes the
 group's reference answer, which the leak filter keeps out of every reflection.
 
+Policy sync: the service must score with the policy being trained. `amr_policy_sync="lora"`
+(a PEFT model) saves the trainer's adapter every `amr_policy_sync_steps` steps into
+`amr_policy_dir` and names it in every score request (`policy.lora_path` + a version label);
+`"full"` saves the whole model there and loads it into the service (`POST /v1/policy`), then
+requires that version in every request, so a service another run moved answers 409 instead of
+scoring with foreign weights. `amr_policy_dir` must be inside the service's `AMR_POLICY_ROOT`
+(a shared or the same disk); `amr_policy_service_dir` names it as the service sees it when that
+differs. The last `amr_policy_keep` pushed folders are kept.
+
 Failure policy: by default any error raises, so a batch is never trained on advantages the
 service did not produce. With `amr_fallback_to_grpo=True`, a service that cannot be reached
 after the client's own retries (connection errors, timeouts, 503) gives TRL's GRPO advantages
@@ -41,8 +50,11 @@ mean the request is wrong (4xx) always raise.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -72,13 +84,23 @@ class AMRGRPOTrainer(GRPOTrainer):
             is unreachable after the client's retries. Off: such a batch raises.
         amr_feedback_column: the `log_extra` column holding verifier feedback, if any.
         amr_reference_column: a dataset column with the reference answer, if any.
+        amr_policy_sync: "off" (default), "lora" (push the PEFT adapter) or "full" (push the
+            whole model) every `amr_policy_sync_steps` steps, starting at the first.
+        amr_policy_dir: where pushed checkpoints are written; inside the service's policy root.
+        amr_policy_service_dir: the same folder as the service names it (default: amr_policy_dir).
+        amr_policy_label: prefix of the version labels, "<label>-step-<N>" (default: a random run id).
+        amr_policy_keep: pushed folders kept on disk (the newest).
     """
 
     def __init__(self, *args: Any, amr_client: AMRClient,
                  amr_config: ScoringConfig | Mapping[str, Any] | None = None,
                  amr_fallback_to_grpo: bool = False,
                  amr_feedback_column: str = "amr_feedback",
-                 amr_reference_column: str | None = None, **kwargs: Any):
+                 amr_reference_column: str | None = None,
+                 amr_policy_sync: str = "off", amr_policy_sync_steps: int = 1,
+                 amr_policy_dir: str | Path | None = None,
+                 amr_policy_service_dir: str | None = None, amr_policy_label: str | None = None,
+                 amr_policy_keep: int = 2, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if self.args.scale_rewards not in ("group", "none"):
             raise ValueError(
@@ -94,6 +116,8 @@ class AMRGRPOTrainer(GRPOTrainer):
         self.amr_feedback_column = amr_feedback_column
         self.amr_reference_column = amr_reference_column
         self._amr_batch: dict[str, Any] | None = None
+        self._amr_sync = _PolicySync.create(self, amr_policy_sync, amr_policy_sync_steps, amr_policy_dir,
+                                            amr_policy_service_dir, amr_policy_label, amr_policy_keep)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -173,7 +197,11 @@ class AMRGRPOTrainer(GRPOTrainer):
             return per_row, metrics
         started = time.perf_counter()
         try:
-            result = self.amr_client.score(groups, step=self.state.global_step, config=self.amr_config)
+            policy = None
+            if self._amr_sync is not None:
+                policy = self._amr_sync.policy_for(self.state.global_step, metrics)
+            result = self.amr_client.score(groups, step=self.state.global_step, config=self.amr_config,
+                                           policy=policy)
         except UNREACHABLE as exc:
             if not self.amr_fallback_to_grpo:
                 return exc
@@ -222,6 +250,68 @@ class AMRGRPOTrainer(GRPOTrainer):
         if rows["references"] is not None:
             group["reference"] = {"answer": rows["references"][first]}
         return group
+
+
+class _PolicySync:
+    """Pushes the trainer's weights to the service and names them in each score request."""
+
+    def __init__(self, trainer: AMRGRPOTrainer, mode: str, every: int, local_dir: Path,
+                 service_dir: str, label: str, keep: int):
+        self.trainer, self.mode, self.every, self.keep = trainer, mode, every, keep
+        self.local_dir, self.service_dir, self.label = local_dir, service_dir, label
+        self.pushed_step: int | None = None
+        self.policy: dict[str, str] | None = None
+        self.folders: list[Path] = []
+
+    @classmethod
+    def create(cls, trainer, mode, every, local_dir, service_dir, label, keep) -> _PolicySync | None:
+        if mode == "off":
+            return None
+        if mode not in ("lora", "full"):
+            raise ValueError(f"amr_policy_sync must be 'off', 'lora' or 'full', got {mode!r}")
+        if local_dir is None:
+            raise ValueError("amr_policy_sync needs amr_policy_dir: a folder inside the service's "
+                             "AMR_POLICY_ROOT that this trainer can write")
+        if every < 1 or keep < 1:
+            raise ValueError("amr_policy_sync_steps and amr_policy_keep must be >= 1")
+        is_peft = hasattr(trainer.model, "peft_config")
+        if mode == "lora" and not is_peft:
+            raise ValueError("amr_policy_sync='lora' needs a PEFT model (pass peft_config=...); "
+                             "use 'full' to push the whole model")
+        if mode == "full" and is_peft:
+            raise ValueError("amr_policy_sync='full' pushes the whole model; this one is a PEFT "
+                             "model: use 'lora'")
+        if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+            raise ValueError("amr_policy_sync saves the model from the main process and does not "
+                             "gather sharded (DeepSpeed/FSDP) weights")
+        local = Path(local_dir)
+        return cls(trainer, mode, every, local, service_dir or str(local.resolve()),
+                   label or f"run-{uuid.uuid4().hex[:8]}", keep)
+
+    def policy_for(self, step: int, metrics: dict[str, float]) -> dict[str, str]:
+        """The request's `policy`, after pushing the current weights when they are due."""
+        if self.pushed_step is None or step - self.pushed_step >= self.every:
+            started = time.perf_counter()
+            self._push(step)
+            metrics["amr/policy_push_seconds"] = time.perf_counter() - started
+        metrics["amr/policy_step"] = float(self.pushed_step)
+        return self.policy
+
+    def _push(self, step: int) -> None:
+        version = f"{self.label}-step-{step}"
+        folder = self.local_dir / version
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        model.save_pretrained(str(folder), safe_serialization=True)  # LoRA: the adapter only
+        service_path = f"{self.service_dir.rstrip('/')}/{version}"
+        if self.mode == "full":
+            self.trainer.amr_client.set_policy(service_path, version)
+            self.policy = {"version": version}
+        else:
+            self.policy = {"lora_path": service_path, "version": version}
+        self.pushed_step = step
+        self.folders.append(folder)
+        while len(self.folders) > self.keep:
+            shutil.rmtree(self.folders.pop(0), ignore_errors=True)
 
 
 def _trl_matched_config(user: ScoringConfig | Mapping[str, Any] | None, *, norm_by_std: bool) -> dict[str, Any]:
