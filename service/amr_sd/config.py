@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Literal
 
@@ -68,6 +69,13 @@ class Settings(BaseSettings):
     # show the keys in `ps`.
     api_keys: SecretStr | None = None
     metrics_require_key: bool = False
+
+    @field_validator("policy_root")
+    @classmethod
+    def _existing_folder(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isdir(value):
+            raise ValueError(f"{value!r} is not a folder")
+        return value
 
     @field_validator("lora_modules")
     @classmethod

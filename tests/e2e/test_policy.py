@@ -220,6 +220,14 @@ def test_lora_adapter_matches_transformers_with_peft(policy_server, http, client
         np.testing.assert_allclose(served, reference, atol=2e-3, rtol=0)
     assert "lora-1" in client.get_policy().adapters_loaded
 
+    # Base and adapter requests sharing engine steps: each keeps its own numbers.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        mixed = list(pool.map(lambda p: score(http, body(policy=p)),
+                              [None, {"lora_path": "lora", "version": "lora-1"}] * 2))
+    for answer in mixed:
+        expected = adapted if answer["adapter"] == "lora-1" else plain
+        np.testing.assert_allclose(logprobs(answer), logprobs(expected), atol=1e-4, rtol=0)
+
 
 def test_reflections_are_cached_per_adapter(http, client):
     use(client, "original")

@@ -294,3 +294,22 @@ def test_a_good_adapter_passes(root):
     served = read_index(str(root / "base"), "path")
     check_adapter(adapter(root / "root" / "lora", {"r": 2, "target_modules": ["q_proj"]}, LORA), 8,
                   served, "policy.lora_path")
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+def test_policy_settings_are_checked_at_start(tmp_path):
+    from pydantic import ValidationError
+
+    from amr_sd.config import Settings
+
+    settings = Settings(policy_root=str(tmp_path), lora_modules=f"sft={tmp_path}/a, rl={tmp_path}/b")
+    assert settings.lora_module_paths() == {"sft": f"{tmp_path}/a", "rl": f"{tmp_path}/b"}
+    for bad, message in [({"policy_root": str(tmp_path / "missing")}, "is not a folder"),
+                         ({"lora_modules": "sft"}, "is not NAME=PATH"),
+                         ({"lora_modules": "a=/x,a=/y"}, "given twice"),
+                         ({"lora_modules": "bad name=/x"}, "use letters"),
+                         ({"policy_version": "step 1"}, "pattern")]:
+        with pytest.raises(ValidationError, match=message):
+            Settings(**bad)

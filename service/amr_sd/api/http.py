@@ -399,6 +399,7 @@ async def _score_admitted(request: Request, scorer: Scorer, policies: PolicyMana
     except (Overloaded, PayloadTooLarge) as exc:
         metrics.admission_rejected.labels(reason=exc.type).inc()
         raise
+
     async def under_one_policy():
         async with policies.serving(body.policy) as policy:
             return await scorer.score(body, policy.adapter)
