@@ -69,18 +69,22 @@ def read_index(folder: str, field: str) -> TensorIndex:
     return TensorIndex(tensors)
 
 
-def read_config(folder: str, field: str) -> dict:
+def read_json(folder: str, name: str, field: str, saved_by: str) -> dict:
+    """`folder/name` as a JSON object; `saved_by` tells the user what writes the file."""
     try:
-        with open(os.path.join(folder, "config.json")) as f:
+        with open(os.path.join(folder, name)) as f:
             config = json.load(f)
     except FileNotFoundError:
-        raise InvalidRequest("no config.json in the folder (save the checkpoint with "
-                             "save_pretrained)", field=field) from None
+        raise InvalidRequest(f"no {name} in the folder (save it with {saved_by})", field=field) from None
     except (OSError, ValueError) as exc:
-        raise InvalidRequest(f"config.json is not readable JSON: {exc}", field=field) from None
+        raise InvalidRequest(f"{name} is not readable JSON: {exc}", field=field) from None
     if not isinstance(config, dict):
-        raise InvalidRequest("config.json is not a JSON object", field=field)
+        raise InvalidRequest(f"{name} is not a JSON object", field=field)
     return config
+
+
+def read_config(folder: str, field: str) -> dict:
+    return read_json(folder, "config.json", field, "save_pretrained")
 
 
 def check_checkpoint(folder: str, served: str, served_index: TensorIndex, field: str = "path") -> None:
@@ -114,15 +118,8 @@ def check_adapter(folder: str, max_rank: int, served_index: TensorIndex, field: 
     Every lora_A must be (r, in) and every lora_B (out, r) for a layer the served model has:
     vLLM loads a narrower matrix without complaint and scores with it.
     """
-    try:
-        with open(os.path.join(folder, "adapter_config.json")) as f:
-            config = json.load(f)
-    except FileNotFoundError:
-        raise InvalidRequest("no adapter_config.json in the folder (save the adapter with "
-                             "peft's save_pretrained)", field=field) from None
-    except (OSError, ValueError) as exc:
-        raise InvalidRequest(f"adapter_config.json is not readable JSON: {exc}", field=field) from None
-    if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
+    config = read_json(folder, "adapter_config.json", field, "peft's save_pretrained")
+    if config.get("peft_type", "LORA") != "LORA":
         raise InvalidRequest("adapter_config.json does not describe a LoRA adapter", field=field)
     ranks = [config.get("r", 8), *(config.get("rank_pattern") or {}).values()]
     bad = [r for r in ranks if not (isinstance(r, int) and 0 < r <= max_rank)]
