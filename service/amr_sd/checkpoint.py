@@ -112,8 +112,10 @@ def check_checkpoint(folder: str, served: str, served_index: TensorIndex, field:
                                  f"({', '.join(sorted(FLOAT_DTYPES))})", field=field)
 
 
-def check_adapter(folder: str, max_rank: int, served_index: TensorIndex, field: str) -> None:
-    """Refuse a folder that is not a PEFT LoRA adapter of the served model within the rank cap.
+def check_adapter(folder: str, max_rank: int, targets: tuple[str, ...], served_index: TensorIndex,
+                  field: str) -> None:
+    """Refuse a folder that is not a PEFT LoRA adapter of the served model within the engine's
+    rank cap and target layers (`targets`: layer names, e.g. q_proj).
 
     Every lora_A must be (r, in) and every lora_B (out, r) for a layer the served model has:
     vLLM loads a narrower matrix without complaint and scores with it.
@@ -126,8 +128,8 @@ def check_adapter(folder: str, max_rank: int, served_index: TensorIndex, field: 
     if bad:
         raise InvalidRequest(f"LoRA rank {bad[0]!r} is not within 1..{max_rank} (this service's "
                              "--max-lora-rank)", field=field)
-    targets = config.get("target_modules") or []
-    heads = sorted({"lm_head", "embed_tokens"} & (set(targets) if isinstance(targets, list) else set())
+    named = config.get("target_modules") or []  # a list, or a regex string we cannot read here
+    heads = sorted({"lm_head", "embed_tokens"} & (set(named) if isinstance(named, list) else set())
                    | set(config.get("modules_to_save") or []))
     if heads:
         raise InvalidRequest(f"the adapter changes {', '.join(heads)}; only the transformer's "
@@ -135,16 +137,21 @@ def check_adapter(folder: str, max_rank: int, served_index: TensorIndex, field: 
                              "LoRA on the output head)", field=field)
     if not os.path.exists(os.path.join(folder, "adapter_model.safetensors")):
         raise InvalidRequest("no adapter_model.safetensors in the folder", field=field)
-    _check_lora_shapes(read_index(folder, field), served_index, field)
+    _check_lora_shapes(read_index(folder, field), targets, served_index, field)
 
 
-def _check_lora_shapes(adapter: TensorIndex, served: TensorIndex, field: str) -> None:
+def _check_lora_shapes(adapter: TensorIndex, targets: tuple[str, ...], served: TensorIndex,
+                       field: str) -> None:
     for name, (_, shape) in sorted(adapter.tensors.items()):
         layer, _, part = name.removeprefix("base_model.model.").rpartition(".lora_")
         base = served.tensors.get(layer + ".weight")
         if base is None or part not in ("A.weight", "B.weight") or len(shape) != 2:
             raise InvalidRequest(f"adapter tensor {name} does not adapt a layer of the served model",
                                  field=field)
+        if layer.rpartition(".")[2] not in targets:
+            # vLLM 0.32 loads such an adapter and silently skips the layer (seen with o_proj).
+            raise InvalidRequest(f"the adapter changes {layer}; this service adapts only "
+                                 f"{', '.join(targets)} layers (--lora-target-modules)", field=field)
         out_features, in_features = base[1]
         other = adapter.tensors.get(f"{name[:-len(part)]}{'B' if part[0] == 'A' else 'A'}.weight")
         rank = shape[0] if part[0] == "A" else shape[1]

@@ -270,6 +270,9 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--max-lora-rank", type=int, help="largest adapter rank accepted (default 16)")
     engine.add_argument("--max-loras", type=int, help="different adapters in one engine step (default 4)")
     engine.add_argument("--max-cpu-loras", type=int, help="adapters kept loaded, an LRU (default 8)")
+    engine.add_argument("--lora-target-modules", type=lambda s: tuple(filter(None, s.split(","))),
+                        help="layer names adapters may change, comma-separated (default: the "
+                             "Llama-family projections q/k/v/o_proj, gate/up/down_proj)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     max_lora_rank: int | None = Field(None, ge=1, le=512)
     max_loras: int | None = Field(None, ge=1, description="Different adapters in one engine step.")
     max_cpu_loras: int | None = Field(None, ge=1, description="Adapters kept loaded (LRU).")
+    lora_target_modules: tuple[str, ...] | None = Field(
+        None, min_length=1, description='Layer names adapters may change, e.g. ["q_proj", "v_proj"].')
 
     # Policy sync (README "Keeping the teacher on the current policy").
     policy_root: str | None = Field(

@@ -68,8 +68,8 @@ class PolicyManager:
     def check_modules(self) -> None:
         """Check the adapters registered at start-up (`--lora-modules`); raise on a bad one."""
         for name, adapter in self._modules.items():
-            check_adapter(adapter.path, self.engine.max_lora_rank, self._served(),
-                          f"lora_modules.{name}")
+            check_adapter(adapter.path, self.engine.max_lora_rank, self.engine.lora_target_modules,
+                          self._served(), f"lora_modules.{name}")
 
     # ------------------------------------------------------------------ per request
 
@@ -91,7 +91,8 @@ class PolicyManager:
         folder = resolve_under(self.root, ref.lora_path, "policy.lora_path")
         adapter = Adapter(ref.version, folder)
         if adapter not in self._checked:
-            check_adapter(folder, self.engine.max_lora_rank, self._served(), "policy.lora_path")
+            check_adapter(folder, self.engine.max_lora_rank, self.engine.lora_target_modules,
+                          self._served(), "policy.lora_path")
             self._checked[adapter] = None
             if len(self._checked) > _MAX_CHECKED_ADAPTERS:
                 del self._checked[next(iter(self._checked))]

@@ -40,6 +40,7 @@ class Engine:
     """Records loads; a load waits for `release` when `hold` is set."""
 
     max_lora_rank = 8
+    lora_target_modules = ("q_proj", "v_proj")
 
     def __init__(self, model_path: str):
         self.model_path = model_path
@@ -286,14 +287,22 @@ def test_an_adapter_must_fit_the_served_model(root, config, tensors, message):
     served = read_index(str(root / "base"), "path")
     folder = adapter(root / "root" / "lora", config, tensors)
     with pytest.raises(InvalidRequest, match=message) as err:
-        check_adapter(folder, 8, served, "policy.lora_path")
+        check_adapter(folder, 8, ("q_proj", "v_proj"), served, "policy.lora_path")
     assert err.value.field == "policy.lora_path"
 
 
 def test_a_good_adapter_passes(root):
     served = read_index(str(root / "base"), "path")
     check_adapter(adapter(root / "root" / "lora", {"r": 2, "target_modules": ["q_proj"]}, LORA), 8,
-                  served, "policy.lora_path")
+                  ("q_proj", "v_proj"), served, "policy.lora_path")
+
+
+def test_an_adapter_on_a_layer_the_engine_does_not_adapt_is_refused(root):
+    # vLLM would load it and score without it on that layer.
+    served = read_index(str(root / "base"), "path")
+    folder = adapter(root / "root" / "lora", {"r": 2, "target_modules": ["q_proj"]}, LORA)
+    with pytest.raises(InvalidRequest, match="adapts only v_proj, o_proj layers"):
+        check_adapter(folder, 8, ("v_proj", "o_proj"), served, "policy.lora_path")
 
 
 # --- settings -----------------------------------------------------------------------------------
@@ -310,6 +319,7 @@ def test_policy_settings_are_checked_at_start(tmp_path):
                          ({"lora_modules": "sft"}, "is not NAME=PATH"),
                          ({"lora_modules": "a=/x,a=/y"}, "given twice"),
                          ({"lora_modules": "bad name=/x"}, "use letters"),
-                         ({"policy_version": "step 1"}, "pattern")]:
+                         ({"policy_version": "step 1"}, "pattern"),
+                         ({"lora_target_modules": ()}, "at least 1")]:
         with pytest.raises(ValidationError, match=message):
             Settings(**bad)

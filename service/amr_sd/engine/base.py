@@ -42,6 +42,7 @@ class Engine(Protocol):
     model_path: str  # the folder the engine started on; reloads must match its architecture
     policy_version: str  # the label of the full weights in service ("base" until a reload)
     max_lora_rank: int  # 0: this engine serves no LoRA adapters
+    lora_target_modules: tuple[str, ...]  # the layer names adapters may change
     tokenizer: object  # a transformers tokenizer: chat template, vocab, special ids
     vocab_size: int
     max_model_len: int
@@ -94,7 +95,14 @@ class Engine(Protocol):
 # The knobs a user may set from `amr-sd score|serve` flags or AMR_* variables.
 ENGINE_FLAGS = ("dtype", "max_model_len", "gpu_memory_utilization", "enforce_eager",
                 "max_num_batched_tokens", "enable_lora", "max_lora_rank", "max_loras",
-                "max_cpu_loras")
+                "max_cpu_loras", "lora_target_modules")
+
+# The layers adapters may change by default: the transformer's projections, Llama-family names
+# (vLLM's packed names too). Never lm_head: with a LoRA on the logits, vLLM 0.32 applies one LoRA
+# row per request to prompt-logprob logits that have one row per token, and the engine core dies
+# as soon as two scoring requests share a step.
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj",
+                       "gate_up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,7 @@ class EngineSettings:
     max_lora_rank: int = 16
     max_loras: int = 4  # different adapters within one engine step
     max_cpu_loras: int = 8  # adapters kept loaded (an LRU); a later use of an evicted one reloads it
+    lora_target_modules: tuple[str, ...] = LORA_TARGET_MODULES
     extra: dict = field(default_factory=dict)
 
     def with_overrides(self, **overrides) -> "EngineSettings":

@@ -16,6 +16,7 @@ from amr_sd.errors import InvalidRequest
 class HFEngine:
     supports_seed = True
     max_lora_rank = 0
+    lora_target_modules: tuple[str, ...] = ()
 
     def __init__(self, model: str, *, dtype: str = "bfloat16", max_model_len: int | None = 4096):
         import torch

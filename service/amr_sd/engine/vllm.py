@@ -24,7 +24,7 @@ class VLLMEngine:
     supports_seed: bool
 
     def __init__(self, llm, *, model_id: str, model_path: str, tokenizer, supports_seed: bool,
-                 max_lora_rank: int = 0):
+                 max_lora_rank: int = 0, lora_target_modules: tuple[str, ...] = ()):
         self._llm = llm
         self._ids = itertools.count()
         self._prefix = uuid.uuid4().hex[:8]
@@ -34,6 +34,7 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.supports_seed = supports_seed
         self.max_lora_rank = max_lora_rank
+        self.lora_target_modules = lora_target_modules
         # vLLM keeps loaded adapters in its own LRU (max_cpu_loras) and names them by int id:
         # one id per (label, path). Ids are never reused, so forgetting an old one is safe.
         self._lora_ids: collections.OrderedDict[Adapter, int] = collections.OrderedDict()
@@ -72,7 +73,8 @@ class VLLMEngine:
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(llm, model_id=model, model_path=path, tokenizer=tokenizer,
                    supports_seed=device != "cpu",
-                   max_lora_rank=settings.max_lora_rank if settings.enable_lora else 0)
+                   max_lora_rank=settings.max_lora_rank if settings.enable_lora else 0,
+                   lora_target_modules=settings.lora_target_modules if settings.enable_lora else ())
 
     def _request_id(self) -> str:
         return f"amr-{self._prefix}-{next(self._ids)}"
@@ -216,12 +218,6 @@ class VLLMEngine:
 
 
 _MAX_LORA_IDS = 10_000
-# The layers adapters may change: the transformer's projections (Llama-family names, packed and
-# unpacked). Not lm_head: with LoRA on the logits, vLLM 0.32 applies one LoRA row per request
-# to prompt-logprob logits that have one row per token, and the engine core dies as soon as two
-# scoring requests share a step. `checkpoint.check_adapter` refuses adapters on those layers.
-LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj",
-                       "up_proj", "gate_up_proj", "down_proj"]
 
 
 def _lora_args(settings: EngineSettings) -> dict:
@@ -229,7 +225,7 @@ def _lora_args(settings: EngineSettings) -> dict:
         return {}
     return {"enable_lora": True, "max_lora_rank": settings.max_lora_rank,
             "max_loras": settings.max_loras, "max_cpu_loras": settings.max_cpu_loras,
-            "lora_target_modules": LORA_TARGET_MODULES}
+            "lora_target_modules": list(settings.lora_target_modules)}
 
 
 def _actual_token_logprobs(flat, seq: Sequence[int], start: int) -> np.ndarray:
