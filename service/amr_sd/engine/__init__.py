@@ -12,7 +12,9 @@ def create_engine(kind: str, model: str, settings: EngineSettings | None = None)
         from amr_sd.engine.hf import HFEngine
 
         dtype = settings.dtype if settings.dtype != "auto" else "bfloat16"
-        return HFEngine(model, dtype=dtype, max_model_len=settings.max_model_len)
+        engine = HFEngine(model, dtype=dtype, max_model_len=settings.max_model_len)
+        engine.settings = settings
+        return engine
     if kind == "vllm":
         from amr_sd.engine.vllm import VLLMEngine
 

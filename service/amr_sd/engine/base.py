@@ -7,9 +7,12 @@ Two real implementations sit behind it: `vllm.VLLMEngine` (the service's engine)
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from amr_sd.engine.machine import CpuInfo
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Engine(Protocol):
     vocab_size: int
     max_model_len: int
     supports_seed: bool
+    settings: "EngineSettings"  # what it was started with, and why
 
     async def generate(
         self, prompts: Sequence[Sequence[int]], params: GenerationParams,
@@ -93,9 +97,9 @@ class Engine(Protocol):
 
 
 # The knobs a user may set from `amr-sd score|serve` flags or AMR_* variables.
-ENGINE_FLAGS = ("dtype", "max_model_len", "gpu_memory_utilization", "enforce_eager",
-                "max_num_batched_tokens", "enable_lora", "max_lora_rank", "max_loras",
-                "max_cpu_loras", "lora_target_modules")
+ENGINE_FLAGS = ("dtype", "max_model_len", "gpu_memory_utilization", "kv_cache_gib", "enforce_eager",
+                "max_num_batched_tokens", "cpu_threads_bind", "enable_lora", "max_lora_rank",
+                "max_loras", "max_cpu_loras", "lora_target_modules")
 
 # The layers adapters may change by default: the transformer's projections, Llama-family names
 # (vLLM's packed names too). Never lm_head: with a LoRA on the logits, vLLM 0.32 applies one LoRA
@@ -107,16 +111,24 @@ LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """vLLM engine knobs. `for_device()` picks values that are safe on the machine at hand."""
+    """vLLM engine knobs. `for_device()` picks values that are safe and fast on the machine at
+    hand and says why in `reasons`."""
 
     dtype: str = "bfloat16"
     max_model_len: int | None = 4096  # None: the model's own context length
     gpu_memory_utilization: float = 0.2
+    # A fixed KV cache (GiB); None sizes it from gpu_memory_utilization. On the CPU build a share
+    # of RAM is both too much for a small model and fails outright when several engines share a
+    # host ("Available memory on node 0 ... is less than requested memory for kv").
+    kv_cache_gib: float | None = None
     enforce_eager: bool = True
     # Prompt logprobs materialise a (tokens, vocab) logits tensor outside vLLM's memory profile;
     # the per-step token budget is what bounds it.
     max_num_batched_tokens: int = 4096
     max_num_seqs: int = 64
+    # vLLM CPU's VLLM_CPU_OMP_THREADS_BIND for its engine process (auto | nobind | a CPU list);
+    # None leaves the environment alone (GPU).
+    cpu_threads_bind: str | None = None
     # LoRA adapters per request: off unless asked for (it adds LoRA kernels to every step).
     enable_lora: bool = False
     max_lora_rank: int = 16
@@ -124,18 +136,46 @@ class EngineSettings:
     max_cpu_loras: int = 8  # adapters kept loaded (an LRU); a later use of an evicted one reloads it
     lora_target_modules: tuple[str, ...] = LORA_TARGET_MODULES
     extra: dict = field(default_factory=dict)
+    # setting -> why it holds its value, for the start-up log and /v1/info
+    reasons: dict[str, str] = field(default_factory=dict)
 
     def with_overrides(self, **overrides) -> "EngineSettings":
         """A copy with the given fields replaced; None means "keep the default"."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        reasons = {**self.reasons, **{k: "set by the user" for k in given}}
+        if "gpu_memory_utilization" in given and "kv_cache_gib" not in given:
+            # A share of memory asked for by name sizes the KV cache again.
+            given["kv_cache_gib"] = None
+            reasons["kv_cache_gib"] = "sized from gpu_memory_utilization, set by the user"
+        return replace(self, **given, reasons=reasons)
+
+    def describe(self) -> dict:
+        """The settings a user can act on, and why they hold these values."""
+        return {"dtype": self.dtype, "max_model_len": self.max_model_len,
+                "kv_cache_gib": self.kv_cache_gib,
+                "gpu_memory_utilization": None if self.kv_cache_gib else self.gpu_memory_utilization,
+                "max_num_batched_tokens": self.max_num_batched_tokens,
+                "max_num_seqs": self.max_num_seqs, "cpu_threads_bind": self.cpu_threads_bind,
+                "enforce_eager": self.enforce_eager, "reasons": dict(self.reasons)}
+
+    def explain(self) -> list[str]:
+        """One line per chosen setting and why, so a slow machine explains itself at start-up."""
+        return [f"engine {name}={getattr(self, name)}: {why}" for name, why in self.reasons.items()]
 
     @classmethod
-    def for_device(cls, device: str | None = None) -> "EngineSettings":
+    def for_device(cls, device: str | None = None, cpu: "CpuInfo | None" = None) -> "EngineSettings":
         device = device or detect_device()
         if device == "cpu":
-            # On the CPU build gpu_memory_utilization is the share of host RAM for the KV cache;
-            # above ~0.5 the host runs out of memory. Eager mode skips a long torch.compile.
-            return cls()
+            from amr_sd.engine.machine import cpu_defaults, read_cpu
+
+            choice = cpu_defaults(cpu or read_cpu())
+            # Eager mode skips a long torch.compile; a fixed KV cache lets several engines share
+            # a host and skips vLLM's memory-profiling forward pass at start-up.
+            return cls(dtype=choice.dtype, cpu_threads_bind=choice.threads_bind,
+                       kv_cache_gib=CPU_KV_CACHE_GIB,
+                       reasons={**choice.reasons, "kv_cache_gib": (
+                           f"room for {CPU_KV_CACHE_GIB * 2**30 / 47104 / 1000:.0f}k tokens of the "
+                           "embedded model in float32; raise it for larger models")})
         return cls(
             dtype="auto",
             max_model_len=None,
@@ -144,6 +184,10 @@ class EngineSettings:
             max_num_batched_tokens=8192,
             max_num_seqs=256,
         )
+
+
+# 46 KiB per token for SmolLM2-135M in float32 (30 layers x 3 KV heads x 64 x 2 x 4 bytes).
+CPU_KV_CACHE_GIB = 2.0
 
 
 def detect_device() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import os
 import re
 import uuid
 from typing import Sequence
@@ -22,6 +23,7 @@ from amr_sd.errors import EngineDead, EngineFailure, InvalidRequest
 
 class VLLMEngine:
     supports_seed: bool
+    settings: EngineSettings = EngineSettings()
 
     def __init__(self, llm, *, model_id: str, model_path: str, tokenizer, supports_seed: bool,
                  max_lora_rank: int = 0, lora_target_modules: tuple[str, ...] = ()):
@@ -54,11 +56,16 @@ class VLLMEngine:
         device = detect_device()
         settings = settings or EngineSettings.for_device(device)
         path = resolve_model(model)
+        if settings.cpu_threads_bind is not None:
+            # Read by vLLM's engine-core process, which inherits this environment.
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = settings.cpu_threads_bind
+        kv_bytes = None if settings.kv_cache_gib is None else int(settings.kv_cache_gib * 2**30)
         args = AsyncEngineArgs(
             model=path,
             dtype=settings.dtype,
             max_model_len=settings.max_model_len,  # None lets vLLM take the model's own
             gpu_memory_utilization=settings.gpu_memory_utilization,
+            kv_cache_memory_bytes=kv_bytes,
             enforce_eager=settings.enforce_eager,
             max_num_batched_tokens=settings.max_num_batched_tokens,
             max_num_seqs=settings.max_num_seqs,
@@ -71,10 +78,12 @@ class VLLMEngine:
         )
         llm = AsyncLLM.from_engine_args(args)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(llm, model_id=model, model_path=path, tokenizer=tokenizer,
-                   supports_seed=device != "cpu",
-                   max_lora_rank=settings.max_lora_rank if settings.enable_lora else 0,
-                   lora_target_modules=settings.lora_target_modules if settings.enable_lora else ())
+        engine = cls(llm, model_id=model, model_path=path, tokenizer=tokenizer,
+                     supports_seed=device != "cpu",
+                     max_lora_rank=settings.max_lora_rank if settings.enable_lora else 0,
+                     lora_target_modules=settings.lora_target_modules if settings.enable_lora else ())
+        engine.settings = settings
+        return engine
 
     def _request_id(self) -> str:
         return f"amr-{self._prefix}-{next(self._ids)}"
