@@ -80,6 +80,9 @@ async def _score(args, groups: list[Group], line_numbers: list[int], config: Sco
         for k in range(0, len(groups), args.batch_groups)
     ]
     engine = _engine(args)
+    if not args.quiet:
+        for line in engine.settings.explain():
+            print(f"amr-sd score: {line}", file=sys.stderr)
     try:
         scorer = Scorer(engine)
         # Every batch is checked against the model's vocabulary and length limits before the
@@ -257,10 +260,16 @@ def cmd_serve(args) -> int:
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     engine = parser.add_argument_group("engine settings (defaults chosen for this machine's device)")
-    engine.add_argument("--dtype", help="bfloat16, float16, float32 or auto")
+    engine.add_argument("--dtype", help="bfloat16, float16, float32 or auto (CPU default: bfloat16 "
+                                        "only where the CPU computes it natively)")
     engine.add_argument("--max-model-len", type=int, help="longest prompt + response in tokens")
     engine.add_argument("--gpu-memory-utilization", type=float,
                         help="share of GPU memory (CPU build: of RAM, keep <= 0.5) for vLLM")
+    engine.add_argument("--kv-cache-gib", type=float,
+                        help="a fixed KV cache in GiB (CPU default 2; wins over the share above)")
+    engine.add_argument("--cpu-threads-bind",
+                        help="vLLM CPU thread binding: auto, nobind or a CPU list like 0-3 "
+                             "(default: every CPU on machines of up to 4)")
     engine.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
                         help="skip CUDA graphs / compilation")
     engine.add_argument("--max-num-batched-tokens", type=int,

@@ -1,16 +1,19 @@
 """The AMR-SD pipeline (METHOD.md): scoring requests in, scored groups out.
 
 The scorer owns ordering and batching; the maths lives in `algo/`, the engine behind
-`engine.base.Engine`. All engine work of a request is submitted at once (every reflection of an
-attempt round in one `generate`, every scoring sequence in one `score`), so vLLM's continuous
-batching sees the whole batch; it never loops one sequence at a time.
+`engine.base.Engine`. All engine work of a request is in flight at once: every rollout's
+reflection writer, and each group's scoring passes as soon as that group's reflections are
+settled, so vLLM's continuous batching sees the whole batch and generation overlaps scoring.
+It never waits for one sequence before submitting the next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +22,7 @@ from amr_client.schemas import (
     BatchStats,
     Group,
     ReflectionRecord,
+    ReturnSwitches,
     Rollout,
     ScoredGroup,
     ScoredRollout,
@@ -55,6 +59,7 @@ class _Work:
     record: ReflectionRecord | None = None
     cache_key: str | None = None
     accepted_text: str | None = None
+    settled: bool = False  # its reflection record is final (accepted, rejected, cached, override)
     student_logprobs: np.ndarray | None = None
     teacher_logprobs: np.ndarray | None = None
 
@@ -72,6 +77,7 @@ class Plan:
     lambda_eff: float
     gamma_eff: float
     groups: list[list[_Work]]
+    returns: ReturnSwitches
 
     @property
     def active(self) -> list[_Work]:
@@ -106,7 +112,7 @@ class Scorer:
         lambda_eff, gamma_eff = cfg.lambda_pos * w, cfg.gamma_neg * w
         groups = [self._plan_group(g, group, cfg, lambda_eff, gamma_eff)
                   for g, group in enumerate(request.groups)]
-        return Plan(cfg, w, lambda_eff, gamma_eff, groups)
+        return Plan(cfg, w, lambda_eff, gamma_eff, groups, request.returns)
 
     def _check_ids(self, ids: list[int], where: str) -> None:
         limit = self.engine.vocab_size
@@ -224,30 +230,43 @@ class Scorer:
 
     # ---------------------------------------------------------------- engine phases
 
-    async def score(self, request: ScoreRequest, adapter: Adapter | None = None) -> ScoreResponse:
+    async def score(self, request: ScoreRequest, adapter: Adapter | None = None,
+                    on_group: Callable[[int, ScoredGroup], Awaitable[None]] | None = None
+                    ) -> ScoreResponse:
         """Score `request` with the engine's full weights, plus `adapter` if given.
+
+        Every rollout writes its reflection (retries included) on its own, and a group is
+        scored as soon as all of its reflections are settled, while other groups still write
+        theirs: generation and scoring overlap, and the engine sees all of it at once. Each
+        finished group is passed to `on_group(index, group)` as it completes (streaming).
+        Each final reflection record reaches the cache the moment it is final, so a retry of
+        a request cut short (deadline, disconnect, restart) writes only what was unfinished.
 
         `request.policy` is the caller's to resolve (`policy.PolicyManager.serving`): it
         decides the adapter and holds the weights steady for the whole call.
         """
         t0 = time.perf_counter()
-        plan = self.plan(request)
-        active = plan.active
-        generated, cached = await self._reflect(active, plan.config, adapter)
-        t1 = time.perf_counter()
-        await self._rescore([w for w in active if w.accepted_text is not None], adapter)
-        t2 = time.perf_counter()
-        response = self._assemble(request, plan, generated, cached)
+        # Chat templating and tokenisation of a large batch take seconds: off the event loop.
+        plan = await asyncio.to_thread(self.plan, request)
+        run = _Run(plan, adapter, _Coalescer(functools.partial(self._score_sequences, adapter)))
+        await self._look_up(run)
+        tasks = [asyncio.ensure_future(self._group(run, g, on_group)) for g in range(len(plan.groups))]
+        try:
+            await _all_or_first_error(tasks)
+        finally:
+            run.coalescer.cancel()
+        response = await asyncio.to_thread(self._response, request, plan, run)
         response.adapter = adapter.label if adapter is not None else None
-        response.stats.timings = Timings(reflect_s=t1 - t0, score_s=t2 - t1,
+        response.stats.timings = Timings(reflect_s=run.reflect_s - t0 if run.reflect_s else 0.0,
+                                         score_s=run.coalescer.busy_s,
                                          total_s=time.perf_counter() - t0)
         return response
 
-    async def _reflect(self, active: list[_Work], cfg: ScoringConfig,
-                       adapter: Adapter | None) -> tuple[int, int]:
-        """Write, parse and filter reflections with retries: (generations run, cache hits)."""
+    async def _look_up(self, run: "_Run") -> None:
+        """Overrides and cache hits settle at once; one cache read for the whole request."""
+        cfg = run.plan.config
         pending = []
-        for w in active:
+        for w in run.plan.active:
             override = w.rollout.reflection_override
             if override is None:
                 w.record = ReflectionRecord(kind=w.kind, accepted=False)
@@ -260,57 +279,53 @@ class Scorer:
                 w.record = ReflectionRecord(kind=w.kind, accepted=False, source="override",
                                             reject_reason=reflection.RejectReason.EMPTY.value,
                                             reject_reasons=[reflection.RejectReason.EMPTY.value])
-        cached = 0
         if self.cache is not None and pending:
             for w in pending:
-                w.cache_key = self._cache_key(w, cfg, adapter)
+                w.cache_key = self._cache_key(w, cfg, run.adapter)
             hits = await self.cache.get_many([w.cache_key for w in pending])
-            misses = []
             for w, hit in zip(pending, hits):
                 if hit is None:
-                    misses.append(w)
                     continue
-                cached += 1
+                run.cached += 1
                 w.record = ReflectionRecord.model_validate({**hit, "cached": True})
                 w.accepted_text = w.record.text if w.record.accepted else None
-            pending = misses
-        written = list(pending)
-        generated = 0
+                w.settled = True
+        for w in run.plan.active:
+            w.settled = w.settled or w.rollout.reflection_override is not None
+
+    async def _group(self, run: "_Run", g: int,
+                     on_group: Callable[[int, ScoredGroup], Awaitable[None]] | None) -> None:
+        work = run.plan.groups[g]
+        await asyncio.gather(*(self._reflect(run, w) for w in work if w.kind and not w.settled))
+        run.reflect_s = max(run.reflect_s, time.perf_counter())
+        await self._rescore(run, [w for w in work if w.kind and w.accepted_text is not None])
+        run.scored[g] = await asyncio.to_thread(self._scored_group, run.plan, work, run.returns)
+        if on_group is not None:
+            await on_group(g, run.scored[g][0])
+
+    async def _reflect(self, run: "_Run", w: _Work) -> None:
+        """Write, parse and filter one rollout's reflection with retries, then cache the record."""
+        cfg = run.plan.config
         for attempt in range(cfg.max_retries + 1):
-            if not pending:
-                break
             temperature = cfg.reflection_temperature if attempt == 0 else cfg.retry_temperature
-            by_kind = collections.defaultdict(list)
-            for w in pending:
-                by_kind[w.kind].append(w)
-            batches = list(by_kind.items())
-            # One generate call per kind (the stop string differs), both in flight together.
-            results = await asyncio.gather(*(
-                self.engine.generate(
-                    [w.writer_ids for w in ws],
-                    GenerationParams(max_tokens=cfg.max_reflection_tokens, temperature=temperature,
-                                     stop=(reflection.closing_tag(kind),),
-                                     # Retries must differ from the greedy first attempt and
-                                     # stay reproducible where the engine takes a seed.
-                                     seed=attempt if attempt else None),
-                    adapter)
-                for kind, ws in batches))
-            generated += len(pending)
-            pending = []
-            for (kind, ws), gens in zip(batches, results):
-                closing = reflection.closing_tag(kind)
-                for w, gen in zip(ws, gens):
-                    output = reflection.opening_tag(kind) + gen.text
-                    # (ours) A writer that ends its turn (EOS) inside the open tag has finished
-                    # its reflection; only one cut off by the token budget is unterminated.
-                    if gen.finish_reason == "stop" and not gen.text.endswith(closing):
-                        output += closing
-                    if not self._accept(w, output, cfg):
-                        pending.append(w)
-        if self.cache is not None and written:
-            await self.cache.set_many({w.cache_key: w.record.model_dump(exclude={"cached"})
-                                       for w in written})
-        return generated, cached
+            params = GenerationParams(
+                max_tokens=cfg.max_reflection_tokens, temperature=temperature,
+                stop=(reflection.closing_tag(w.kind),),
+                # Retries must differ from the greedy first attempt and stay reproducible where
+                # the engine takes a seed.
+                seed=attempt if attempt else None)
+            gen = (await self.engine.generate([w.writer_ids], params, run.adapter))[0]
+            run.generated += 1
+            output = reflection.opening_tag(w.kind) + gen.text
+            # (ours) A writer that ends its turn (EOS) inside the open tag has finished its
+            # reflection; only one cut off by the token budget is unterminated.
+            if gen.finish_reason == "stop" and not gen.text.endswith(reflection.closing_tag(w.kind)):
+                output += reflection.closing_tag(w.kind)
+            if await asyncio.to_thread(self._accept, w, output, cfg):
+                break
+        w.settled = True
+        if self.cache is not None:
+            await self.cache.set_many({w.cache_key: w.record.model_dump(exclude={"cached"})})
 
     def _cache_key(self, w: _Work, cfg: ScoringConfig, adapter: Adapter | None) -> str:
         # Everything the final record depends on: the writer's input, how it decodes, and what
@@ -347,8 +362,18 @@ class Scorer:
         record.reject_reasons.append(reason.value)
         return False
 
-    async def _rescore(self, work: list[_Work], adapter: Adapter | None) -> None:
-        """Both teacher-forced passes for every rollout with a reflection, in one submission."""
+    async def _rescore(self, run: "_Run", work: list[_Work]) -> None:
+        """Both teacher-forced passes for every rollout of a group with a reflection."""
+        if not work:
+            return
+        items, slots = await asyncio.to_thread(self._sequences, work)
+        if not items:
+            return
+        for (w, attr), values in zip(slots, await run.coalescer.submit(items)):
+            setattr(w, attr, values)
+
+    def _sequences(self, work: list[_Work]) -> tuple[list[tuple[list[int], int]], list]:
+        """(scoring sequence, first response index) per pass, and which rollout field it fills."""
         sequences, starts, slots = [], [], []
         for w in work:
             seq, start = splice(self._teacher_prompt(w, w.accepted_text), w.rollout.token_ids)
@@ -358,86 +383,203 @@ class Scorer:
                 sequences.append(seq), starts.append(start), slots.append((w, "student_logprobs"))
             else:
                 w.student_logprobs = np.asarray(w.rollout.student_logprobs, dtype=np.float64)
-        if not sequences:
-            return
-        for (w, attr), values in zip(slots, await self.engine.score(sequences, starts, adapter)):
-            setattr(w, attr, values)
+        return list(zip(sequences, starts)), slots
+
+    async def _score_sequences(self, adapter: Adapter | None,
+                               items: list[tuple[list[int], int]]) -> list[np.ndarray]:
+        return await self.engine.score([seq for seq, _ in items], [start for _, start in items],
+                                       adapter)
 
     # ---------------------------------------------------------------- combine and report
 
-    def _assemble(self, request: ScoreRequest, plan: Plan, generated: int, cached: int) -> ScoreResponse:
-        cfg, ret = plan.config, request.returns
-        out_groups = []
-        cig_values, gated_counter = [], collections.Counter()
-        gated_total = considered = nonfinite = response_tokens = 0
-        abs_adv = abs_base = 0.0
-        for group in plan.groups:
-            scored = []
-            for w in group:
-                tokens = np.asarray(w.rollout.token_ids, dtype=np.int64)
-                response_tokens += len(tokens)
-                item = ScoredRollout(advantages=[], base_advantage=w.base_advantage)
-                if w.teacher_logprobs is not None:
-                    cig_hat, bad = advantage.clipped_cig(w.teacher_logprobs, w.student_logprobs,
-                                                         kappa=cfg.kappa)
-                    delta = advantage.gate(
-                        cig_hat, w.base_advantage, lambda_eff=plan.lambda_eff,
-                        gamma_eff=plan.gamma_eff, tau_pos=cfg.tau_pos, tau_neg=cfg.tau_neg,
-                        never_gate=np.isin(tokens, self._special_ids))
-                    adv = advantage.combine(w.base_advantage, delta)
-                    gated = delta > 0
-                    cig_values.append(cig_hat)
-                    considered += len(tokens)
-                    gated_total += int(gated.sum())
-                    nonfinite += int(bad.sum())
-                    gated_counter.update(tokens[gated].tolist())
-                    if ret.cig:
-                        item.cig, item.gated = cig_hat.tolist(), gated.tolist()
-                    if ret.logprobs:
-                        item.student_logprobs = w.student_logprobs.tolist()
-                        item.teacher_logprobs = w.teacher_logprobs.tolist()
-                else:
-                    # Exactly GRPO (G4): the same float for every token, no arithmetic on it.
-                    adv = np.full(len(tokens), w.base_advantage)
-                item.advantages = adv.tolist()
-                if ret.reflections:
-                    item.reflection = w.record
-                abs_adv += float(np.abs(adv).sum())
-                abs_base += abs(w.base_advantage) * len(tokens)
-                scored.append(item)
-            out_groups.append(ScoredGroup(rollouts=scored))
+    def _scored_group(self, plan: Plan, group: list[_Work], ret) -> tuple[ScoredGroup, "_Tally"]:
+        """Combine one group's passes into advantages (algo/), and what the batch stats need."""
+        cfg, tally = plan.config, _Tally()
+        scored = []
+        for w in group:
+            tokens = np.asarray(w.rollout.token_ids, dtype=np.int64)
+            tally.response_tokens += len(tokens)
+            item = ScoredRollout(advantages=[], base_advantage=w.base_advantage)
+            if w.teacher_logprobs is not None:
+                cig_hat, bad = advantage.clipped_cig(w.teacher_logprobs, w.student_logprobs,
+                                                     kappa=cfg.kappa)
+                delta = advantage.gate(
+                    cig_hat, w.base_advantage, lambda_eff=plan.lambda_eff,
+                    gamma_eff=plan.gamma_eff, tau_pos=cfg.tau_pos, tau_neg=cfg.tau_neg,
+                    never_gate=np.isin(tokens, self._special_ids))
+                adv = advantage.combine(w.base_advantage, delta)
+                gated = delta > 0
+                tally.cig.append(cig_hat)
+                tally.reflected += len(tokens)
+                tally.gated += int(gated.sum())
+                tally.nonfinite += int(bad.sum())
+                tally.gated_ids.update(tokens[gated].tolist())
+                tally.scored += len(tokens) * (2 if w.rollout.student_logprobs is None else 1)
+                if ret.cig:
+                    item.cig, item.gated = cig_hat.tolist(), gated.tolist()
+                if ret.logprobs:
+                    item.student_logprobs = w.student_logprobs.tolist()
+                    item.teacher_logprobs = w.teacher_logprobs.tolist()
+            else:
+                # Exactly GRPO (G4): the same float for every token, no arithmetic on it.
+                adv = np.full(len(tokens), w.base_advantage)
+            item.advantages = adv.tolist()
+            if ret.reflections:
+                item.reflection = w.record
+            tally.abs_adv += float(np.abs(adv).sum())
+            tally.abs_base += abs(w.base_advantage) * len(tokens)
+            scored.append(item)
+        return ScoredGroup(rollouts=scored), tally
 
+    def _response(self, request: ScoreRequest, plan: Plan, run: "_Run") -> ScoreResponse:
+        t = _Tally.total(tally for _, tally in run.scored)
         records = [w.record for w in plan.active]
         accepted = sum(r.accepted for r in records)
         reasons = collections.Counter(r.reject_reason for r in records if not r.accepted)
-        cig_all = np.concatenate(cig_values) if cig_values else np.zeros(0)
-        tokens_scored = sum(len(w.rollout.token_ids) * (2 if w.rollout.student_logprobs is None else 1)
-                            for w in plan.active if w.teacher_logprobs is not None)
+        cig_all = np.concatenate(t.cig) if t.cig else np.zeros(0)
         stats = BatchStats(
             groups=len(plan.groups),
             rollouts=sum(len(g) for g in plan.groups),
-            response_tokens=response_tokens,
-            tokens_scored=tokens_scored,
-            reflected_tokens=considered,
-            gated_tokens=gated_total,
-            gate_rate=gated_total / considered if considered else 0.0,
+            response_tokens=t.response_tokens,
+            tokens_scored=t.scored,
+            reflected_tokens=t.reflected,
+            gated_tokens=t.gated,
+            gate_rate=t.gated / t.reflected if t.reflected else 0.0,
             reflections_requested=len(records),
-            reflections_generated=generated,
-            reflections_cached=cached,
+            reflections_generated=run.generated,
+            reflections_cached=run.cached,
             reflections_accepted=accepted,
             reflections_rejected=len(records) - accepted,
             acceptance_rate=accepted / len(records) if records else 0.0,
             reject_reasons=dict(reasons),
             cig_mean=float(cig_all.mean()) if cig_all.size else 0.0,
             cig_std=float(cig_all.std()) if cig_all.size else 0.0,
-            nonfinite_cig=nonfinite,
-            mean_abs_base_advantage=abs_base / response_tokens if response_tokens else 0.0,
-            mean_abs_advantage=abs_adv / response_tokens if response_tokens else 0.0,
-            top_gated_tokens=[(self.tokenizer.convert_ids_to_tokens(t), n)
-                              for t, n in gated_counter.most_common(10)],
+            nonfinite_cig=t.nonfinite,
+            mean_abs_base_advantage=t.abs_base / t.response_tokens if t.response_tokens else 0.0,
+            mean_abs_advantage=t.abs_adv / t.response_tokens if t.response_tokens else 0.0,
+            top_gated_tokens=[(self.tokenizer.convert_ids_to_tokens(i), n)
+                              for i, n in t.gated_ids.most_common(10)],
         )
         return ScoreResponse(
             model=self.engine.model_id, policy_version=self.engine.policy_version,
             template_version=reflection.TEMPLATE_VERSION, step=request.step,
-            anneal_weight=plan.anneal_weight, groups=out_groups, stats=stats)
+            anneal_weight=plan.anneal_weight, groups=[group for group, _ in run.scored],
+            stats=stats)
 
+
+@dataclass
+class _Tally:
+    """One group's share of the batch stats; `total` adds them up."""
+
+    response_tokens: int = 0
+    scored: int = 0
+    reflected: int = 0
+    gated: int = 0
+    nonfinite: int = 0
+    abs_adv: float = 0.0
+    abs_base: float = 0.0
+    cig: list = field(default_factory=list)
+    gated_ids: collections.Counter = field(default_factory=collections.Counter)
+
+    @classmethod
+    def total(cls, tallies) -> "_Tally":
+        out = cls()
+        for t in tallies:
+            for name in ("response_tokens", "scored", "reflected", "gated", "nonfinite",
+                         "abs_adv", "abs_base"):
+                setattr(out, name, getattr(out, name) + getattr(t, name))
+            out.cig += t.cig
+            out.gated_ids.update(t.gated_ids)
+        return out
+
+
+@dataclass
+class _Run:
+    """One request in flight: its plan, counters, and the groups scored so far."""
+
+    plan: Plan
+    adapter: Adapter | None
+    coalescer: "_Coalescer"
+    generated: int = 0
+    cached: int = 0
+    reflect_s: float = 0.0  # perf_counter when the last reflection settled
+    scored: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.scored = [None] * len(self.plan.groups)
+
+    @property
+    def returns(self):
+        return self.plan.returns
+
+
+class _Coalescer:
+    """Scoring passes of groups that settle within one short window go to the engine together.
+
+    A group is scored as soon as its reflections settle; groups settling together (the same
+    engine step finished their last reflections) share one engine call instead of one each.
+    """
+
+    WINDOW_S = 0.005
+
+    def __init__(self, submit: Callable[[list], Awaitable[list]]):
+        self._submit = submit
+        self._waiting: list[tuple[list, asyncio.Future]] = []
+        self._flushes: set[asyncio.Task] = set()
+        self._timer: asyncio.Task | None = None
+        self.busy_s = 0.0  # seconds with a scoring call in flight (overlaps counted once each)
+
+    async def submit(self, items: list) -> list:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((items, future))
+        if self._timer is None:
+            self._timer = asyncio.ensure_future(self._flush_soon())
+            self._flushes.add(self._timer)
+            self._timer.add_done_callback(self._flushes.discard)
+        return await future
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self.WINDOW_S)
+        batch, self._waiting, self._timer = self._waiting, [], None
+        batch = [(items, f) for items, f in batch if not f.cancelled()]
+        if not batch:
+            return
+        start = time.perf_counter()
+        try:
+            results = await self._submit([item for items, _ in batch for item in items])
+        except BaseException as exc:
+            for _, f in batch:
+                if not f.done():
+                    f.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            raise
+        finally:
+            self.busy_s += time.perf_counter() - start
+        k = 0
+        for items, f in batch:
+            if not f.done():
+                f.set_result(results[k:k + len(items)])
+            k += len(items)
+
+    def cancel(self) -> None:
+        """Abort scoring calls still running (the request ended early): vLLM aborts them."""
+        for task in list(self._flushes):
+            task.cancel()
+
+
+async def _all_or_first_error(tasks: list[asyncio.Future]) -> None:
+    """Wait for every task; on the first failure (or our own cancellation) cancel the rest and
+    wait for them, so no engine work outlives the request, then raise that failure."""
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        pending, done = set(tasks), set()
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        raise
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for t in done:
+        if not t.cancelled() and t.exception() is not None:
+            raise t.exception()

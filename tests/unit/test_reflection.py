@@ -344,8 +344,9 @@ def test_blank_answer_never_matches():
     assert not contains_answer("anything 12", "  ")
 
 
-def test_math_verify_is_skipped_outside_the_main_thread():
-    # Its signal.alarm timeouts cannot run there; the string/number checks still do.
+def test_math_verify_runs_outside_the_main_thread_in_a_worker_process():
+    # Its signal.alarm timeouts cannot run in a thread, so the check moves to a process's main
+    # thread (amr_sd.mathcheck) instead of being skipped.
     results = {}
 
     def check():
@@ -355,7 +356,18 @@ def test_math_verify_is_skipped_outside_the_main_thread():
     worker = threading.Thread(target=check)
     worker.start()
     worker.join()
-    assert results == {"latex": False, "number": True}
+    assert results == {"latex": True, "number": True}
+
+
+def test_a_check_past_its_bound_is_stopped_and_the_next_one_still_runs(caplog):
+    import time
+
+    from amr_sd import mathcheck
+
+    with pytest.raises(TimeoutError):
+        mathcheck.run_bounded(time.sleep, 30, timeout_s=3)
+    assert "worker was stopped" in caplog.text
+    assert mathcheck.run_bounded(abs, -2) == 2  # a fresh worker
 
 
 def test_missing_math_verify_falls_back_to_string_and_number_checks(monkeypatch):

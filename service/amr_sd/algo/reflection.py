@@ -243,11 +243,21 @@ def _as_math(text: str) -> str:
 def _math_verify_equal(answer: str, candidates: Sequence[str]) -> bool:
     """math_verify equivalence of ``answer`` with any candidate; False when it cannot run.
 
-    Its timeouts use signal.alarm, which works only in the main thread; elsewhere it is skipped
-    rather than run unbounded (sympy can hang on 10^{10^{10}}), leaving the string/number checks.
+    Its timeouts use signal.alarm, which works only in the main thread; from any other thread
+    the same check runs in a worker process (`amr_sd.mathcheck`), never unbounded and never
+    skipped (sympy can hang on 10^{10^{10}}).
     """
-    if not candidates or threading.current_thread() is not threading.main_thread():
+    if not candidates:
         return False
+    if threading.current_thread() is not threading.main_thread():
+        from amr_sd.mathcheck import equal_in_worker
+
+        return equal_in_worker(answer, list(candidates))
+    return math_equal(answer, candidates)
+
+
+def math_equal(answer: str, candidates: Sequence[str]) -> bool:
+    """The check itself, bounded by math_verify's signal timeouts: main thread only."""
     try:
         from math_verify import parse, verify
 
