@@ -21,6 +21,7 @@ from amr_client._exceptions import (
     UnprocessableEntityError,
 )
 from amr_client.results import ScoreResult
+from amr_client.streams import AsyncScoreStream, ScoreStream
 from amr_client.schemas import (
     Group,
     Message,
@@ -41,7 +42,7 @@ from amr_client.schemas import (
 __all__ = [
     "Group", "Message", "PolicyRef", "PolicyStatus", "PolicyUpdate", "Prompt", "Reference", "ReturnSwitches", "Rollout", "ScoredGroup",
     "ScoredRollout", "ScoreRequest", "ScoreResponse", "ScoringConfig",
-    "AMRClient", "AsyncAMRClient", "ScoreResult",
+    "AMRClient", "AsyncAMRClient", "ScoreResult", "ScoreStream", "AsyncScoreStream",
     "AMRError", "APIConnectionError", "APITimeoutError", "APIStatusError", "BadRequestError",
     "AuthenticationError", "PermissionDeniedError", "NotFoundError", "ConflictError",
     "PolicyMismatchError",

@@ -11,10 +11,10 @@ import math
 import random
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from pydantic import ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from amr_client._exceptions import (
     APIConnectionError,
@@ -35,7 +35,8 @@ from amr_client._exceptions import (
 )
 from amr_client.results import ScoreResult
 from amr_client.schemas import (Group, PolicyRef, PolicyStatus, PolicyUpdate, ReturnSwitches,
-                                ScoreRequest, ScoreResponse, ScoringConfig)
+                                ScoredGroup, ScoreRequest, ScoreResponse, ScoringConfig, StreamedEnd,
+                                StreamedError, StreamedGroup)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 # Scoring a large batch on a CPU engine takes minutes, so reads may wait long; an unreachable
@@ -130,8 +131,12 @@ def new_idempotency_key() -> str:
     return str(uuid.uuid4())
 
 
-def build_headers(api_key: str | None, idempotency_key: str | None = None) -> dict[str, str]:
-    headers = {"Accept": "application/json"}
+NDJSON = "application/x-ndjson"
+
+
+def build_headers(api_key: str | None, idempotency_key: str | None = None,
+                  accept: str = "application/json") -> dict[str, str]:
+    headers = {"Accept": accept}
     if api_key is not None:
         headers["Authorization"] = f"Bearer {api_key}"
     if idempotency_key is not None:
@@ -174,6 +179,55 @@ def parse_score_response(response: httpx.Response) -> ScoreResult:
         raise APIStatusError(f"response is not a ScoreResponse: {exc}", response=response,
                              body=_body_of(response), type="invalid_response") from exc
     return ScoreResult(parsed, request_id=response.headers.get("x-request-id"))
+
+
+class StreamAssembler:
+    """Reads the lines of a streamed score answer (`Accept: application/x-ndjson`).
+
+    `feed` returns each group the first time it arrives (a retried stream sends finished groups
+    again; they are not passed on twice), raises the error of an `error` line as the status error
+    a unary call would have raised, and `result` builds the same ScoreResult a unary call gives.
+    """
+
+    def __init__(self, n_groups: int):
+        self.n_groups = n_groups
+        self.groups: dict[int, ScoredGroup] = {}
+        self.end: StreamedEnd | None = None
+
+    def feed(self, line: bytes | str, response: httpx.Response) -> tuple[int, ScoredGroup] | None:
+        try:
+            item = _STREAM_LINE.validate_json(line)
+        except ValidationError as exc:
+            raise APIStatusError(f"a streamed line is not a stream item: {exc}", response=response,
+                                 body=line, type="invalid_response") from exc
+        if isinstance(item, StreamedError):
+            headers = {"x-request-id": response.headers.get("x-request-id", "")}
+            if item.retry_after_s is not None:
+                headers["retry-after"] = f"{item.retry_after_s:g}"
+            raise make_status_error(httpx.Response(
+                item.status, headers=headers, request=response.request,
+                json={"error": item.error.model_dump(exclude_none=True)}))
+        if isinstance(item, StreamedEnd):
+            self.end = item
+            return None
+        if item.index in self.groups or not 0 <= item.index < self.n_groups:
+            return None
+        self.groups[item.index] = item.group
+        return item.index, item.group
+
+    def result(self, response: httpx.Response) -> ScoreResult:
+        missing = [g for g in range(self.n_groups) if g not in self.groups]
+        if self.end is None or missing:
+            # A stream cut before its end line: a retry (same Idempotency-Key) picks it up.
+            raise APIConnectionError(f"the stream ended early ({len(missing)} groups missing)",
+                                     request=response.request)
+        fields = self.end.model_dump(exclude={"type"})
+        parsed = ScoreResponse(**fields, groups=[self.groups[g] for g in range(self.n_groups)])
+        return ScoreResult(parsed, request_id=response.headers.get("x-request-id"))
+
+
+_STREAM_LINE: TypeAdapter = TypeAdapter(
+    Annotated[StreamedGroup | StreamedEnd | StreamedError, Field(discriminator="type")])
 
 
 def parse_ready(response: httpx.Response) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from amr_client._base import (
+    NDJSON,
     DEFAULT_BASE_URL,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
@@ -26,6 +27,7 @@ from amr_client._base import (
     READY_PATH,
     SCORE_PATH,
     BaseClient,
+    StreamAssembler,
     build_headers,
     build_policy_body,
     build_score_body,
@@ -40,6 +42,7 @@ from amr_client._base import (
 )
 from amr_client._exceptions import APIConnectionError, APIStatusError
 from amr_client.results import ScoreResult
+from amr_client.streams import AsyncScoreStream, Progress, ScoreStream, progress_reporter
 from amr_client.schemas import Group, PolicyRef, PolicyStatus, ReturnSwitches, ScoringConfig
 
 __all__ = ["AMRClient", "AsyncAMRClient"]
@@ -81,17 +84,76 @@ class AMRClient(BaseClient):
     def score(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
               config: ScoringConfig | Mapping[str, Any] | None = None,
               returns: ReturnSwitches | Mapping[str, Any] | None = None,
-              policy: PolicyRef | Mapping[str, Any] | None = None) -> ScoreResult:
+              policy: PolicyRef | Mapping[str, Any] | None = None,
+              progress: Progress = False) -> ScoreResult:
         """Score `groups` at trainer step `step`; `config` overrides only the fields it sets.
 
         `policy` picks the weights: `{"lora_path": ..., "version": ...}` (a LoRA adapter),
         `{"lora_name": ...}` (one registered at start-up) or `{"version": ...}` (require that
-        full-weight version; `PolicyMismatchError` otherwise). Raises pydantic's
-        ValidationError for a bad request before sending it.
+        full-weight version; `PolicyMismatchError` otherwise). `progress=True` shows a progress
+        bar per group (tqdm when installed, else lines on stderr); a callable gets
+        `(groups_done, groups_total)` instead. Either way the answer streams, so a long batch
+        never has to fit one deadline as a whole. Raises pydantic's ValidationError for a bad
+        request before sending it.
         """
         body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
+        if progress:
+            stream = self._stream(body)
+            with progress_reporter(progress, len(body["groups"])) as tick:
+                for _ in stream:
+                    tick()
+            return stream.result
         headers = build_headers(self.api_key, new_idempotency_key())
         return parse_score_response(self._send("POST", SCORE_PATH, headers, body))
+
+    def score_stream(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
+                     config: ScoringConfig | Mapping[str, Any] | None = None,
+                     returns: ReturnSwitches | Mapping[str, Any] | None = None,
+                     policy: PolicyRef | Mapping[str, Any] | None = None) -> ScoreStream:
+        """Like `score`, but each group arrives as soon as it is scored:
+
+            stream = client.score_stream(groups, step=step)
+            for index, group in stream:      # completion order; index = position in `groups`
+                ...
+            result = stream.result           # the same ScoreResult `score` returns
+
+        Retried like `score` (same Idempotency-Key); a group is never passed on twice.
+        """
+        return self._stream(build_score_body(groups, step=step, config=config, returns=returns,
+                                             policy=policy))
+
+    def _stream(self, body: dict[str, Any]) -> ScoreStream:
+        stream = ScoreStream()
+        stream._items = self._stream_items(body, stream)
+        return stream
+
+    def _stream_items(self, body: dict[str, Any], stream: ScoreStream):
+        headers = build_headers(self.api_key, new_idempotency_key(), accept=NDJSON)
+        assembler = StreamAssembler(len(body["groups"]))
+        attempt = 0
+        while True:
+            error: APIConnectionError | APIStatusError
+            try:
+                with self._http.stream("POST", self._url(SCORE_PATH), headers=headers, json=body,
+                                       timeout=self.timeout) as response:
+                    if not response.is_success:
+                        response.read()
+                        raise make_status_error(response)
+                    for line in response.iter_lines():
+                        item = assembler.feed(line, response) if line else None
+                        if item is not None:
+                            yield item
+                    stream.result = assembler.result(response)
+                    return
+            except httpx.TransportError as exc:
+                error = connection_error(exc)
+            except (APIConnectionError, APIStatusError) as exc:
+                error = exc
+            delay = next_retry_delay(error, attempt, self.max_retries)
+            if delay is None:
+                raise error
+            self._sleep(delay)
+            attempt += 1
 
     def info(self) -> dict[str, Any]:
         """`GET /v1/info`: model, model_path, policy_version, engine, limits, defaults."""
@@ -172,17 +234,59 @@ class AsyncAMRClient(BaseClient):
     async def score(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
                     config: ScoringConfig | Mapping[str, Any] | None = None,
                     returns: ReturnSwitches | Mapping[str, Any] | None = None,
-                    policy: PolicyRef | Mapping[str, Any] | None = None) -> ScoreResult:
-        """Score `groups` at trainer step `step`; `config` overrides only the fields it sets.
-
-        `policy` picks the weights: `{"lora_path": ..., "version": ...}` (a LoRA adapter),
-        `{"lora_name": ...}` (one registered at start-up) or `{"version": ...}` (require that
-        full-weight version; `PolicyMismatchError` otherwise). Raises pydantic's
-        ValidationError for a bad request before sending it.
-        """
+                    policy: PolicyRef | Mapping[str, Any] | None = None,
+                    progress: Progress = False) -> ScoreResult:
+        """Score `groups` at trainer step `step`; see `AMRClient.score` (`progress` too)."""
         body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
+        if progress:
+            stream = self._stream(body)
+            with progress_reporter(progress, len(body["groups"])) as tick:
+                async for _ in stream:
+                    tick()
+            return stream.result
         headers = build_headers(self.api_key, new_idempotency_key())
         return parse_score_response(await self._send("POST", SCORE_PATH, headers, body))
+
+    def score_stream(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
+                     config: ScoringConfig | Mapping[str, Any] | None = None,
+                     returns: ReturnSwitches | Mapping[str, Any] | None = None,
+                     policy: PolicyRef | Mapping[str, Any] | None = None) -> AsyncScoreStream:
+        """`AMRClient.score_stream`, iterated with `async for`; `.result` after the loop."""
+        return self._stream(build_score_body(groups, step=step, config=config, returns=returns,
+                                             policy=policy))
+
+    def _stream(self, body: dict[str, Any]) -> AsyncScoreStream:
+        stream = AsyncScoreStream()
+        stream._items = self._stream_items(body, stream)
+        return stream
+
+    async def _stream_items(self, body: dict[str, Any], stream: AsyncScoreStream):
+        headers = build_headers(self.api_key, new_idempotency_key(), accept=NDJSON)
+        assembler = StreamAssembler(len(body["groups"]))
+        attempt = 0
+        while True:
+            error: APIConnectionError | APIStatusError
+            try:
+                async with self._http.stream("POST", self._url(SCORE_PATH), headers=headers,
+                                             json=body, timeout=self.timeout) as response:
+                    if not response.is_success:
+                        await response.aread()
+                        raise make_status_error(response)
+                    async for line in response.aiter_lines():
+                        item = assembler.feed(line, response) if line else None
+                        if item is not None:
+                            yield item
+                    stream.result = assembler.result(response)
+                    return
+            except httpx.TransportError as exc:
+                error = connection_error(exc)
+            except (APIConnectionError, APIStatusError) as exc:
+                error = exc
+            delay = next_retry_delay(error, attempt, self.max_retries)
+            if delay is None:
+                raise error
+            await self._sleep(delay)
+            attempt += 1
 
     async def info(self) -> dict[str, Any]:
         """`GET /v1/info`: model, model_path, policy_version, engine, limits, defaults."""

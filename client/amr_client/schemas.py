@@ -301,6 +301,30 @@ class ScoreResponse(BaseModel):
     stats: BatchStats
 
 
+# Streamed answers (`Accept: application/x-ndjson`): one JSON object per line, a group each as
+# it completes (in completion order), then one `end` line, or one `error` line if the request
+# failed after the stream began.
+
+
+class StreamedGroup(BaseModel):
+    type: Literal["group"] = "group"
+    index: int = Field(..., description="The group's position in the request's `groups`.")
+    group: ScoredGroup
+
+
+class StreamedEnd(BaseModel):
+    """Everything of a ScoreResponse but its groups, which came before, one line each."""
+
+    type: Literal["end"] = "end"
+    model: str
+    policy_version: str
+    adapter: str | None = None
+    template_version: str
+    step: int
+    anneal_weight: float
+    stats: BatchStats
+
+
 class PolicyStatus(BaseModel):
     """`GET /v1/policy`, and the answer of `POST /v1/policy`."""
 
@@ -324,6 +348,15 @@ class ErrorDetail(BaseModel):
     type: str = Field(..., description="Machine-readable kind: invalid_request, overloaded, draining, ...")
     message: str = Field(..., description="What went wrong and what to change.")
     field: str | None = Field(None, description="The offending field or header, e.g. `groups[1].rollouts[0].reward`.")
+
+
+class StreamedError(BaseModel):
+    """The request failed after its stream began: the status and envelope it would have had."""
+
+    type: Literal["error"] = "error"
+    status: int = Field(..., description="The HTTP status a unary request would have got (e.g. 504).")
+    error: ErrorDetail
+    retry_after_s: float | None = Field(None, description="Retry-After, for retryable statuses.")
 
 
 class ErrorResponse(BaseModel):

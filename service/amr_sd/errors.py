@@ -6,6 +6,7 @@
     │   └── PolicyDisabled   403: a weights folder was named but AMR_POLICY_ROOT is not set
     ├── Conflict             409: the same Idempotency-Key is still in flight
     │   └── PolicyMismatch   409: the request requires another policy version than the one served
+    ├── NotAcceptable        406: the Accept header names no type the service can produce
     ├── InvalidRequest       422: a field is wrong (`field` = "groups[2].rollouts[0].token_ids")
     ├── PayloadTooLarge      413: over a size cap; the message names the cap
     ├── Overloaded           429 + Retry-After: the pending-work bound is full; retry later
@@ -65,6 +66,11 @@ class Conflict(AmrError):
 
 class PolicyMismatch(Conflict):
     type = "policy_mismatch"
+
+
+class NotAcceptable(AmrError):
+    status_code = 406
+    type = "not_acceptable"
 
 
 class InvalidRequest(AmrError):

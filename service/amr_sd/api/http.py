@@ -19,17 +19,19 @@ import math
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Callable
 
 import orjson
 from fastapi import Body, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from amr_client.schemas import (ErrorResponse, PolicyStatus, PolicyUpdate, ProbeStatus, ScoreRequest,
-                                ScoreResponse, ScoringConfig)
+                                ScoreResponse, ScoringConfig, StreamedEnd, StreamedError,
+                                StreamedGroup)
 from amr_sd.algo.reflection import TEMPLATE_VERSION
 from amr_sd.api.admission import Admission
 from amr_sd.api.auth import check_bearer
@@ -39,7 +41,7 @@ from amr_sd.cache import make_cache
 from amr_sd.config import Settings
 from amr_sd.engine import create_engine
 from amr_sd.errors import (AmrError, DeadlineExceeded, Draining, EngineDead, InvalidRequest,
-                           Overloaded, PayloadTooLarge, ServiceNotReady, field_path)
+                           NotAcceptable, Overloaded, PayloadTooLarge, ServiceNotReady, field_path)
 from amr_sd.metrics import Metrics
 from amr_sd.policy import PolicyManager
 from amr_sd.scorer import Scorer
@@ -47,6 +49,8 @@ from amr_sd.scorer import Scorer
 log = logging.getLogger("amr_sd.http")
 
 HEALTH_INTERVAL_S = 1.0
+NDJSON = "application/x-ndjson"
+_PRODUCES = ("application/json", NDJSON)
 # Final answers a retry would get again are stored for replay; the rest free the key.
 _REPLAYABLE_ERRORS = {400, 401, 403, 404, 413, 422}
 
@@ -78,11 +82,38 @@ _ERROR_DOCS = {
          "requires another policy version than the one in service (`policy_mismatch`)",
     413: "Over a size cap (body, groups, rollouts, tokens); the message names the cap",
     422: "A field or header is invalid; `error.field` names it",
+    406: "The Accept header names no type this route produces (application/json, application/x-ndjson)",
     429: "The pending-work bound is full; retry after `Retry-After` seconds",
     500: "A bug in the service",
     503: "Not ready, draining, reloading weights, or the engine failed; retry after `Retry-After` seconds",
     504: "The request's deadline passed; its engine work was aborted",
 }
+
+
+_STREAM_LINE = {"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"}
+                          for m in (StreamedGroup, StreamedEnd, StreamedError)]}
+
+
+def _with_stream_schemas(app: FastAPI) -> None:
+    """Put the stream's line models into the OpenAPI components: only routes' own models get
+    there by themselves, and the NDJSON lines are declared by reference."""
+    from pydantic.json_schema import models_json_schema
+
+    make = app.openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            document = make()
+            _, top = models_json_schema([(m, "serialization") for m in (StreamedGroup, StreamedEnd,
+                                                                        StreamedError)],
+                                        ref_template="#/components/schemas/{model}")
+            schemas = document["components"]["schemas"]
+            for name, schema in top.get("$defs", {}).items():
+                schemas.setdefault(name, schema)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 class _ClientGone(Exception):
@@ -104,8 +135,12 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
     metrics.pending_tokens.set_function(lambda: admission.pending_tokens)
 
     def make_engine():
-        return (engine_factory(settings) if engine_factory else
-                create_engine(settings.engine, settings.model, settings.engine_settings()))
+        if engine_factory:
+            return engine_factory(settings)
+        engine_settings = settings.engine_settings()
+        for line in engine_settings.explain():
+            log.info("%s", line)
+        return create_engine(settings.engine, settings.model, engine_settings)
 
     async def load_engine(app: FastAPI, creating: asyncio.Future) -> None:
         """Load and warm up the engine while the port is already open (/readyz: 503 starting)."""
@@ -235,7 +270,11 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
         return json_response(error.to_dict(), 500)
 
     @app.post("/v1/score", response_model=ScoreResponse,
-              responses=_errors(401, 403, 409, 413, 422, 429, 500, 503, 504))
+              responses={**_errors(401, 403, 406, 409, 413, 422, 429, 500, 503, 504),
+                         200: {"description": "The scored groups: one JSON document, or with "
+                                              "`Accept: application/x-ndjson` one line per group "
+                                              "as it completes, then an `end` (or `error`) line",
+                               "content": {NDJSON: {"schema": _STREAM_LINE}}}})
     async def score(request: Request,
                     body: Annotated[ScoreRequest, Body(openapi_examples={
                         "one group": {"summary": "A group of two rollouts", "value": _EXAMPLE}})],
@@ -246,6 +285,7 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
                         min_length=1, max_length=200, description="One key per logical request, resent on every retry: a repeat "
                                     "is answered from the first attempt, never scored twice.")] = None):
         scorer = _scorer(request)
+        media = _answer_type(request.headers.get("accept"))
         timeout_s = _timeout_s(x_request_timeout, settings)
         rollouts, tokens = _check_caps(body, settings)
         key = fp = None
@@ -256,28 +296,30 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
             stored = await store.begin(key, fp)
             if stored is not None:
                 metrics.idempotent_replays.inc()
+                headers = {"Idempotent-Replayed": "true"}
+                if media == NDJSON and stored.status == 200:
+                    return Response(_as_ndjson(stored.body), media_type=NDJSON, headers=headers)
                 return Response(stored.body, status_code=stored.status, media_type="application/json",
-                                headers={"Idempotent-Replayed": "true"})
+                                headers=headers)
+        if media == NDJSON:
+            try:
+                job = await _start_stream(request, scorer, body, (rollouts, tokens), admission, metrics)
+            except BaseException as exc:
+                await _settle_key(store, key, fp, exc)
+                raise
+            return StreamingResponse(_stream_lines(request.app, job, timeout_s, store, key, fp, metrics),
+                                     media_type=NDJSON)
         try:
             payload = await _score_admitted(request, scorer, request.app.state.policies, body,
                                             (rollouts, tokens), timeout_s, admission, metrics)
-        except AmrError as exc:
-            if isinstance(exc, EngineDead):  # unready now, not at the monitor's next look
-                request.app.state.engine_dead, request.app.state.ready = True, False
-            if key is not None:
-                if exc.status_code in _REPLAYABLE_ERRORS:
-                    await store.finish(key, fp, exc.status_code, orjson.dumps(exc.to_dict()))
-                else:
-                    await store.release(key)
-            raise
         except _ClientGone:
-            if key is not None:
-                await store.release(key)
+            await _settle_key(store, key, fp, None)
             metrics.client_disconnects.inc()
             return Response(status_code=499)  # nobody reads it; the log and metrics do
-        except BaseException:
-            if key is not None:
-                await store.release(key)
+        except BaseException as exc:
+            if isinstance(exc, EngineDead):  # unready now, not at the monitor's next look
+                request.app.state.engine_dead, request.app.state.ready = True, False
+            await _settle_key(store, key, fp, exc)
             raise
         if key is not None:
             await store.finish(key, fp, 200, payload)
@@ -322,6 +364,7 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
             "policy_version": engine.policy_version, "lora_enabled": bool(engine.max_lora_rank),
             "engine": settings.engine,
             "max_model_len": engine.max_model_len, "vocab_size": engine.vocab_size,
+            "engine_settings": engine.settings.describe(),
             "template_version": TEMPLATE_VERSION, "cache": request.app.state.cache.name,
             "limits": settings.limits(), "defaults": ScoringConfig().model_dump(),
         })
@@ -347,6 +390,7 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
     async def prometheus():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    _with_stream_schemas(app)
     return app
 
 
@@ -415,6 +459,140 @@ async def _score_admitted(request: Request, scorer: Scorer, policies: PolicyMana
         admission.release(ticket, completed=completed)
     metrics.observe_scoring(response.stats)
     return orjson.dumps(response.model_dump(mode="json"))
+
+
+def _answer_type(accept: str | None) -> str:
+    """The media type a score answer takes, from Accept (highest q wins); 406 if none fits."""
+    best, best_q = None, 0.0
+    for part in (accept or "application/json").split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        produced = NDJSON if media == NDJSON else \
+            "application/json" if media in ("application/json", "application/*", "*/*", "") else None
+        if produced is not None and q > best_q:
+            best, best_q = produced, q
+    if best is None:
+        raise NotAcceptable(f"cannot answer {accept!r}; this route produces {', '.join(_PRODUCES)}",
+                            field="Accept")
+    return best
+
+
+async def _settle_key(store, key: str | None, fp: str | None, exc: BaseException | None) -> None:
+    """Keep a final error for replay; free the key for anything a retry could change."""
+    if key is None:
+        return
+    if isinstance(exc, AmrError) and exc.status_code in _REPLAYABLE_ERRORS:
+        await store.finish(key, fp, exc.status_code, orjson.dumps(exc.to_dict()))
+    else:
+        await store.release(key)
+
+
+def _as_ndjson(payload: bytes) -> bytes:
+    """A stored unary answer as the stream it would have been (groups in request order)."""
+    response = orjson.loads(payload)
+    lines = [StreamedGroup(index=g, group=group).model_dump(mode="json")
+             for g, group in enumerate(response.pop("groups"))]
+    lines.append({"type": "end", **response})
+    return b"".join(orjson.dumps(line) + b"\n" for line in lines)
+
+
+@dataclass
+class _StreamJob:
+    task: asyncio.Task  # the scoring, under one policy, admitted
+    groups: asyncio.Queue  # (index, ScoredGroup) as each completes
+    ticket: object
+    admission: Admission
+
+
+async def _start_stream(request: Request, scorer: Scorer, body: ScoreRequest, size: tuple[int, int],
+                        admission: Admission, metrics: Metrics) -> _StreamJob:
+    """Admit and enter the policy gate before the stream begins, so their errors keep their status."""
+    try:
+        ticket = admission.admit(*size)
+    except (Overloaded, PayloadTooLarge) as exc:
+        metrics.admission_rejected.labels(reason=exc.type).inc()
+        raise
+    groups: asyncio.Queue = asyncio.Queue()
+    entered = asyncio.get_running_loop().create_future()
+
+    async def score():
+        async with request.app.state.policies.serving(body.policy) as policy:
+            entered.set_result(None)
+            return await scorer.score(body, policy.adapter,
+                                      on_group=lambda g, group: groups.put((g, group)))
+
+    task = asyncio.ensure_future(score())
+    try:
+        await asyncio.wait({task, entered}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done() and not entered.done():
+            task.result()  # the gate's error (409 policy_mismatch, 503 reloading): a real status
+    except BaseException:
+        task.cancel()
+        entered.cancel()
+        admission.release(ticket, completed=False)
+        raise
+    return _StreamJob(task, groups, ticket, admission)
+
+
+async def _stream_lines(app: FastAPI, job: _StreamJob, idle_timeout_s: float, store, key, fp,
+                        metrics: Metrics):
+    """NDJSON lines as groups complete. The deadline bounds the wait for each next line, so a
+    long batch never has to fit one deadline as a whole. Stored for replay as the unary answer."""
+    completed, failure = False, None
+    app.state.in_flight += 1  # the middleware stopped counting when the stream began; the drain waits
+    try:
+        while True:
+            getter = asyncio.ensure_future(job.groups.get())
+            done, _ = await asyncio.wait({getter, job.task}, timeout=idle_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                g, group = getter.result()
+                yield orjson.dumps(StreamedGroup(index=g, group=group).model_dump(mode="json")) + b"\n"
+                continue
+            getter.cancel()
+            if job.task not in done:
+                metrics.deadline_exceeded.inc()
+                raise DeadlineExceeded(f"no group finished within {idle_timeout_s:g} s; the "
+                                       "request's engine work was aborted")
+            while not job.groups.empty():
+                g, group = job.groups.get_nowait()
+                yield orjson.dumps(StreamedGroup(index=g, group=group).model_dump(mode="json")) + b"\n"
+            response = job.task.result()
+            completed = True
+            metrics.observe_scoring(response.stats)
+            if key is not None:
+                await store.finish(key, fp, 200, orjson.dumps(response.model_dump(mode="json")))
+            end = response.model_dump(mode="json", exclude={"groups"})
+            yield orjson.dumps({"type": "end", **end}) + b"\n"
+            return
+    except Exception as exc:
+        if not isinstance(exc, AmrError):
+            log.exception("internal error in a streamed answer")
+            exc = AmrError("internal error; quote the X-Request-ID when reporting it")
+        failure = exc
+        if isinstance(exc, EngineDead):
+            app.state.engine_dead, app.state.ready = True, False
+        retry_after = exc.headers.get("Retry-After")
+        line = StreamedError(status=exc.status_code, error=exc.to_dict()["error"],
+                             retry_after_s=float(retry_after) if retry_after else None)
+        yield orjson.dumps(line.model_dump(mode="json")) + b"\n"
+    finally:
+        if not job.task.done():
+            job.task.cancel()  # deadline, error or client gone: vLLM aborts the engine work
+            with contextlib.suppress(BaseException):
+                await job.task
+        job.admission.release(job.ticket, completed=completed)
+        app.state.in_flight -= 1
+        if not completed:
+            await _settle_key(store, key, fp, failure)
 
 
 async def _bounded(coro, timeout_s: float, request: Request):
