@@ -155,9 +155,9 @@ class CountingEngine:
         self.generate_calls += 1
         return await self._engine.generate(prompts, params, adapter)
 
-    async def score(self, sequences, start_indices, adapter=None):
+    async def score(self, sequences, start_indices, adapter=None, priority=0):
         self.score_calls += 1
-        return await self._engine.score(sequences, start_indices, adapter)
+        return await self._engine.score(sequences, start_indices, adapter, priority)
 
     @property
     def calls(self) -> int:

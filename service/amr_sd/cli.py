@@ -96,15 +96,17 @@ async def _score(args, groups: list[Group], line_numbers: list[int], config: Sco
         totals: dict = {}
         start = time.perf_counter()
         with tqdm(total=len(groups), unit="group", file=sys.stderr, disable=args.quiet) as bar:
+            async def one_more(index, group):
+                bar.update(1)
+
             for request in requests:
-                response = await scorer.score(request)
+                response = await scorer.score(request, on_group=one_more)
                 for group in response.groups:
                     line = {"model": response.model, "policy_version": response.policy_version,
                             "step": response.step, "anneal_weight": response.anneal_weight,
                             **group.model_dump(mode="json", exclude_none=True)}
                     out.write(json.dumps(line) + "\n")
                 _accumulate(totals, response.stats.model_dump())
-                bar.update(len(request.groups))
         totals["wall_s"] = time.perf_counter() - start
         return totals
     finally:

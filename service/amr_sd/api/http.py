@@ -458,6 +458,11 @@ async def _score_admitted(request: Request, scorer: Scorer, policies: PolicyMana
     finally:
         admission.release(ticket, completed=completed)
     metrics.observe_scoring(response.stats)
+    # A 512 x 1024 answer takes ~1 s to encode: off the loop, which keeps probes answering.
+    return await asyncio.to_thread(_encode, response)
+
+
+def _encode(response: ScoreResponse) -> bytes:
     return orjson.dumps(response.model_dump(mode="json"))
 
 
@@ -569,7 +574,7 @@ async def _stream_lines(app: FastAPI, job: _StreamJob, idle_timeout_s: float, st
             completed = True
             metrics.observe_scoring(response.stats)
             if key is not None:
-                await store.finish(key, fp, 200, orjson.dumps(response.model_dump(mode="json")))
+                await store.finish(key, fp, 200, await asyncio.to_thread(_encode, response))
             end = response.model_dump(mode="json", exclude={"groups"})
             yield orjson.dumps({"type": "end", **end}) + b"\n"
             return
