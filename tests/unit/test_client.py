@@ -517,3 +517,109 @@ def test_a_bad_policy_is_refused_before_sending(policy, message):
     with pytest.raises(ValidationError, match=message):
         client.score([GROUP], step=0, policy=policy)
     assert server.requests == []
+
+
+# --- streamed answers (Accept: application/x-ndjson) ----------------------------------------------
+
+def ndjson(*items) -> bytes:
+    return b"".join(json.dumps(item).encode() + b"\n" for item in items)
+
+
+def group_line(index: int) -> dict:
+    return {"type": "group", "index": index, "group": RESPONSE["groups"][index]}
+
+
+END_LINE = {"type": "end", **{k: v for k, v in RESPONSE.items() if k != "groups"}}
+
+
+class CutStream(httpx.SyncByteStream):
+    """Sends `head`, then fails as a dropped connection does."""
+
+    def __init__(self, head: bytes):
+        self.head = head
+
+    def __iter__(self):
+        yield self.head
+        raise httpx.ReadError("connection reset")
+
+
+def test_a_stream_hands_out_groups_in_completion_order_and_assembles_the_result():
+    sent = []
+
+    def handler(request):
+        sent.append(request)
+        return httpx.Response(200, content=ndjson(group_line(1), group_line(0), END_LINE),
+                              headers={"content-type": "application/x-ndjson"})
+
+    client = AMRClient(BASE_URL, transport=httpx.MockTransport(handler))
+    stream = client.score_stream([GROUP, GROUP_2], step=7)
+    assert [index for index, _ in stream] == [1, 0]
+    assert sent[0].headers["accept"] == "application/x-ndjson"
+    assert stream.result.response == ScoreResponse.model_validate(RESPONSE)
+
+
+def test_a_cut_stream_is_retried_with_the_same_key_and_no_group_is_handed_out_twice():
+    keys = []
+
+    def handler(request):
+        keys.append(request.headers["idempotency-key"])
+        if len(keys) == 1:
+            return httpx.Response(200, stream=CutStream(ndjson(group_line(0))))
+        return httpx.Response(200, content=ndjson(group_line(0), group_line(1), END_LINE))
+
+    client = AMRClient(BASE_URL, transport=httpx.MockTransport(handler))
+    client._sleep = lambda s: None
+    stream = client.score_stream([GROUP, GROUP_2], step=7)
+    assert [index for index, _ in stream] == [0, 1]
+    assert len(keys) == 2 and keys[0] == keys[1]
+    assert len(stream.result.groups) == 2
+
+
+def test_an_error_line_raises_what_a_unary_call_would_and_is_retried_when_retryable():
+    calls = []
+
+    def handler(request):
+        calls.append(1)
+        if len(calls) == 1:
+            return httpx.Response(200, content=ndjson(group_line(0), {
+                "type": "error", "status": 504, "retry_after_s": None,
+                "error": {"type": "deadline_exceeded", "message": "no group finished"}}))
+        return httpx.Response(200, content=ndjson(group_line(1), group_line(0), END_LINE))
+
+    client = AMRClient(BASE_URL, transport=httpx.MockTransport(handler))
+    slept = []
+    client._sleep = slept.append
+    assert len(client.score([GROUP, GROUP_2], step=7, progress=lambda d, t: None).groups) == 2
+    assert len(calls) == 2 and len(slept) == 1
+
+    final = AMRClient(BASE_URL, max_retries=0, transport=httpx.MockTransport(
+        lambda r: httpx.Response(200, content=ndjson({
+            "type": "error", "status": 422, "error": {"type": "invalid_request", "message": "bad",
+                                                      "field": "groups[0]"}}))))
+    with pytest.raises(UnprocessableEntityError) as err:
+        list(final.score_stream([GROUP, GROUP_2], step=7))
+    assert err.value.field == "groups[0]"
+
+
+def test_a_stream_that_ends_without_its_end_line_is_a_connection_error():
+    client = AMRClient(BASE_URL, max_retries=0, transport=httpx.MockTransport(
+        lambda r: httpx.Response(200, content=ndjson(group_line(0), group_line(1)))))
+    with pytest.raises(APIConnectionError, match="ended early"):
+        list(client.score_stream([GROUP, GROUP_2], step=7))
+
+
+def test_progress_ticks_once_per_group_on_both_twins():
+    body = ndjson(group_line(0), group_line(1), END_LINE)
+    ticks = []
+    sync = AMRClient(BASE_URL, transport=httpx.MockTransport(lambda r: httpx.Response(200, content=body)))
+    sync.score([GROUP, GROUP_2], step=7, progress=lambda d, t: ticks.append((d, t)))
+
+    async def go():
+        async with AsyncAMRClient(BASE_URL, transport=httpx.MockTransport(
+                lambda r: httpx.Response(200, content=body))) as client:
+            return await client.score([GROUP, GROUP_2], step=7,
+                                      progress=lambda d, t: ticks.append((d, t)))
+
+    result = asyncio.run(go())
+    assert ticks == [(1, 2), (2, 2)] * 2
+    assert result.response == ScoreResponse.model_validate(RESPONSE)
