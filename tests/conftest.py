@@ -155,9 +155,9 @@ class CountingEngine:
         self.generate_calls += 1
         return await self._engine.generate(prompts, params, adapter)
 
-    async def score(self, sequences, start_indices, adapter=None, priority=0):
+    async def score(self, sequences, start_indices, adapter=None):
         self.score_calls += 1
-        return await self._engine.score(sequences, start_indices, adapter, priority)
+        return await self._engine.score(sequences, start_indices, adapter)
 
     @property
     def calls(self) -> int:

@@ -313,7 +313,7 @@ class Scorer:
                 stop=(reflection.closing_tag(w.kind),),
                 # Retries must differ from the greedy first attempt and stay reproducible where
                 # the engine takes a seed.
-                seed=attempt if attempt else None, priority=w.group)
+                seed=attempt if attempt else None)
             gen = (await self.engine.generate([w.writer_ids], params, run.adapter))[0]
             run.generated += 1
             output = reflection.opening_tag(w.kind) + gen.text
@@ -369,7 +369,7 @@ class Scorer:
         items, slots = await asyncio.to_thread(self._sequences, work)
         if not items:
             return
-        for (w, attr), values in zip(slots, await run.coalescer.submit(items, work[0].group)):
+        for (w, attr), values in zip(slots, await run.coalescer.submit(items)):
             setattr(w, attr, values)
 
     def _sequences(self, work: list[_Work]) -> tuple[list[tuple[list[int], int]], list]:
@@ -385,10 +385,10 @@ class Scorer:
                 w.student_logprobs = np.asarray(w.rollout.student_logprobs, dtype=np.float64)
         return list(zip(sequences, starts)), slots
 
-    async def _score_sequences(self, adapter: Adapter | None, items: list[tuple[list[int], int]],
-                               priority: int) -> list[np.ndarray]:
+    async def _score_sequences(self, adapter: Adapter | None,
+                               items: list[tuple[list[int], int]]) -> list[np.ndarray]:
         return await self.engine.score([seq for seq, _ in items], [start for _, start in items],
-                                       adapter, priority)
+                                       adapter)
 
     # ---------------------------------------------------------------- combine and report
 
@@ -522,16 +522,16 @@ class _Coalescer:
 
     WINDOW_S = 0.005
 
-    def __init__(self, submit: Callable[[list, int], Awaitable[list]]):
+    def __init__(self, submit: Callable[[list], Awaitable[list]]):
         self._submit = submit
-        self._waiting: list[tuple[list, int, asyncio.Future]] = []
+        self._waiting: list[tuple[list, asyncio.Future]] = []
         self._flushes: set[asyncio.Task] = set()
         self._timer: asyncio.Task | None = None
         self.busy_s = 0.0  # seconds with a scoring call in flight (overlaps counted once each)
 
-    async def submit(self, items: list, priority: int) -> list:
+    async def submit(self, items: list) -> list:
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append((items, priority, future))
+        self._waiting.append((items, future))
         if self._timer is None:
             self._timer = asyncio.ensure_future(self._flush_soon())
             self._flushes.add(self._timer)
@@ -540,14 +540,13 @@ class _Coalescer:
 
     async def _flush_soon(self) -> None:
         await asyncio.sleep(self.WINDOW_S)
-        waiting, self._waiting, self._timer = self._waiting, [], None
-        batch = [(items, f) for items, _, f in waiting if not f.cancelled()]
+        batch, self._waiting, self._timer = self._waiting, [], None
+        batch = [(items, f) for items, f in batch if not f.cancelled()]
         if not batch:
             return
         start = time.perf_counter()
         try:
-            results = await self._submit([item for items, _ in batch for item in items],
-                                         min(p for _, p, f in waiting if not f.cancelled()))
+            results = await self._submit([item for items, _ in batch for item in items])
         except BaseException as exc:
             for _, f in batch:
                 if not f.done():

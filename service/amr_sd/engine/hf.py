@@ -55,7 +55,7 @@ class HFEngine:
         self._model = self._load(path)
 
     async def score(self, sequences: Sequence[Sequence[int]], start_indices: Sequence[int],
-                    adapter: Adapter | None = None, priority: int = 0):
+                    adapter: Adapter | None = None):
         torch = self._torch
         out = []
         with torch.inference_mode():

@@ -73,8 +73,6 @@ class VLLMEngine:
             # little. Off keeps scores independent of what ran before.
             enable_prefix_caching=False,
             disable_log_stats=True,
-            # Requests carry their group's index as priority (GenerationParams.priority).
-            scheduling_policy="priority",
             **_lora_args(settings),
             **settings.extra,
         )
@@ -139,7 +137,7 @@ class VLLMEngine:
         except EngineDeadError as exc:
             raise EngineDead("the vLLM engine process died") from exc
 
-    async def _final(self, prompt_ids: Sequence[int], params, lora_request=None, priority: int = 0):
+    async def _final(self, prompt_ids: Sequence[int], params, lora_request=None):
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
@@ -149,7 +147,7 @@ class VLLMEngine:
         try:
             async for out in self._llm.generate(
                 TokensPrompt(prompt_token_ids=list(prompt_ids)), params, self._request_id(),
-                lora_request=lora_request, priority=priority,
+                lora_request=lora_request,
             ):
                 final = out
         except EngineDeadError as exc:
@@ -175,7 +173,7 @@ class VLLMEngine:
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         lora = self._lora_request(adapter)
-        outs = await asyncio.gather(*(self._final(p, sampling, lora, params.priority) for p in prompts))
+        outs = await asyncio.gather(*(self._final(p, sampling, lora) for p in prompts))
         result = []
         for out in outs:
             c = out.outputs[0]
@@ -186,8 +184,7 @@ class VLLMEngine:
             ))
         return result
 
-    async def score(self, sequences, start_indices, adapter: Adapter | None = None,
-                    priority: int = 0) -> list[np.ndarray]:
+    async def score(self, sequences, start_indices, adapter: Adapter | None = None) -> list[np.ndarray]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -202,7 +199,7 @@ class VLLMEngine:
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         lora = self._lora_request(adapter)
-        outs = await asyncio.gather(*(self._final(s, params, lora, priority) for s in sequences))
+        outs = await asyncio.gather(*(self._final(s, params, lora) for s in sequences))
         return [_actual_token_logprobs(o.prompt_logprobs, seq, start)
                 for o, seq, start in zip(outs, sequences, start_indices)]
 
