@@ -53,7 +53,8 @@ def main() -> None:
             wait_ready(client, proc, log_path)
             t1 = time.perf_counter()
             print(f"ready in {t1 - t0:.0f} s; scoring {len(groups)} groups at step {args.step} ...", flush=True)
-            result = client.score(groups, step=args.step, returns={"cig": True})
+            # Streamed: a bar moves per scored group, and no single deadline covers the batch.
+            result = client.score(groups, step=args.step, returns={"cig": True}, progress=True)
             t2 = time.perf_counter()
     finally:
         proc.send_signal(signal.SIGTERM)
