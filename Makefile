@@ -11,7 +11,7 @@ STEP   ?= 0
 VERL_VENV  ?= .venv-verl
 VERL_STAMP := $(VERL_VENV)/.amr-sd-setup
 
-.PHONY: setup setup-verl test test-unit test-integration demo trl-example serve examples openapi clean
+.PHONY: setup setup-verl test test-unit test-integration demo bench bench-quick trl-example serve examples openapi clean
 
 setup: $(STAMP)
 
@@ -55,6 +55,13 @@ test-integration: setup
 demo: setup
 	mkdir -p build
 	$(BIN)/python examples/demo.py --step $(STEP)
+
+# Speed, measured side by side on this machine: tables on stdout, JSON + PNG under build/bench/.
+bench: setup
+	$(BIN)/python -m bench
+
+bench-quick: setup
+	$(BIN)/python -m bench --quick
 
 # Train the embedded model with TRL's GRPOTrainer on AMR-SD advantages, next to plain GRPO.
 trl-example: setup

@@ -1,0 +1,123 @@
+"""`python -m bench [--quick] [--only PART ...]`: every benchmark, one run, one report.
+
+Parts run one after another, never side by side: on a small CPU two engines at once would
+measure each other. The engine sweep goes first (no server running), then the service-overhead
+part (a recording server, then the replay on a bare engine), then one `amr-sd serve` serves both
+the scaling part and amr-sd's side of the TRL comparison; the TRL server starts after amr-sd has
+answered its share. A part that fails is recorded and the rest still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+import traceback
+from pathlib import Path
+
+from bench import OUT_DIR, encoding, engine_sweep, host, overhead, peer_trl, procs, report, scaling
+
+PARTS = ("encoding", "engine", "overhead", "scaling", "peer")
+
+
+def _engine_scoring_tok_s(sweep: dict | None) -> float | None:
+    """Raw engine scoring speed with the settings the server will use, from this run."""
+    if not sweep:
+        return None
+    label = sweep["summary"]["default_label"]
+    hit = next((r for r in sweep["results"] if r["label"] == label and "scoring" in r), None)
+    return hit and hit["scoring"]["tok_s"]
+
+
+def _best_batched(sweep: dict | None) -> dict | None:
+    """The sweep's best vLLM scoring and generation tok/s, for the utilisation figure."""
+    if not sweep:
+        return None
+    vllm = [r for r in sweep["results"] if r["config"]["engine"] == "vllm"]
+    score = [r["scoring"]["tok_s"] for r in vllm if r.get("scoring")]
+    gen = [r["generation"]["tok_s"] for r in vllm if r.get("generation")]
+    return {"scoring_tok_s": max(score, default=None), "generation_tok_s": max(gen, default=None)}
+
+
+def _print_overhead(data: dict) -> None:
+    print("\n".join(["## service vs the replayed raw engine", *overhead.table(data)]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few minutes")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--out", type=Path, default=OUT_DIR)
+    args = parser.parse_args()
+    # A SIGTERM unwinds like Ctrl-C, so every server and engine this run started is stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    began = time.monotonic()
+    summary: dict = {"quick": args.quick, "machine": host.describe(), "parts": {}}
+    printers: list = []
+
+    def part(name: str, fn, printer):
+        t0 = time.monotonic()
+        try:
+            data = fn()
+        except Exception as exc:
+            traceback.print_exc()
+            summary["parts"][name] = {"error": f"{type(exc).__name__}: {exc}",
+                                      "seconds": time.monotonic() - t0}
+            return None
+        summary["parts"][name] = {"seconds": time.monotonic() - t0,
+                                  "json": str(args.out / f"{name}.json")}
+        printer(data)
+        printers.append((printer, data))
+        return data
+
+    if "encoding" in args.only:
+        part("encoding", lambda: encoding.run(args.out, args.quick), encoding.print_table)
+    sweep = None
+    if "engine" in args.only:
+        sweep = part("engine_sweep", lambda: engine_sweep.run(args.out, args.quick),
+                     engine_sweep.print_table)
+    if "overhead" in args.only:
+        part("overhead", lambda: overhead.run(args.out, args.quick, _best_batched(sweep)),
+             _print_overhead)
+    if "scaling" in args.only or "peer" in args.only:
+        server = procs.amr_server(args.out / "logs")
+        t0 = time.monotonic()
+        try:
+            server.start(timeout_s=300)
+        except Exception as exc:
+            summary["amr_server"] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"amr-sd serve did not become ready: {exc}")
+        else:
+            summary["amr_server"] = {"startup_s": time.monotonic() - t0, "log": str(server.log_path)}
+            print(f"amr-sd serve ready in {summary['amr_server']['startup_s']:.0f} s", flush=True)
+            try:
+                if "scaling" in args.only:
+                    part("scaling", lambda: scaling.run(args.out, server.base_url, server.pid,
+                                                        args.quick, _engine_scoring_tok_s(sweep)),
+                         scaling.print_table)
+                if "peer" in args.only:
+                    part("peer_trl", lambda: peer_trl.run(args.out, server.base_url, args.quick),
+                         peer_trl.print_table)
+            finally:
+                summary["amr_server"]["exit_code"] = server.stop()
+
+    summary["wall_s"] = time.monotonic() - began
+    if sweep:
+        summary["engine"] = sweep["summary"]
+    report.write_json(args.out / "summary.json", summary)
+    print(f"\n==== summary ({'quick' if args.quick else 'full'} run, {summary['wall_s']:.0f} s; "
+          f"{summary['machine']['cpu_model']}, {len(summary['machine']['cpus'])} CPUs) ====")
+    for printer, data in printers:
+        print()
+        printer(data)
+    failed = [n for n, p in summary["parts"].items() if "error" in p]
+    if failed or "error" in summary.get("amr_server", {}):
+        print(f"\nfailed: {', '.join(failed) or 'amr-sd serve'}; see {args.out / 'summary.json'}")
+        return 1
+    print(f"\nJSON and PNG files under {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

