@@ -296,7 +296,10 @@ class Scorer:
     async def _group(self, run: "_Run", g: int,
                      on_group: Callable[[int, ScoredGroup], Awaitable[None]] | None) -> None:
         work = run.plan.groups[g]
-        await asyncio.gather(*(self._reflect(run, w) for w in work if w.kind and not w.settled))
+        # Not gather: a failed writer must cancel its siblings, or their engine work outlives
+        # the request.
+        await _all_or_first_error([asyncio.ensure_future(self._reflect(run, w))
+                                   for w in work if w.kind and not w.settled])
         run.reflect_s = max(run.reflect_s, time.perf_counter())
         await self._rescore(run, [w for w in work if w.kind and w.accepted_text is not None])
         run.scored[g] = await asyncio.to_thread(self._scored_group, run.plan, work, run.returns)
@@ -569,6 +572,8 @@ class _Coalescer:
 async def _all_or_first_error(tasks: list[asyncio.Future]) -> None:
     """Wait for every task; on the first failure (or our own cancellation) cancel the rest and
     wait for them, so no engine work outlives the request, then raise that failure."""
+    if not tasks:
+        return
     try:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     except asyncio.CancelledError:

@@ -243,3 +243,35 @@ def test_std_eps_sets_the_epsilon_of_the_base_advantage(scorer):
     a = 0.5 / (std + 1e-4)
     assert base == pytest.approx([a, -a, -a, a], rel=1e-12)
     assert base[0] == pytest.approx(0.8658754, abs=1e-7)
+
+
+class OneWriterFails(NoCallEngine):
+    """The first writer fails at once; every other waits until cancelled."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer)
+        self.calls = 0
+        self.waiting = 0
+        self.cancelled = 0
+
+    async def generate(self, prompts, params, adapter=None):
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.sleep(0.05)
+            raise RuntimeError("engine failed this writer")
+        self.waiting += 1
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+def test_a_failed_writer_cancels_every_other_engine_call_of_the_request(tokenizer):
+    # Two mixed groups: four writers in flight; the first one's failure must leave none running.
+    engine = OneWriterFails(tokenizer)
+    req = request(group([1.0, 0.0]), group([0.0, 1.0]), step=0)
+    with pytest.raises(RuntimeError, match="engine failed"):
+        asyncio.run(Scorer(engine).score(req))
+    assert engine.calls == 4 and engine.waiting == 3
+    assert engine.cancelled == engine.waiting
