@@ -56,8 +56,8 @@ GREEDY = {"max_retries": 0, "max_reflection_tokens": 32}
 # Measured on a 2-core, 24 GiB CPU machine in bf16 with a 10 % share of RAM for the KV cache:
 # 3.73 GiB once ready, 3.79 GiB at the sampled peak of the load (+66 MiB), 3.82 GiB summed VmHWM.
 # The defaults for a CPU without native bf16 (float32 weights, a fixed 2 GiB KV cache) plus the
-# math-verify worker process raised it: `make bench`'s scaling part sampled 4.9-5.05 GiB on an AVX2
-# EPYC, and the old 5 GiB bound failed there. The bounds leave room for that and allocator noise,
+# math-verify worker process raised it: on an AVX2 EPYC, 4.90 GiB once ready, 5.04 GiB sampled peak,
+# 5.06 GiB summed VmHWM, and the old 5 GiB bound failed there. The bounds leave room for that and allocator noise,
 # not for memory held per request (the growth bound below).
 PEAK_RSS_BOUND_GIB = 6.5
 LOAD_GROWTH_BOUND_MIB = 512
