@@ -220,7 +220,7 @@ def run(out_dir: Path, quick: bool = False) -> dict:
 
     sizes = QUICK if quick else FULL
     log_dir = out_dir / "logs" / "engine_sweep"
-    all_cores = host.cpu_list(host.usable_cpus())
+    all_cores = host.cpu_list(tuple(host.usable_cpus()))
     bindings = ("auto", "0", all_cores) if len(host.usable_cpus()) > 1 else ("auto", "0")
     default = EngineSettings.for_device("cpu")
     default_config = Config("vllm", default.dtype, default.cpu_threads_bind,

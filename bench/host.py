@@ -12,39 +12,15 @@ import platform
 import shutil
 import subprocess
 
+# The service's own reading of the CPU, so the bench records what the defaults were chosen from.
+from amr_sd.engine.machine import cpu_list, read_cpu
+
 # Flags that decide which dtype and kernels are fast on a CPU; the full list is kept too.
 KEY_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "fma")
 
 
-def cpu_list(cpus: list[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2,5", the CPU-list syntax of VLLM_CPU_OMP_THREADS_BIND."""
-    parts, start = [], None
-    for i, c in enumerate(cpus):
-        start = c if start is None else start
-        if i + 1 == len(cpus) or cpus[i + 1] != c + 1:
-            parts.append(str(start) if start == c else f"{start}-{c}")
-            start = None
-    return ",".join(parts)
-
-
 def usable_cpus() -> list[int]:
-    return sorted(os.sched_getaffinity(0))
-
-
-def _cpuinfo() -> tuple[str, list[str]]:
-    model, flags = "unknown", []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model == "unknown":
-                    model = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = value.split()
-    except OSError:
-        pass
-    return model, flags
+    return list(read_cpu().cpus)
 
 
 def _lscpu_model() -> str | None:
@@ -65,13 +41,13 @@ def _version(dist: str) -> str | None:
 
 
 def describe() -> dict:
-    model, flags = _cpuinfo()
-    cpus = usable_cpus()
+    info = read_cpu()
+    model, flags, cpus = info.model_name, sorted(info.flags), list(info.cpus)
     return {
         "cpu_model": model,
         "lscpu_model_name": _lscpu_model(),
         "cpus": cpus,
-        "cpu_list": cpu_list(cpus),
+        "cpu_list": cpu_list(info.cpus),
         "key_flags": {f: f in flags for f in KEY_FLAGS},
         "flags": flags,
         "load_average": os.getloadavg(),
