@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from amr_client.schemas import Group, ReturnSwitches, ScoreRequest, ScoringConfig
+from amr_sd import mathcheck
 from amr_sd.engine.base import ENGINE_FLAGS
 from amr_sd.engine.models import EMBEDDED_MODEL
 from amr_sd.errors import AmrError, InvalidRequest, from_validation_error
@@ -111,6 +112,7 @@ async def _score(args, groups: list[Group], line_numbers: list[int], config: Sco
         return totals
     finally:
         await engine.close()
+        mathcheck.close()
 
 
 def _located(exc: InvalidRequest, line_numbers: list[int], path: Path) -> InputError:

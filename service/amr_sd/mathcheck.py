@@ -71,7 +71,9 @@ def equal_in_worker(answer: str, candidates: list[str]) -> bool:
 
 
 def close() -> None:
+    """Stop the worker cleanly; a killed one leaves semaphores for the resource tracker to report."""
+    global _pool
     with _lock:
-        pool = _pool
+        pool, _pool = _pool, None
     if pool is not None:
-        _discard(pool)
+        pool.shutdown(wait=True, cancel_futures=True)

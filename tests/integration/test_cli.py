@@ -40,6 +40,8 @@ def test_score_writes_one_aligned_scored_group_per_line(tmp_path):
             assert all(math.copysign(1, a) == math.copysign(1, base) for a in r_out["advantages"])
             if r_out["reflection"]["accepted"]:
                 assert len(r_out["cig"]) == len(r_out["teacher_logprobs"]) == len(r_in["token_ids"])
+    # The summary is the last line: vLLM's processes exit before it, none killed, nothing leaked.
+    assert "force killing" not in proc.stderr and "leaked" not in proc.stderr, proc.stderr[-2000:]
     summary = json.loads(proc.stderr.strip().splitlines()[-1])
     assert summary["groups"] == 3 and 0.0 <= summary["acceptance_rate"] <= 1.0
 

@@ -42,6 +42,7 @@ from amr_sd.config import Settings
 from amr_sd.engine import create_engine
 from amr_sd.errors import (AmrError, DeadlineExceeded, Draining, EngineDead, InvalidRequest,
                            NotAcceptable, Overloaded, PayloadTooLarge, ServiceNotReady, field_path)
+from amr_sd import mathcheck
 from amr_sd.metrics import Metrics
 from amr_sd.policy import PolicyManager
 from amr_sd.scorer import Scorer
@@ -191,6 +192,7 @@ def create_app(settings: Settings | None = None, engine_factory: Callable | None
                     await closable.close()
             with contextlib.suppress(Exception):
                 await (await creating).close()
+            await asyncio.to_thread(mathcheck.close)
 
     app = FastAPI(title="amr-sd", version="0.1.0", lifespan=lifespan,
                   description="AMR-SD token-level credit assignment for LLM reinforcement learning.")

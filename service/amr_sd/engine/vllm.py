@@ -20,6 +20,9 @@ from amr_sd.engine.base import Adapter, EngineSettings, Generation, GenerationPa
 from amr_sd.engine.models import resolve_model
 from amr_sd.errors import EngineDead, EngineFailure, InvalidRequest
 
+# How long close() lets vLLM's processes exit on their own before it kills them.
+SHUTDOWN_TIMEOUT_S = 60.0
+
 
 class VLLMEngine:
     supports_seed: bool
@@ -220,7 +223,10 @@ class VLLMEngine:
     async def close(self) -> None:
         llm, self._llm = self._llm, None
         if llm is not None:
-            llm.shutdown()
+            # vLLM's own 5 s bound is shorter than its CPU worker needs to exit (7-8 s seen on a
+            # 2-core EPYC); a forced kill then leaks the worker's semaphores, and Python's
+            # resource tracker reports them on stderr after the program's last line.
+            llm.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
             # AsyncLLM.__del__ calls shutdown() again at interpreter exit, when vLLM's module
             # globals are already gone (a TypeError on stderr); once is enough.
             llm.shutdown = lambda timeout=None: None
