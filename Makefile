@@ -11,7 +11,7 @@ STEP   ?= 0
 VERL_VENV  ?= .venv-verl
 VERL_STAMP := $(VERL_VENV)/.amr-sd-setup
 
-.PHONY: setup setup-verl test test-unit test-integration demo bench bench-quick trl-example serve examples openapi clean
+.PHONY: setup setup-verl test test-unit test-integration demo bench bench-quick trl-example serve examples openapi proto clean
 
 setup: $(STAMP)
 
@@ -68,13 +68,19 @@ trl-example: setup
 	mkdir -p build
 	$(BIN)/python examples/trl_grpo_amrsd.py --compare-grpo
 
-# The HTTP service on the embedded model, in the foreground (Ctrl-C stops it). AMR_* settings apply.
+# The service on the embedded model, HTTP on 8000 and gRPC on 50051, in the foreground (Ctrl-C
+# stops it). AMR_* settings apply.
 serve: setup
-	$(BIN)/amr-sd serve
+	$(BIN)/amr-sd serve --grpc-port $${AMR_GRPC_PORT:-50051}
 
 # Regenerate openapi.yaml from the app (a test fails when it is out of date).
 openapi: setup
 	$(BIN)/amr-sd openapi > openapi.yaml
+
+# Regenerate the gRPC code from proto/amr_sd/v1/scoring.proto (a test fails when it is stale).
+proto: setup
+	$(BIN)/python -m grpc_tools.protoc -Iamr_client/v1=proto/amr_sd/v1 --python_out=client \
+		--grpc_python_out=client --pyi_out=client proto/amr_sd/v1/scoring.proto
 
 # Regenerate examples/data/groups.jsonl from the embedded model (about a minute).
 examples: setup

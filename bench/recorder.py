@@ -64,6 +64,7 @@ def main() -> None:
     from amr_sd.api.server import DrainingServer
     from amr_sd.config import Settings
     from amr_sd.engine import create_engine
+    from amr_sd.runtime import Runtime
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
@@ -77,10 +78,10 @@ def main() -> None:
         holder["engine"] = RecordingEngine(create_engine(s.engine, s.model, s.engine_settings()))
         return holder["engine"]
 
-    app = create_app(settings, engine_factory=factory)
-    config = uvicorn.Config(app, host="127.0.0.1", port=args.port, workers=1, log_level="warning",
-                            timeout_graceful_shutdown=5)
-    server = DrainingServer(config, app, settings.drain_timeout_s)
+    runtime = Runtime(settings, engine_factory=factory)
+    config = uvicorn.Config(create_app(runtime), host="127.0.0.1", port=args.port, workers=1,
+                            log_level="warning", timeout_graceful_shutdown=5)
+    server = DrainingServer(config, runtime, settings.drain_timeout_s)
     lag: list = []
 
     async def serve():

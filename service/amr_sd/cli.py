@@ -229,7 +229,7 @@ def cmd_config_doc(args) -> int:
     return 0
 
 
-SERVE_FLAGS = ("model", "engine", "host", "port", "redis_url", "max_pending_sequences",
+SERVE_FLAGS = ("model", "engine", "host", "port", "grpc_port", "redis_url", "max_pending_sequences",
                "max_pending_tokens", "request_timeout_s", "drain_timeout_s", "policy_root",
                "policy_version", "policy_wait_s", "lora_modules")
 EXIT_ENGINE_DEAD = 3
@@ -243,6 +243,7 @@ def cmd_serve(args) -> int:
     from amr_sd.api.http import create_app
     from amr_sd.api.server import DrainingServer
     from amr_sd.config import Settings
+    from amr_sd.runtime import Phase, Runtime
 
     flags = {name: getattr(args, name) for name in (*SERVE_FLAGS, *ENGINE_FLAGS)
              if getattr(args, name) is not None}
@@ -253,13 +254,13 @@ def cmd_serve(args) -> int:
         print(f"amr-sd serve: {err.field}: {err.message}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = create_app(settings)
+    runtime = Runtime(settings)
     # One worker: the engine lives in this process; scale with replicas, not workers.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1,
+    config = uvicorn.Config(create_app(runtime), host=settings.host, port=settings.port, workers=1,
                             log_level="warning", timeout_graceful_shutdown=5)
-    server = DrainingServer(config, app, settings.drain_timeout_s)
+    server = DrainingServer(config, runtime, settings.drain_timeout_s, grpc_port=settings.grpc_port)
     server.run()
-    return EXIT_ENGINE_DEAD if app.state.engine_dead else 0
+    return EXIT_ENGINE_DEAD if runtime.phase is Phase.ENGINE_DEAD else 0
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -311,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP service (AMR_* environment variables too)")
     serve.add_argument("--host", help="listen address (default 127.0.0.1; 0.0.0.0 exposes it)")
     serve.add_argument("--port", type=int, help="default 8000")
+    serve.add_argument("--grpc-port", type=int,
+                       help="serve gRPC (amr_sd.v1) too, on this port (default: HTTP only)")
     serve.add_argument("--model", help=f"embedded name, local HF folder or hub id (default {EMBEDDED_MODEL})")
     serve.add_argument("--engine", choices=("vllm", "hf"))
     serve.add_argument("--redis-url", help="reflection cache, e.g. redis://127.0.0.1:6379/0 (default in-process)")

@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     # Loopback by default: exposing a scoring engine is a deliberate choice (--host 0.0.0.0).
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int | None = Field(None, ge=1, le=65535,
+                                  description="Serve gRPC too, on this port (same host, same engine).")
     redis_url: str | None = Field(None, description="Reflection cache; absent -> in-process LRU.")
     cache_ttl_s: float = Field(86400.0, gt=0, description="Lifetime of a cached reflection.")
     cache_max_entries: int = Field(100_000, ge=1, description="In-process cache size.")

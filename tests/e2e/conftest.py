@@ -5,7 +5,8 @@
 only once /readyz answers 200. On exit both send SIGTERM, wait, and then stop by pid any process
 the server started that outlived it (a killed EngineCore leaves its worker behind for a moment).
 `amr_server` is one shared server for the session (memory cache) for the tests that only need a
-service to talk to, such as the trainer integrations. `policy_server` is one with LoRA, a policy
+service to talk to, such as the trainer integrations; `shared_server` is the same process with
+its gRPC address too. `policy_server` is one with LoRA, a policy
 root full of test checkpoints (policy_assets.py) and an API key, for the policy-sync tests.
 """
 
@@ -113,10 +114,23 @@ def launch_server():
     return start_server
 
 
+@dataclass
+class SharedServer:
+    base_url: str
+    grpc_target: str  # the same process's gRPC port: one runtime, one engine
+
+
 @pytest.fixture(scope="session")
-def amr_server(tmp_path_factory) -> Iterator[str]:
-    with start_server(tmp_path_factory.mktemp("amr_server") / "server.log") as server:
-        yield server.base_url
+def shared_server(tmp_path_factory) -> Iterator[SharedServer]:
+    grpc_port = free_port()
+    with start_server(tmp_path_factory.mktemp("amr_server") / "server.log",
+                      "--grpc-port", str(grpc_port)) as server:
+        yield SharedServer(server.base_url, f"127.0.0.1:{grpc_port}")
+
+
+@pytest.fixture(scope="session")
+def amr_server(shared_server) -> str:
+    return shared_server.base_url
 
 
 POLICY_KEY = "policy-test-key"

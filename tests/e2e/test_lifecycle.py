@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 
+import grpc
 import httpx
 import psutil
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 
 pytestmark = pytest.mark.e2e
 
@@ -207,10 +211,38 @@ def test_a_killed_engine_makes_score_and_readyz_503_and_the_process_exit_3(watch
 # ---------------------------------------------------------------------------------------------
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def grpc_health(target: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service="amr_sd.v1.Scoring"), timeout=5).status
+
+
+def grpc_score_code(target: str) -> grpc.StatusCode:
+    from amr_client.grpc_codec import fill
+    from amr_client.v1 import scoring_pb2 as pb, scoring_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            pb_grpc.ScoringStub(channel).Score(fill(pb.ScoreRequest(), CHEAP), timeout=30)
+        except grpc.RpcError as err:
+            return err.code()
+    return grpc.StatusCode.OK
+
+
 def test_sigterm_refuses_new_work_finishes_in_flight_requests_and_exits_0(tmp_path, spawn,
                                                                          example_groups):
-    with spawn(tmp_path / "server.log", env={"AMR_DRAIN_TIMEOUT_S": "60"}) as server:
+    grpc_port = free_port()
+    target = f"127.0.0.1:{grpc_port}"
+    with spawn(tmp_path / "server.log", "--grpc-port", str(grpc_port),
+               env={"AMR_DRAIN_TIMEOUT_S": "60"}) as server:
         watch_until_ready(server)
+        assert grpc_health(target) == health_pb2.HealthCheckResponse.SERVING
         in_flight = [in_background(lambda k=k: slow_score(server.base_url, example_groups[k:k + 2]))
                      for k in (10, 12)]
         wait_until(lambda: metric(server.base_url, "amr_sd_pending_sequences") == 16)
@@ -222,6 +254,8 @@ def test_sigterm_refuses_new_work_finishes_in_flight_requests_and_exits_0(tmp_pa
         new = httpx.post(f"{server.base_url}/v1/score", json=CHEAP)
         assert new.status_code == 503 and new.json()["error"]["type"] == "draining"
         assert int(new.headers["Retry-After"]) >= 1
+        assert grpc_score_code(target) is grpc.StatusCode.UNAVAILABLE
+        wait_until(lambda: grpc_health(target) == health_pb2.HealthCheckResponse.NOT_SERVING, 5)
 
         for thread, result in in_flight:
             thread.join(timeout=120)
@@ -231,3 +265,17 @@ def test_sigterm_refuses_new_work_finishes_in_flight_requests_and_exits_0(tmp_pa
         print(f"\nSIGTERM: in-flight requests answered and exit {returncode} "
               f"{time.monotonic() - signalled_at:.1f} s after the signal")
         assert returncode == 0, server.log_tail()
+
+
+def test_a_request_still_running_at_the_drain_timeout_gets_503_draining_and_exit_0(
+        tmp_path, spawn, example_groups):
+    with spawn(tmp_path / "server.log", env={"AMR_DRAIN_TIMEOUT_S": "2"}) as server:
+        watch_until_ready(server)
+        thread, result = in_background(lambda: slow_score(server.base_url, example_groups[14:16]))
+        wait_until(lambda: metric(server.base_url, "amr_sd_pending_sequences") == 8)
+        server.proc.send_signal(signal.SIGTERM)
+        thread.join(timeout=60)
+        answer = result["value"]
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["type"] == "draining" and int(answer.headers["Retry-After"]) >= 1
+        assert server.proc.wait(timeout=60) == 0, server.log_tail()

@@ -8,7 +8,7 @@ import pytest
 
 from amr_sd.api.admission import Admission
 from amr_sd.api.auth import check_bearer
-from amr_sd.api.http import _timeout_s
+from amr_sd.api.http_common import request_timeout
 from amr_sd.api.idempotency import MemoryStore, Stored, scoped_key
 from amr_sd.config import Settings
 from amr_sd.errors import Conflict, Forbidden, InvalidRequest, Overloaded, PayloadTooLarge, Unauthenticated
@@ -158,12 +158,12 @@ def test_api_keys_come_comma_separated_and_stay_secret():
 
 def test_the_deadline_defaults_to_the_setting_and_takes_the_header():
     settings = Settings(request_timeout_s=600, max_request_timeout_s=3600)
-    assert _timeout_s(None, settings) == 600
-    assert _timeout_s("2.5", settings) == 2.5
+    assert request_timeout(None, settings) == 600
+    assert request_timeout("2.5", settings) == 2.5
 
 
 @pytest.mark.parametrize("header", ["abc", "0", "-1", "nan", "3601", "inf"])
 def test_a_bad_deadline_header_is_422_naming_it(header):
     with pytest.raises(InvalidRequest) as err:
-        _timeout_s(header, Settings(max_request_timeout_s=3600))
+        request_timeout(header, Settings(max_request_timeout_s=3600))
     assert err.value.field == "X-Request-Timeout"

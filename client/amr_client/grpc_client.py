@@ -1,0 +1,636 @@
+"""`AMRGrpcClient` and `AsyncAMRGrpcClient`: the HTTP clients' methods over gRPC (amr_sd.v1).
+
+Same arguments, results, exceptions and retries as `AMRClient` / `AsyncAMRClient`; only the
+transport differs. Needs the gRPC extra: `pip install "amr-sd[grpc]"`.
+
+    from amr_client import AMRGrpcClient
+
+    with AMRGrpcClient("scorer:50051", api_key=key) as client:
+        result = client.score(groups, step=global_step)
+        advantages, mask = result.advantages_padded()
+
+        for index, group in client.score_stream(groups, step=global_step):
+            ...                              # completion order; index = position in `groups`
+
+Requests are built and validated by the same code as over HTTP (`build_score_body`), then
+converted to protobuf by `grpc_codec`; answers are validated by the same pydantic models. A gRPC
+error from the server carries its HTTP status in a google.rpc.ErrorInfo, so it is turned into a
+synthetic HTTP response and mapped by `make_status_error`, the one status -> exception map.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+try:
+    import grpc
+    import grpc.aio
+    from google.protobuf.message import DecodeError
+    from google.rpc import error_details_pb2
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_status import rpc_status
+
+    from amr_client.grpc_codec import fill, to_dict
+    from amr_client.v1 import scoring_pb2 as pb
+    from amr_client.v1 import scoring_pb2_grpc as pb_grpc
+except ImportError as exc:
+    raise ImportError('the amr-sd gRPC client needs grpcio, grpcio-status, grpcio-health-checking '
+                      'and protobuf: pip install "amr-sd[grpc]"') from exc
+
+from amr_client._base import (
+    DEFAULT_MAX_RETRIES,
+    NOT_GIVEN,
+    NotGiven,
+    build_policy_body,
+    build_score_body,
+    check_max_retries,
+    make_status_error,
+    new_idempotency_key,
+    next_retry_delay,
+)
+from amr_client._exceptions import APIConnectionError, APIStatusError, APITimeoutError
+from amr_client.results import ScoreResult
+from amr_client.schemas import (Group, PolicyRef, PolicyStatus, ReturnSwitches, ScoredGroup,
+                                ScoreResponse, ScoringConfig, StreamedEnd)
+from amr_client.streams import AsyncScoreStream, Progress, ScoreStream, progress_reporter
+
+__all__ = ["AMRGrpcClient", "AsyncAMRGrpcClient"]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+# Per try, for the whole call: scoring a large batch on a CPU engine takes minutes.
+DEFAULT_TIMEOUT_S = 600.0
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Scoring"].full_name  # "amr_sd.v1.Scoring"
+ERROR_DOMAIN = "amr-sd"
+
+CHANNEL_OPTIONS = (
+    # An answer holds up to four float arrays per token, far beyond gRPC's 4 MiB default; the
+    # server bounds what it sends, so the client need not bound it again.
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+)
+
+# The HTTP status of a gRPC failure that carries no amr-sd details (a proxy, or gRPC itself):
+# google.rpc.Code's documented HTTP mapping, except RESOURCE_EXHAUSTED. Without details that is
+# gRPC's own message-size limit (the server's receive bound is its body cap), so it is a 413,
+# which is not retried, rather than an overload (429), which is.
+_HTTP_STATUS_OF_CODE = {
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+# ready(): the server answers the probe but is not (yet) serving. NOT_FOUND is what the health
+# service says in the moment between the server starting and it registering its status.
+_NOT_READY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                              grpc.StatusCode.NOT_FOUND})
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------
+
+
+def check_target(target: str) -> str:
+    if not isinstance(target, str) or not target.strip():
+        raise ValueError(f"target must be a gRPC address such as {DEFAULT_TARGET!r}, got {target!r}")
+    if target.lower().startswith(("http://", "https://")):
+        # gRPC targets have no http scheme; the HTTP client takes URLs, this one host:port.
+        raise ValueError(f"target is a gRPC address such as {DEFAULT_TARGET!r}, not a URL; got "
+                         f"{target!r} (use AMRClient for the HTTP API)")
+    return target
+
+
+def check_grpc_timeout(timeout: float) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout is the gRPC deadline of one try, in seconds (a number > 0, e.g. "
+                         f"{DEFAULT_TIMEOUT_S}); got {timeout!r}")
+    return float(timeout)
+
+
+def check_api_key(api_key: str | None) -> str | None:
+    if api_key is not None and not isinstance(api_key, str):
+        raise TypeError(f"api_key must be a str or None, got {type(api_key).__name__}")
+    return api_key
+
+
+# --------------------------------------------------------------------------------------------
+# Messages
+# --------------------------------------------------------------------------------------------
+
+
+def score_request(body: Mapping[str, Any]) -> pb.ScoreRequest:
+    """The ScoreRequest message of an HTTP score body (`build_score_body`)."""
+    fields = dict(body)
+    if "return" in fields:  # `return` is a Python keyword, so the proto field is `returns`
+        fields["returns"] = fields.pop("return")
+    return fill(pb.ScoreRequest(), fields)
+
+
+def _validate(model: type[BaseModel], data: dict[str, Any], request_id: str | None = None):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        # As over HTTP: a successful answer that breaks the contract is a version mismatch.
+        headers = {"x-request-id": request_id} if request_id else {}
+        raise APIStatusError(f"response is not a {model.__name__}: {exc}",
+                             response=httpx.Response(200, headers=headers), body=data,
+                             type="invalid_response") from exc
+
+
+def _request_id(metadata) -> str | None:
+    for key, value in metadata or ():
+        if key == "x-request-id":
+            return value
+    return None
+
+
+class _GroupCollector:
+    """The messages of a ScoreStream call, as `StreamAssembler` reads HTTP's NDJSON lines.
+
+    `feed` returns each group the first time it arrives (a retried stream sends finished groups
+    again; they are not passed on twice) and `result` builds the ScoreResult a unary call gives.
+    """
+
+    def __init__(self, n_groups: int):
+        self.n_groups = n_groups
+        self.groups: dict[int, ScoredGroup] = {}
+        self.end: StreamedEnd | None = None
+
+    def feed(self, message: pb.ScoreStreamMessage) -> tuple[int, ScoredGroup] | None:
+        kind = message.WhichOneof("kind")
+        if kind == "end":
+            self.end = _validate(StreamedEnd, to_dict(message.end))
+            return None
+        if kind != "group":  # a kind newer than this client: nothing it needs
+            return None
+        index = message.group.index
+        if index in self.groups or not 0 <= index < self.n_groups:
+            return None
+        group = _validate(ScoredGroup, to_dict(message.group.group))
+        self.groups[index] = group
+        return index, group
+
+    def result(self, request_id: str | None) -> ScoreResult:
+        missing = [g for g in range(self.n_groups) if g not in self.groups]
+        if self.end is None or missing:
+            # A stream cut before its end: a retry (same idempotency key) picks it up.
+            raise APIConnectionError(f"the stream ended early ({len(missing)} groups missing)")
+        fields = self.end.model_dump(exclude={"type"})
+        parsed = ScoreResponse(**fields, groups=[self.groups[g] for g in range(self.n_groups)])
+        return ScoreResult(parsed, request_id=request_id)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+def _details(exc: grpc.RpcError):
+    """The google.rpc.Status in the error's trailers, or None (absent, or not a valid one)."""
+    try:
+        return rpc_status.from_call(exc)
+    except (AttributeError, ValueError, DecodeError):
+        # AttributeError: an RpcError that is not a Call; ValueError: trailers that disagree
+        # with the call's own status. Either way the call's code is all there is.
+        return None
+
+
+def _unpack(status, detail_type):
+    for packed in status.details:
+        if packed.Is(detail_type.DESCRIPTOR):
+            detail = detail_type()
+            packed.Unpack(detail)
+            return detail
+    return None
+
+
+def rpc_error(exc: grpc.RpcError) -> APIConnectionError | APIStatusError:
+    """The exception the HTTP client would raise for the same failure; `exc` is its cause."""
+    error = _map_rpc_error(exc)
+    error.__cause__ = exc
+    return error
+
+
+def _ask(exc: grpc.RpcError, method: str):
+    """`exc.<method>()`, or None: every RpcError a stub raises is also a grpc.Call, but
+    grpc.RpcError itself promises none of the Call methods."""
+    found = getattr(exc, method, None)
+    return found() if callable(found) else None
+
+
+def _map_rpc_error(exc: grpc.RpcError) -> APIConnectionError | APIStatusError:
+    code = _ask(exc, "code") or grpc.StatusCode.UNKNOWN
+    message = _ask(exc, "details") or code.name
+    initial = _ask(exc, "initial_metadata")
+    status = _details(exc)
+    info = _unpack(status, error_details_pb2.ErrorInfo) if status is not None else None
+    headers: dict[str, str] = {}
+    if info is not None and info.domain == ERROR_DOMAIN:
+        try:
+            http_status = int(info.metadata["status"])
+        except (KeyError, ValueError):
+            http_status = _HTTP_STATUS_OF_CODE.get(code, 500)
+        retry = _unpack(status, error_details_pb2.RetryInfo)
+        if retry is not None:
+            seconds = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+            headers["retry-after"] = f"{seconds:g}"
+        request_id = info.metadata.get("request_id") or _request_id(initial)
+        envelope = {"type": info.reason, "message": status.message or message}
+        if info.metadata.get("field"):
+            envelope["field"] = info.metadata["field"]
+    elif code is grpc.StatusCode.UNAVAILABLE:
+        # Nothing from amr-sd: no server there, or the connection dropped (retried).
+        return APIConnectionError(f"Connection error: {code.name}: {message}")
+    elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        # The client's own deadline (`timeout=`); the server's would carry details (a 504).
+        return APITimeoutError(f"Request timed out: {code.name}: {message}")
+    else:
+        http_status = _HTTP_STATUS_OF_CODE.get(code, 500)
+        request_id = _request_id(initial)
+        envelope = {"type": f"grpc_{code.name.lower()}", "message": message}
+    if request_id:
+        headers["x-request-id"] = request_id
+    # APIStatusError reads status, headers and body from an HTTP response, so the gRPC status
+    # is given as the response the HTTP API would have sent.
+    return make_status_error(httpx.Response(http_status, headers=headers, json={"error": envelope}))
+
+
+# --------------------------------------------------------------------------------------------
+# Client state shared by the twins
+# --------------------------------------------------------------------------------------------
+
+
+class _BaseGrpcClient:
+    """Settings of a client; the twins add the channel and the send loops."""
+
+    def __init__(self, target: str, *, api_key: str | None, timeout: float, max_retries: int):
+        self.target = check_target(target)
+        self.api_key = check_api_key(api_key)
+        self.timeout = check_grpc_timeout(timeout)
+        self.max_retries = check_max_retries(max_retries)
+        self._owns_channel = True
+
+    def _metadata(self, idempotency_key: str | None = None) -> tuple[tuple[str, str], ...]:
+        metadata = []
+        if self.api_key is not None:
+            metadata.append(("authorization", f"Bearer {self.api_key}"))
+        if idempotency_key is not None:
+            metadata.append(("idempotency-key", idempotency_key))
+        return tuple(metadata)
+
+    def with_options(self, *, timeout: float | NotGiven = NOT_GIVEN,
+                     max_retries: int | NotGiven = NOT_GIVEN):
+        """A copy with other settings that shares this client's channel.
+
+        Closing the copy leaves the channel open; close the original when done.
+        """
+        clone = copy.copy(self)
+        if not isinstance(timeout, NotGiven):
+            clone.timeout = check_grpc_timeout(timeout)
+        if not isinstance(max_retries, NotGiven):
+            clone.max_retries = check_max_retries(max_retries)
+        clone._owns_channel = False
+        return clone
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(target={self.target!r}, timeout={self.timeout!r}, "
+                f"max_retries={self.max_retries})")
+
+
+def _ready_answer(response: health_pb2.HealthCheckResponse) -> bool:
+    return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _ready_failure(exc: grpc.RpcError) -> bool:
+    """False for a server not reachable or not serving yet; raise for anything else (no health
+    service there, say), which means a wrong target rather than a server warming up."""
+    if _ask(exc, "code") in _NOT_READY_CODES:
+        return False
+    raise rpc_error(exc)
+
+
+# --------------------------------------------------------------------------------------------
+# The blocking client
+# --------------------------------------------------------------------------------------------
+
+
+class AMRGrpcClient(_BaseGrpcClient):
+    """Blocking gRPC client of an amr-sd server; the methods of `AMRClient`.
+
+    Args:
+        target: the server's gRPC address, e.g. "scorer:50051".
+        api_key: sent as `authorization: Bearer <api_key>` metadata when set.
+        timeout: the gRPC deadline of one try, in seconds (a stream's whole duration included).
+        max_retries: extra tries after a connection error, timeout, 408, 429 or 5xx; 0 disables.
+    """
+
+    def __init__(self, target: str = DEFAULT_TARGET, *, api_key: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_S, max_retries: int = DEFAULT_MAX_RETRIES):
+        super().__init__(target, api_key=api_key, timeout=timeout, max_retries=max_retries)
+        self._channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.ScoringStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        # Injectable so tests (and callers with their own scheduler) need not really sleep.
+        self._sleep: Callable[[float], None] = time.sleep
+
+    def score(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
+              config: ScoringConfig | Mapping[str, Any] | None = None,
+              returns: ReturnSwitches | Mapping[str, Any] | None = None,
+              policy: PolicyRef | Mapping[str, Any] | None = None,
+              progress: Progress = False) -> ScoreResult:
+        """Score `groups` at trainer step `step`; see `AMRClient.score` (`progress` too).
+
+        Raises pydantic's ValidationError for a bad request before sending it.
+        """
+        body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
+        if progress:
+            stream = self._stream(body)
+            with progress_reporter(progress, len(body["groups"])) as tick:
+                for _ in stream:
+                    tick()
+            return stream.result
+        response, request_id = self._unary(self._stub.Score, score_request(body),
+                                           new_idempotency_key())
+        return ScoreResult(_validate(ScoreResponse, to_dict(response), request_id),
+                           request_id=request_id)
+
+    def score_stream(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
+                     config: ScoringConfig | Mapping[str, Any] | None = None,
+                     returns: ReturnSwitches | Mapping[str, Any] | None = None,
+                     policy: PolicyRef | Mapping[str, Any] | None = None) -> ScoreStream:
+        """Like `score`, but each group arrives as soon as it is scored:
+
+            stream = client.score_stream(groups, step=step)
+            for index, group in stream:      # completion order; index = position in `groups`
+                ...
+            result = stream.result           # the same ScoreResult `score` returns
+
+        Retried like `score` (same idempotency key); a group is never passed on twice.
+        """
+        return self._stream(build_score_body(groups, step=step, config=config, returns=returns,
+                                             policy=policy))
+
+    def _stream(self, body: dict[str, Any]) -> ScoreStream:
+        stream = ScoreStream()
+        stream._items = self._stream_items(score_request(body), len(body["groups"]), stream)
+        return stream
+
+    def _stream_items(self, request: pb.ScoreRequest, n_groups: int, stream: ScoreStream):
+        metadata = self._metadata(new_idempotency_key())
+        collector = _GroupCollector(n_groups)
+        attempt = 0
+        while True:
+            error: APIConnectionError | APIStatusError
+            call = self._stub.ScoreStream(request, metadata=metadata, timeout=self.timeout)
+            try:
+                for message in call:
+                    item = collector.feed(message)
+                    if item is not None:
+                        yield item
+                stream.result = collector.result(_request_id(call.initial_metadata()))
+                return
+            except grpc.RpcError as exc:
+                error = rpc_error(exc)
+            except (APIConnectionError, APIStatusError) as exc:
+                error = exc
+            finally:
+                # A caller leaving the loop early must not leave the server scoring for nobody.
+                call.cancel()
+            delay = next_retry_delay(error, attempt, self.max_retries)
+            if delay is None:
+                raise error
+            self._sleep(delay)
+            attempt += 1
+
+    def info(self) -> dict[str, Any]:
+        """GetInfo: model, model_path, policy_version, engine, limits, defaults (absent: None)."""
+        response, _ = self._unary(self._stub.GetInfo, pb.GetInfoRequest())
+        return to_dict(response, absent_as_none=True)
+
+    def set_policy(self, path: str, version: str) -> PolicyStatus:
+        """SetPolicy: load the full weights in `path` as `version`; see `AMRClient.set_policy`."""
+        request = fill(pb.PolicyUpdate(), build_policy_body(path, version))
+        response, request_id = self._unary(self._stub.SetPolicy, request)
+        return _validate(PolicyStatus, to_dict(response), request_id)
+
+    def get_policy(self) -> PolicyStatus:
+        """GetPolicy: the full-weight version in service and the adapters loaded."""
+        response, request_id = self._unary(self._stub.GetPolicy, pb.GetPolicyRequest())
+        return _validate(PolicyStatus, to_dict(response), request_id)
+
+    def ready(self) -> bool:
+        """True when the server is ready to score (grpc.health.v1 says SERVING for
+        amr_sd.v1.Scoring); False when it is not serving or cannot be reached.
+
+        Not retried: a probe answers about now. Other failures (no health service at `target`)
+        raise, since they mean a wrong target rather than a server still warming up.
+        """
+        try:
+            response = self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE),
+                                          metadata=self._metadata(), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            return _ready_failure(exc)
+        return _ready_answer(response)
+
+    def close(self) -> None:
+        """Close the channel, unless this client is a `with_options` copy."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> AMRGrpcClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _unary(self, rpc, request, idempotency_key: str | None = None):
+        """`(response, request_id)` of a unary call, retried as `AMRClient._send` retries."""
+        metadata = self._metadata(idempotency_key)
+        attempt = 0
+        while True:
+            try:
+                response, call = rpc.with_call(request, metadata=metadata, timeout=self.timeout)
+                return response, _request_id(call.initial_metadata())
+            except grpc.RpcError as exc:
+                error = rpc_error(exc)
+            delay = next_retry_delay(error, attempt, self.max_retries)
+            if delay is None:
+                raise error
+            self._sleep(delay)
+            attempt += 1
+
+
+# --------------------------------------------------------------------------------------------
+# The async client
+# --------------------------------------------------------------------------------------------
+
+
+class _AioChannel:
+    """A grpc.aio channel opened on first use: it binds to the event loop it is created on, so
+    it cannot be made in `__init__`, which may run before the loop (or on another one)."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.channel: grpc.aio.Channel | None = None
+        self.stub = self.health = None
+
+    def open(self) -> _AioChannel:
+        if self.channel is None:
+            self.channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+            self.stub = pb_grpc.ScoringStub(self.channel)
+            self.health = health_pb2_grpc.HealthStub(self.channel)
+        return self
+
+    async def close(self) -> None:
+        if self.channel is not None:
+            channel, self.channel = self.channel, None
+            await channel.close()
+
+
+class AsyncAMRGrpcClient(_BaseGrpcClient):
+    """Async gRPC client of an amr-sd server; the arguments of `AMRGrpcClient`, the methods of
+    `AsyncAMRClient`. Use it on one event loop: its channel binds to the loop of its first call.
+    """
+
+    def __init__(self, target: str = DEFAULT_TARGET, *, api_key: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_S, max_retries: int = DEFAULT_MAX_RETRIES):
+        super().__init__(target, api_key=api_key, timeout=timeout, max_retries=max_retries)
+        self._aio = _AioChannel(self.target)  # shared with `with_options` copies
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    async def score(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
+                    config: ScoringConfig | Mapping[str, Any] | None = None,
+                    returns: ReturnSwitches | Mapping[str, Any] | None = None,
+                    policy: PolicyRef | Mapping[str, Any] | None = None,
+                    progress: Progress = False) -> ScoreResult:
+        """Score `groups` at trainer step `step`; see `AMRClient.score` (`progress` too)."""
+        body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
+        if progress:
+            stream = self._stream(body)
+            with progress_reporter(progress, len(body["groups"])) as tick:
+                async for _ in stream:
+                    tick()
+            return stream.result
+        response, request_id = await self._unary("Score", score_request(body),
+                                                 new_idempotency_key())
+        return ScoreResult(_validate(ScoreResponse, to_dict(response), request_id),
+                           request_id=request_id)
+
+    def score_stream(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
+                     config: ScoringConfig | Mapping[str, Any] | None = None,
+                     returns: ReturnSwitches | Mapping[str, Any] | None = None,
+                     policy: PolicyRef | Mapping[str, Any] | None = None) -> AsyncScoreStream:
+        """`AMRGrpcClient.score_stream`, iterated with `async for`; `.result` after the loop."""
+        return self._stream(build_score_body(groups, step=step, config=config, returns=returns,
+                                             policy=policy))
+
+    def _stream(self, body: dict[str, Any]) -> AsyncScoreStream:
+        stream = AsyncScoreStream()
+        stream._items = self._stream_items(score_request(body), len(body["groups"]), stream)
+        return stream
+
+    async def _stream_items(self, request: pb.ScoreRequest, n_groups: int,
+                            stream: AsyncScoreStream):
+        metadata = self._metadata(new_idempotency_key())
+        collector = _GroupCollector(n_groups)
+        attempt = 0
+        while True:
+            error: APIConnectionError | APIStatusError
+            call = self._aio.open().stub.ScoreStream(request, metadata=metadata,
+                                                     timeout=self.timeout)
+            try:
+                async for message in call:
+                    item = collector.feed(message)
+                    if item is not None:
+                        yield item
+                stream.result = collector.result(_request_id(await call.initial_metadata()))
+                return
+            except grpc.RpcError as exc:  # grpc.aio.AioRpcError
+                error = rpc_error(exc)
+            except (APIConnectionError, APIStatusError) as exc:
+                error = exc
+            finally:
+                call.cancel()  # see AMRGrpcClient._stream_items
+            delay = next_retry_delay(error, attempt, self.max_retries)
+            if delay is None:
+                raise error
+            await self._sleep(delay)
+            attempt += 1
+
+    async def info(self) -> dict[str, Any]:
+        """GetInfo; see `AMRGrpcClient.info`."""
+        response, _ = await self._unary("GetInfo", pb.GetInfoRequest())
+        return to_dict(response, absent_as_none=True)
+
+    async def set_policy(self, path: str, version: str) -> PolicyStatus:
+        """SetPolicy; see `AMRClient.set_policy`."""
+        request = fill(pb.PolicyUpdate(), build_policy_body(path, version))
+        response, request_id = await self._unary("SetPolicy", request)
+        return _validate(PolicyStatus, to_dict(response), request_id)
+
+    async def get_policy(self) -> PolicyStatus:
+        """GetPolicy; see `AMRGrpcClient.get_policy`."""
+        response, request_id = await self._unary("GetPolicy", pb.GetPolicyRequest())
+        return _validate(PolicyStatus, to_dict(response), request_id)
+
+    async def ready(self) -> bool:
+        """See `AMRGrpcClient.ready`: True only while the server reports SERVING."""
+        try:
+            response = await self._aio.open().health.Check(
+                health_pb2.HealthCheckRequest(service=SERVICE), metadata=self._metadata(),
+                timeout=self.timeout)
+        except grpc.RpcError as exc:
+            return _ready_failure(exc)
+        return _ready_answer(response)
+
+    async def close(self) -> None:
+        """Close the channel, unless this client is a `with_options` copy."""
+        if self._owns_channel:
+            await self._aio.close()
+
+    async def __aenter__(self) -> AsyncAMRGrpcClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _unary(self, method: str, request, idempotency_key: str | None = None):
+        """`(response, request_id)` of a unary call, retried as `AsyncAMRClient._send` retries."""
+        metadata = self._metadata(idempotency_key)
+        attempt = 0
+        while True:
+            try:
+                call = getattr(self._aio.open().stub, method)(request, metadata=metadata,
+                                                              timeout=self.timeout)
+                response = await call
+                return response, _request_id(await call.initial_metadata())
+            except grpc.RpcError as exc:
+                error = rpc_error(exc)
+            delay = next_retry_delay(error, attempt, self.max_retries)
+            if delay is None:
+                raise error
+            await self._sleep(delay)
+            attempt += 1
