@@ -3,7 +3,7 @@
 Parts run one after another, never side by side: on a small CPU two engines at once would
 measure each other. The engine sweep goes first (no server running), then the service-overhead
 part (a recording server, then the replay on a bare engine), then one `amr-sd serve` serves both
-the scaling part and amr-sd's side of the TRL comparison; the TRL server starts after amr-sd has
+the scaling part, the HTTP-vs-gRPC comparison and amr-sd's side of the TRL comparison; the TRL server starts after amr-sd has
 answered its share. A part that fails is recorded and the rest still run.
 """
 
@@ -15,9 +15,10 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import OUT_DIR, encoding, engine_sweep, host, overhead, peer_trl, procs, report, scaling
+from bench import (OUT_DIR, encoding, engine_sweep, host, overhead, peer_trl, procs, report, scaling,
+                   transport)
 
-PARTS = ("encoding", "engine", "overhead", "scaling", "peer")
+PARTS = ("encoding", "engine", "overhead", "scaling", "transport", "peer")
 
 
 def _engine_scoring_tok_s(sweep: dict | None) -> float | None:
@@ -80,8 +81,9 @@ def main() -> int:
     if "overhead" in args.only:
         part("overhead", lambda: overhead.run(args.out, args.quick, _best_batched(sweep)),
              _print_overhead)
-    if "scaling" in args.only or "peer" in args.only:
-        server = procs.amr_server(args.out / "logs")
+    if {"scaling", "transport", "peer"} & set(args.only):
+        grpc_port = procs.free_port()
+        server = procs.amr_server(args.out / "logs", "--grpc-port", str(grpc_port))
         t0 = time.monotonic()
         try:
             server.start(timeout_s=300)
@@ -96,6 +98,10 @@ def main() -> int:
                     part("scaling", lambda: scaling.run(args.out, server.base_url, server.pid,
                                                         args.quick, _engine_scoring_tok_s(sweep)),
                          scaling.print_table)
+                if "transport" in args.only:
+                    part("transport", lambda: transport.run(args.out, server.base_url,
+                                                            f"127.0.0.1:{grpc_port}", args.quick),
+                         transport.print_table)
                 if "peer" in args.only:
                     part("peer_trl", lambda: peer_trl.run(args.out, server.base_url, args.quick),
                          peer_trl.print_table)

@@ -287,3 +287,17 @@ def test_a_cancelled_grpc_stream_aborts_its_engine_work(service, tokenizer):
                     await asyncio.sleep(0.02)
             assert svc.runtime.admission.pending_sequences == 0
     asyncio.run(main())
+
+
+def test_the_request_id_is_echoed_over_both(service, tokenizer):
+    async def main():
+        async with service() as svc:
+            r = await svc.http.post("/v1/score", json=body(tokenizer, step=50), headers={"X-Request-ID": "rid-7"})
+            assert r.headers["x-request-id"] == "rid-7"
+            call = svc.stub.Score(to_proto(body(tokenizer, step=50)), metadata=(("x-request-id", "rid-8"),))
+            await call
+            assert ("x-request-id", "rid-8") in tuple(await call.initial_metadata())
+            generated = svc.stub.Score(to_proto(body(tokenizer, step=50)))
+            await generated
+            assert len(dict(await generated.initial_metadata())["x-request-id"]) == 32
+    asyncio.run(main())
