@@ -4,6 +4,7 @@ engine work, deadlines that abort vLLM's work, health and reflection."""
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
 
@@ -96,7 +97,7 @@ def test_the_same_request_gets_the_same_advantages_over_http_and_grpc(shared_ser
 
 
 def test_an_invalid_field_is_invalid_argument_with_the_http_field_path(shared_server, stub, example_groups):
-    body = request(example_groups[:1])
+    body = request(copy.deepcopy(example_groups[:1]))  # the fixture is the session's: never edit it
     body["groups"][0]["rollouts"][1]["token_ids"] = [5, -3]
     over_http = httpx.post(f"{shared_server.base_url}/v1/score", json=body)
     assert over_http.status_code == 422

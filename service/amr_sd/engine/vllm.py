@@ -22,6 +22,7 @@ from amr_sd.errors import EngineDead, EngineFailure, InvalidRequest
 
 # How long close() lets vLLM's processes exit on their own before it kills them.
 SHUTDOWN_TIMEOUT_S = 60.0
+DEAD_SHUTDOWN_TIMEOUT_S = 5.0
 
 
 class VLLMEngine:
@@ -226,7 +227,8 @@ class VLLMEngine:
             # vLLM's own 5 s bound is shorter than its CPU worker needs to exit (7-8 s seen on a
             # 2-core EPYC); a forced kill then leaks the worker's semaphores, and Python's
             # resource tracker reports them on stderr after the program's last line.
-            llm.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
+            # A dead engine has nothing left to finish: vLLM's own short bound then.
+            llm.shutdown(timeout=DEAD_SHUTDOWN_TIMEOUT_S if llm.errored else SHUTDOWN_TIMEOUT_S)
             # AsyncLLM.__del__ calls shutdown() again at interpreter exit, when vLLM's module
             # globals are already gone (a TypeError on stderr); once is enough.
             llm.shutdown = lambda timeout=None: None
