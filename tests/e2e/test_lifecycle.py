@@ -14,6 +14,7 @@ is the server's own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -52,10 +53,13 @@ class Startup:
     readyz_seen: list[tuple] = field(default_factory=list)
     # /v1/score answers while /readyz was not yet 200: (status, error type, Retry-After)
     score_seen: list[tuple] = field(default_factory=list)
+    # gRPC while /readyz was not yet 200: (health status, Score's code, its ErrorInfo reason)
+    grpc_seen: list[tuple] = field(default_factory=list)
 
 
-def watch_until_ready(server) -> Startup:
-    """Probe /readyz (and /v1/score while not ready) every 0.2 s from spawn until /readyz is 200."""
+def watch_until_ready(server, grpc_target: str | None = None) -> Startup:
+    """Probe /readyz (and /v1/score while not ready, and gRPC health and Score with a target)
+    every 0.2 s from spawn until /readyz is 200."""
     seen = Startup()
     start = time.monotonic()
     with httpx.Client(timeout=5) as http:
@@ -78,6 +82,9 @@ def watch_until_ready(server) -> Startup:
             score = http.post(f"{server.base_url}/v1/score", json=CHEAP)
             seen.score_seen.append((score.status_code, score.json()["error"]["type"],
                                       score.headers.get("retry-after")))
+            if grpc_target is not None:
+                with contextlib.suppress(grpc.RpcError):  # not listening yet
+                    seen.grpc_seen.append((grpc_health(grpc_target), *grpc_score_code(grpc_target)))
             time.sleep(0.2)
 
 
@@ -129,8 +136,9 @@ def engine_core(pid: int) -> psutil.Process:
 
 @pytest.fixture(scope="module")
 def watched_start(tmp_path_factory, spawn):
-    with spawn(tmp_path_factory.mktemp("lifecycle") / "server.log") as server:
-        yield server, watch_until_ready(server)
+    grpc_port = free_port()
+    with spawn(tmp_path_factory.mktemp("lifecycle") / "server.log", "--grpc-port", str(grpc_port)) as server:
+        yield server, watch_until_ready(server, f"127.0.0.1:{grpc_port}")
 
 
 def test_before_warm_up_ends_readyz_and_score_are_503_with_retry_after(watched_start):
@@ -147,6 +155,10 @@ def test_before_warm_up_ends_readyz_and_score_are_503_with_retry_after(watched_s
     assert startup.score_seen
     for status, kind, retry_after in startup.score_seen:
         assert status == 503 and kind == "not_ready" and retry_after is not None
+    assert startup.grpc_seen, "gRPC never answered before the engine was ready"
+    for health, code, reason in startup.grpc_seen:
+        assert health == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "not_ready")
 
 
 def test_a_killed_engine_makes_score_and_readyz_503_and_the_process_exit_3(watched_start,
@@ -223,7 +235,11 @@ def grpc_health(target: str) -> int:
         return stub.Check(health_pb2.HealthCheckRequest(service="amr_sd.v1.Scoring"), timeout=5).status
 
 
-def grpc_score_code(target: str) -> grpc.StatusCode:
+def grpc_score_code(target: str) -> tuple[grpc.StatusCode, str | None]:
+    """Score CHEAP over gRPC: the status code and the ErrorInfo reason (None on success)."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
     from amr_client.grpc_codec import fill
     from amr_client.v1 import scoring_pb2 as pb, scoring_pb2_grpc as pb_grpc
 
@@ -231,8 +247,12 @@ def grpc_score_code(target: str) -> grpc.StatusCode:
         try:
             pb_grpc.ScoringStub(channel).Score(fill(pb.ScoreRequest(), CHEAP), timeout=30)
         except grpc.RpcError as err:
-            return err.code()
-    return grpc.StatusCode.OK
+            if err.code() is grpc.StatusCode.UNAVAILABLE and rpc_status.from_call(err) is None:
+                raise  # no server behind the port yet
+            info = error_details_pb2.ErrorInfo()
+            rpc_status.from_call(err).details[0].Unpack(info)
+            return err.code(), info.reason
+    return grpc.StatusCode.OK, None
 
 
 def test_sigterm_refuses_new_work_finishes_in_flight_requests_and_exits_0(tmp_path, spawn,
@@ -254,7 +274,7 @@ def test_sigterm_refuses_new_work_finishes_in_flight_requests_and_exits_0(tmp_pa
         new = httpx.post(f"{server.base_url}/v1/score", json=CHEAP)
         assert new.status_code == 503 and new.json()["error"]["type"] == "draining"
         assert int(new.headers["Retry-After"]) >= 1
-        assert grpc_score_code(target) is grpc.StatusCode.UNAVAILABLE
+        assert grpc_score_code(target) == (grpc.StatusCode.UNAVAILABLE, "draining")
         wait_until(lambda: grpc_health(target) == health_pb2.HealthCheckResponse.NOT_SERVING, 5)
 
         for thread, result in in_flight:
