@@ -130,13 +130,17 @@ def codecs() -> dict[str, tuple[Callable, Callable]]:
         "orjson, base64 float32": (lambda w: orjson.dumps(_pack_arrays(w, to_text=True)),
                                    lambda b: _unpack_arrays(orjson.loads(b), from_text=True)),
     }
-    try:
-        import msgpack
-    except ImportError:
-        return found
+    import msgpack
+
+    from amr_client.binary import decode_response, encode_response
+
     found["msgpack"] = (msgpack.packb, msgpack.unpackb)
-    found["msgpack, float32 bin"] = (lambda w: msgpack.packb(_pack_arrays(w, to_text=False)),
-                                     lambda b: _unpack_arrays(msgpack.unpackb(b), from_text=False))
+    # The service's compact answer (Accept: application/msgpack), as the server writes it and
+    # as the SDK reads it: arrays back to lists, then the same validation as JSON.
+    found["application/msgpack"] = (encode_response, lambda b: decode_response(b, as_lists=False))
+    found["application/msgpack + pydantic"] = (
+        lambda w: encode_response(ScoreResponse.model_validate(w).model_dump(mode="json")),
+        lambda b: ScoreResponse.model_validate(decode_response(b)))
     return found
 
 

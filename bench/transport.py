@@ -1,4 +1,5 @@
-"""HTTP vs gRPC on one `amr-sd serve --grpc-port` process: time and bytes for the same request.
+"""HTTP (JSON answer, msgpack answer) vs gRPC on one `amr-sd serve --grpc-port` process: time
+and bytes for the same request.
 
 Two 64-group requests, each sent over both transports in turn (alternating, so drift on a noisy
 machine hits both alike), measured from the caller's side: encode, send, wait, decode to plain
@@ -25,15 +26,19 @@ import orjson
 from bench import corpus, report
 
 SIZES = {"transport only": (64, 8, 256, 10_000), "scoring only": (64, 2, 16, 0)}
+# transport -> the answer type asked for (gRPC has its own packed protobuf answer)
+TRANSPORTS = {"http": "application/json", "http msgpack": "application/msgpack", "grpc": None}
 
 
-def _over_http(base_url: str, body: dict) -> tuple[float, int, int, dict]:
+def _over_http(base_url: str, body: dict, accept: str = "application/json") -> tuple[float, int, int, dict]:
+    from amr_client.binary import MSGPACK, decode_response
+
     began = time.perf_counter()
     payload = orjson.dumps(body)
     r = httpx.post(f"{base_url}/v1/score", content=payload, timeout=1800,
-                   headers={"Content-Type": "application/json"})
+                   headers={"Content-Type": "application/json", "Accept": accept})
     r.raise_for_status()
-    answer = orjson.loads(r.content)
+    answer = decode_response(r.content) if accept == MSGPACK else orjson.loads(r.content)
     return time.perf_counter() - began, len(payload), len(r.content), answer
 
 
@@ -63,18 +68,18 @@ def run(out_dir: Path, base_url: str, grpc_target: str, quick: bool = False) -> 
             grpc_body = {**{k: v for k, v in body.items() if k != "return"}, "returns": body["return"]}
             _over_http(base_url, body)  # warm both paths (and the engine) before timing
             _over_grpc(stub, grpc_body)
-            times = {"http": [], "grpc": []}
+            times = {t: [] for t in TRANSPORTS}
             sizes = {}
             for _ in range(repeats[name]):
-                for transport in ("http", "grpc"):
-                    if transport == "http":
-                        t, sent, got, answer = _over_http(base_url, body)
-                    else:
+                for transport in TRANSPORTS:
+                    if transport == "grpc":
                         t, sent, got, answer = _over_grpc(stub, grpc_body)
+                    else:
+                        t, sent, got, answer = _over_http(base_url, body, TRANSPORTS[transport])
                     times[transport].append(t)
                     sizes[transport] = (sent, got)
                     assert len(answer["groups"]) == n
-            for transport in ("http", "grpc"):
+            for transport in TRANSPORTS:
                 results.append({
                     "request": name, "transport": transport, "groups": n, "size": size,
                     "length": length, "response_tokens": n * size * length,

@@ -1,5 +1,5 @@
 """amr-sd client SDK: `AMRClient` / `AsyncAMRClient`, `ScoreResult`, the error tree and the wire
-contract (`amr_client.schemas`). Needs only httpx, pydantic and numpy (torch is optional).
+contract (`amr_client.schemas`). Needs only httpx, pydantic, numpy and msgpack (torch is optional).
 
 `AMRGrpcClient` / `AsyncAMRGrpcClient` (the same API over gRPC) load on first use, so importing
 the SDK does not import grpc; they need `pip install "amr-sd[grpc]"`."""

@@ -11,7 +11,7 @@ import math
 import random
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import httpx
 from pydantic import Field, TypeAdapter, ValidationError
@@ -33,6 +33,7 @@ from amr_client._exceptions import (
     ServiceUnavailableError,
     UnprocessableEntityError,
 )
+from amr_client.binary import MSGPACK, decode_response
 from amr_client.results import ScoreResult
 from amr_client.schemas import (Group, PolicyRef, PolicyStatus, PolicyUpdate, ReturnSwitches,
                                 ScoredGroup, ScoreRequest, ScoreResponse, ScoringConfig, StreamedEnd,
@@ -132,6 +133,31 @@ def new_idempotency_key() -> str:
 
 
 NDJSON = "application/x-ndjson"
+JSON = "application/json"
+
+Encoding = Literal["auto", "json", "msgpack"]
+# From here up a batch's answer comes as msgpack under `encoding="auto"`: ~5x fewer bytes than
+# JSON and no float parsing (`make bench`, encoding part); below it JSON's cost is noise.
+BINARY_MIN_TOKENS = 32_768
+
+
+def answer_type(body: dict[str, Any], encoding: Encoding) -> str:
+    """The Accept of a unary score call: msgpack when asked, or under "auto" for a large batch."""
+    if encoding == "auto":
+        tokens = sum(len(r["token_ids"]) for g in body["groups"] for r in g["rollouts"])
+        return MSGPACK if tokens >= BINARY_MIN_TOKENS else JSON
+    if encoding not in ("json", "msgpack"):
+        raise ValueError(f'encoding must be "auto", "json" or "msgpack", got {encoding!r}')
+    return MSGPACK if encoding == "msgpack" else JSON
+
+
+def retry_as_json(error: APIStatusError, encoding: Encoding, headers: dict[str, str]) -> bool:
+    """Under "auto", a server that cannot write msgpack (406: an older release) is asked again
+    for JSON; `headers` is changed in place. An explicit "msgpack" keeps the 406."""
+    if error.status_code != 406 or encoding != "auto" or headers.get("Accept") != MSGPACK:
+        return False
+    headers["Accept"] = JSON
+    return True
 
 
 def build_headers(api_key: str | None, idempotency_key: str | None = None,
@@ -173,8 +199,11 @@ def check_max_retries(max_retries: int) -> int:
 
 def parse_score_response(response: httpx.Response) -> ScoreResult:
     try:
-        parsed = ScoreResponse.model_validate_json(response.content)
-    except ValidationError as exc:
+        if response.headers.get("content-type", "").startswith(MSGPACK):
+            parsed = ScoreResponse.model_validate(decode_response(response.content))
+        else:
+            parsed = ScoreResponse.model_validate_json(response.content)
+    except (ValidationError, ValueError) as exc:
         # A 2xx that is not a ScoreResponse is a server/client version mismatch, not bad input.
         raise APIStatusError(f"response is not a ScoreResponse: {exc}", response=response,
                              body=_body_of(response), type="invalid_response") from exc

@@ -27,7 +27,9 @@ from amr_client._base import (
     READY_PATH,
     SCORE_PATH,
     BaseClient,
+    Encoding,
     StreamAssembler,
+    answer_type,
     build_headers,
     build_policy_body,
     build_score_body,
@@ -39,6 +41,7 @@ from amr_client._base import (
     parse_policy_status,
     parse_ready,
     parse_score_response,
+    retry_as_json,
 )
 from amr_client._exceptions import APIConnectionError, APIStatusError
 from amr_client.results import ScoreResult
@@ -85,7 +88,7 @@ class AMRClient(BaseClient):
               config: ScoringConfig | Mapping[str, Any] | None = None,
               returns: ReturnSwitches | Mapping[str, Any] | None = None,
               policy: PolicyRef | Mapping[str, Any] | None = None,
-              progress: Progress = False) -> ScoreResult:
+              progress: Progress = False, encoding: Encoding = "auto") -> ScoreResult:
         """Score `groups` at trainer step `step`; `config` overrides only the fields it sets.
 
         `policy` picks the weights: `{"lora_path": ..., "version": ...}` (a LoRA adapter),
@@ -93,8 +96,11 @@ class AMRClient(BaseClient):
         full-weight version; `PolicyMismatchError` otherwise). `progress=True` shows a progress
         bar per group (tqdm when installed, else lines on stderr); a callable gets
         `(groups_done, groups_total)` instead. Either way the answer streams, so a long batch
-        never has to fit one deadline as a whole. Raises pydantic's ValidationError for a bad
-        request before sending it.
+        never has to fit one deadline as a whole. `encoding` is the answer's form on the wire:
+        "json", "msgpack" (per-token arrays as float32 bytes; `amr_client.binary`) or "auto"
+        (msgpack from BINARY_MIN_TOKENS response tokens up); the result is the same either way,
+        to float32 precision. Raises pydantic's ValidationError for a bad request before
+        sending it.
         """
         body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
         if progress:
@@ -103,7 +109,12 @@ class AMRClient(BaseClient):
                 for _ in stream:
                     tick()
             return stream.result
-        headers = build_headers(self.api_key, new_idempotency_key())
+        headers = build_headers(self.api_key, new_idempotency_key(), accept=answer_type(body, encoding))
+        try:
+            return parse_score_response(self._send("POST", SCORE_PATH, headers, body))
+        except APIStatusError as exc:
+            if not retry_as_json(exc, encoding, headers):
+                raise
         return parse_score_response(self._send("POST", SCORE_PATH, headers, body))
 
     def score_stream(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
@@ -235,8 +246,8 @@ class AsyncAMRClient(BaseClient):
                     config: ScoringConfig | Mapping[str, Any] | None = None,
                     returns: ReturnSwitches | Mapping[str, Any] | None = None,
                     policy: PolicyRef | Mapping[str, Any] | None = None,
-                    progress: Progress = False) -> ScoreResult:
-        """Score `groups` at trainer step `step`; see `AMRClient.score` (`progress` too)."""
+                    progress: Progress = False, encoding: Encoding = "auto") -> ScoreResult:
+        """Score `groups` at trainer step `step`; see `AMRClient.score` (`progress`, `encoding`)."""
         body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
         if progress:
             stream = self._stream(body)
@@ -244,7 +255,12 @@ class AsyncAMRClient(BaseClient):
                 async for _ in stream:
                     tick()
             return stream.result
-        headers = build_headers(self.api_key, new_idempotency_key())
+        headers = build_headers(self.api_key, new_idempotency_key(), accept=answer_type(body, encoding))
+        try:
+            return parse_score_response(await self._send("POST", SCORE_PATH, headers, body))
+        except APIStatusError as exc:
+            if not retry_as_json(exc, encoding, headers):
+                raise
         return parse_score_response(await self._send("POST", SCORE_PATH, headers, body))
 
     def score_stream(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,

@@ -623,3 +623,86 @@ def test_progress_ticks_once_per_group_on_both_twins():
     result = asyncio.run(go())
     assert ticks == [(1, 2), (2, 2)] * 2
     assert result.response == ScoreResponse.model_validate(RESPONSE)
+
+
+# --- the compact answer (Accept: application/msgpack) ------------------------------------------
+
+
+def msgpack_ok() -> httpx.Response:
+    from amr_client.binary import MSGPACK, encode_response
+
+    return httpx.Response(200, content=encode_response(RESPONSE),
+                          headers={"Content-Type": MSGPACK, "X-Request-ID": "req-mp"})
+
+
+def long_group(tokens: int) -> dict:
+    return {"prompt": {"text": "1 + 1 ="}, "rollouts": [{"token_ids": [5] * tokens, "reward": 1.0}]}
+
+
+def test_auto_asks_for_msgpack_only_from_the_binary_threshold_up():
+    from amr_client._base import BINARY_MIN_TOKENS
+
+    server = Server(ok())
+    client, _ = client_for(server)
+    client.score([long_group(BINARY_MIN_TOKENS - 1)], step=0)
+    client.score([long_group(BINARY_MIN_TOKENS)], step=0)
+    client.score([long_group(8)], step=0, encoding="msgpack")
+    client.score([long_group(BINARY_MIN_TOKENS)], step=0, encoding="json")
+    assert [r.headers["accept"] for r in server.requests] == [
+        "application/json", "application/msgpack", "application/msgpack", "application/json"]
+
+
+def test_a_msgpack_answer_gives_the_result_a_json_answer_gives():
+    as_json, _ = client_for(Server(ok()))
+    as_msgpack, _ = client_for(Server(msgpack_ok()))
+    a = as_json.score([GROUP, GROUP_2], step=7, encoding="json")
+    b = as_msgpack.score([GROUP, GROUP_2], step=7, encoding="msgpack")
+    assert b.request_id == "req-mp"
+    # The test values are exact in float32, so the two answers are equal, not just close.
+    assert b.response == a.response
+
+
+def test_auto_falls_back_to_json_when_the_server_cannot_write_msgpack():
+    from amr_client._base import BINARY_MIN_TOKENS
+
+    server = Server(error_json(406, "not_acceptable", "cannot answer", "Accept"), ok())
+    client, _ = client_for(server)
+    result = client.score([long_group(BINARY_MIN_TOKENS)], step=0)
+    assert result.request_id == "req-ok"
+    assert [r.headers["accept"] for r in server.requests] == ["application/msgpack", "application/json"]
+    key = {r.headers["idempotency-key"] for r in server.requests}
+    assert len(key) == 1  # the same logical call
+
+
+def test_explicit_msgpack_keeps_the_406_and_the_async_twin_falls_back_too():
+    server = Server(error_json(406, "not_acceptable", "cannot answer", "Accept"))
+    client, _ = client_for(server)
+    with pytest.raises(APIStatusError) as caught:
+        client.score([GROUP], step=0, encoding="msgpack")
+    assert caught.value.status_code == 406 and caught.value.field == "Accept"
+    assert len(server.requests) == 1
+
+    from amr_client._base import BINARY_MIN_TOKENS
+
+    server = Server(error_json(406, "not_acceptable", "cannot answer", "Accept"), msgpack_ok())
+    aclient, _ = async_client_for(server)
+    result = asyncio.run(aclient.score([long_group(BINARY_MIN_TOKENS)], step=0))
+    assert len(server.requests) == 2 and result.request_id == "req-mp"
+
+
+def test_an_unknown_encoding_is_refused_before_sending():
+    server = Server(ok())
+    client, _ = client_for(server)
+    with pytest.raises(ValueError, match='encoding must be "auto", "json" or "msgpack"'):
+        client.score([GROUP], step=0, encoding="npy")
+    assert server.requests == []
+
+
+def test_a_msgpack_body_that_is_not_an_answer_is_an_invalid_response():
+    from amr_client.binary import MSGPACK
+
+    bad = httpx.Response(200, content=b"\x93\x01\x02\x03", headers={"Content-Type": MSGPACK})
+    client, _ = client_for(Server(bad))
+    with pytest.raises(APIStatusError) as caught:
+        client.score([GROUP], step=0, encoding="msgpack")
+    assert caught.value.type == "invalid_response"

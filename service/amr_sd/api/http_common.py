@@ -24,7 +24,8 @@ ERROR_DOCS = {
          "requires another policy version than the one in service (`policy_mismatch`)",
     413: "Over a size cap (body, groups, rollouts, tokens); the message names the cap",
     422: "A field or header is invalid; `error.field` names it",
-    406: "The Accept header names no type this route produces (application/json, application/x-ndjson)",
+    406: "The Accept header names no type this route produces (application/json, "
+         "application/x-ndjson, application/msgpack)",
     429: "The pending-work bound is full; retry after `Retry-After` seconds",
     500: "A bug in the service",
     503: "Not ready, draining, reloading weights, or the engine failed; retry after `Retry-After` seconds",

@@ -1,4 +1,5 @@
-"""POST /v1/score: one JSON answer, or with `Accept: application/x-ndjson` one line per group."""
+"""POST /v1/score: one JSON answer; with `Accept: application/x-ndjson` one line per group; with
+`Accept: application/msgpack` one compact answer (amr_client.binary)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import orjson
 from fastapi import APIRouter, Body, Header, Request
 from fastapi.responses import Response, StreamingResponse
 
+from amr_client.binary import MSGPACK, MSGPACK_ALIASES, encode_response
 from amr_client.schemas import (ScoreRequest, ScoreResponse, StreamedEnd, StreamedError,
                                 StreamedGroup)
 from amr_sd.api.http_common import NDJSON, RuntimeDep, errors, request_timeout
@@ -22,7 +24,7 @@ log = logging.getLogger("amr_sd.http")
 
 router = APIRouter()
 
-_PRODUCES = ("application/json", NDJSON)
+_PRODUCES = ("application/json", NDJSON, MSGPACK)
 
 _EXAMPLE = {
     "step": 0,
@@ -38,6 +40,10 @@ _EXAMPLE = {
     "return": {"cig": True},
 }
 
+_MSGPACK_DOC = ("The ScoreResponse document as MessagePack, each per-token array of a rollout "
+                "(advantages, cig, student_logprobs, teacher_logprobs) one bin of little-endian "
+                "float32, `gated` one bin of uint8 0/1 per token")
+
 STREAM_LINE_MODELS = (StreamedGroup, StreamedEnd, StreamedError)
 _STREAM_LINE = {"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in STREAM_LINE_MODELS]}
 
@@ -47,7 +53,10 @@ _STREAM_LINE = {"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m i
                         200: {"description": "The scored groups: one JSON document, or with "
                                              "`Accept: application/x-ndjson` one line per group "
                                              "as it completes, then an `end` (or `error`) line",
-                              "content": {NDJSON: {"schema": _STREAM_LINE}}}})
+                              "content": {NDJSON: {"schema": _STREAM_LINE},
+                                          MSGPACK: {"schema": {
+                                              "type": "string", "format": "binary",
+                                              "description": _MSGPACK_DOC}}}}})
 async def score(request: Request, runtime: RuntimeDep,
                 body: Annotated[ScoreRequest, Body(openapi_examples={
                     "one group": {"summary": "A group of two rollouts", "value": _EXAMPLE}})],
@@ -73,17 +82,29 @@ async def score(request: Request, runtime: RuntimeDep,
     except CallerGone:
         return Response(status_code=499)  # nobody reads it; the log and metrics do
     if answer.replayed:
-        return _replay(answer, media)
+        return await _replay(answer, media)
+    if media == MSGPACK:
+        return Response(await asyncio.to_thread(_as_msgpack, answer), media_type=MSGPACK)
     payload = answer.json if answer.json is not None else await asyncio.to_thread(encode, answer.response)
     return Response(payload, media_type="application/json")
 
 
-def _replay(answer: Answer, media: str) -> Response:
+async def _replay(answer: Answer, media: str) -> Response:
     headers = {"Idempotent-Replayed": "true"}
     if media == NDJSON and answer.status == 200:
         return Response(_as_ndjson(answer.json), media_type=NDJSON, headers=headers)
+    if media == MSGPACK and answer.status == 200:
+        return Response(await asyncio.to_thread(_as_msgpack, answer), media_type=MSGPACK,
+                        headers=headers)
+    # A stored error stays the JSON envelope, whatever was asked for: errors are always JSON.
     return Response(answer.json, status_code=answer.status, media_type="application/json",
                     headers=headers)
+
+
+def _as_msgpack(answer: Answer) -> bytes:
+    wire = answer.response.model_dump(mode="json") if answer.response is not None \
+        else orjson.loads(answer.json)
+    return encode_response(wire)
 
 
 def _line(model) -> bytes:
@@ -133,7 +154,7 @@ def _answer_type(accept: str | None) -> str:
                 except ValueError:
                     q = 0.0
         media = media.lower()
-        produced = NDJSON if media == NDJSON else \
+        produced = NDJSON if media == NDJSON else MSGPACK if media in MSGPACK_ALIASES else \
             "application/json" if media in ("application/json", "application/*", "*/*", "") else None
         if produced is not None and q > best_q:
             best, best_q = produced, q
