@@ -77,7 +77,7 @@ async def _main(args) -> dict:
     settings = EngineSettings.for_device().with_overrides(
         dtype=used["dtype"], kv_cache_gib=used["kv_cache_gib"],
         max_num_batched_tokens=used["max_num_batched_tokens"],
-        cpu_threads_bind=used["cpu_threads_bind"])
+        cpu_threads_bind=used["cpu_threads_bind"], prefix_caching=used.get("prefix_caching"))
     engine = VLLMEngine.create(EMBEDDED_MODEL, settings)
     try:
         await engine.warmup()

@@ -279,6 +279,9 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
                         help="skip CUDA graphs / compilation")
     engine.add_argument("--max-num-batched-tokens", type=int,
                         help="tokens per engine step; bounds the prompt-logprob logits memory")
+    engine.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                        help="vLLM's prefix cache: a reflection retry reuses its prompt's KV "
+                             "(on by default; scoring never reads it)")
     engine.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=None,
                         help="serve LoRA adapters per request (vLLM engine; off by default)")
     engine.add_argument("--max-lora-rank", type=int, help="largest adapter rank accepted (default 16)")

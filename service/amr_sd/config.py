@@ -37,6 +37,8 @@ class Settings(BaseSettings):
                                         "CPU list such as 0-3.")
     enforce_eager: bool | None = None
     max_num_batched_tokens: int | None = Field(None, ge=16)
+    prefix_caching: bool | None = Field(None, description="vLLM's prefix cache, which a writer's "
+                                                          "retry reads (scoring never does).")
     enable_lora: bool | None = Field(None, description="Serve LoRA adapters per request (vLLM).")
     max_lora_rank: int | None = Field(None, ge=1, le=512)
     max_loras: int | None = Field(None, ge=1, description="Different adapters in one engine step.")

@@ -87,9 +87,14 @@ def fresh_perturbed(policy_server, run):
                                EngineSettings(dtype="float32", gpu_memory_utilization=0.1))
     try:
         answer = run(Scorer(engine).score(ScoreRequest.model_validate(body())))
+        written = run(Scorer(engine).score(ScoreRequest.model_validate(body(reflect=True))))
     finally:
         run(engine.close())
-    return logprobs(answer.model_dump(mode="json"))
+    return logprobs(answer.model_dump(mode="json")), reflections(written.model_dump(mode="json"))
+
+
+def reflections(answer: dict) -> list[str]:
+    return [r["reflection"]["text"] for r in answer["groups"][0]["rollouts"]]
 
 
 def test_reload_changes_scores_to_the_new_weights_and_back(http, client, fresh_perturbed):
@@ -108,12 +113,24 @@ def test_reload_changes_scores_to_the_new_weights_and_back(http, client, fresh_p
     assert after["policy_version"] == "pert"
     changed = np.abs(logprobs(after) - logprobs(before))
     assert changed.max() > 0.5, "the perturbed layer did not change the scores"
-    np.testing.assert_allclose(logprobs(after), fresh_perturbed, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(logprobs(after), fresh_perturbed[0], atol=1e-4, rtol=0)
 
     use(client, "original")
     back = score(http, body())
     assert back["policy_version"] == "orig"
     np.testing.assert_allclose(logprobs(back), logprobs(before), atol=1e-5, rtol=0)
+
+
+def test_after_a_reload_the_writer_reads_no_kv_of_the_old_weights(http, client, fresh_perturbed):
+    # The same writer prompt under the old weights first fills vLLM's prefix cache; the reload
+    # must clear it, or the greedy reflection after it is written over the old weights' KV.
+    use(client, "original")
+    old = score(http, body(reflect=True))
+    use(client, "perturbed")
+    new = score(http, body(reflect=True))
+    # Both written by the engine now, none from the reflection cache (keyed by the version).
+    assert old["stats"]["reflections_generated"] == new["stats"]["reflections_generated"] == 2
+    assert reflections(new) == fresh_perturbed[1] and reflections(new) != reflections(old)
 
 
 def test_same_folder_and_label_again_is_a_no_op(client):

@@ -43,3 +43,25 @@ def test_vllm_logprobs_match_transformers_reference(vllm_engine, run, example_gr
     max_abs, mean_abs = PARITY_BOUNDS[dtype]
     assert diff.max() < max_abs
     assert diff.mean() < mean_abs
+
+
+def test_scores_never_read_the_prefix_cache(vllm_engine, run, example_groups):
+    """The prefix cache is on for the writer's retries; a score must not depend on it. Each
+    sequence is first scored, then generated from (its KV is now cached, several blocks long),
+    then scored again: the same rows and the same values."""
+    from amr_sd.engine.base import GenerationParams
+
+    assert vllm_engine.settings.prefix_caching
+    hf_tokenizer = vllm_engine.tokenizer
+    sequences, starts = [], []
+    for group in example_groups[:4]:
+        prompt = render_prompt(hf_tokenizer, messages=group["prompt"]["messages"])
+        seq, start = splice(prompt, group["rollouts"][0]["token_ids"] * 6)
+        sequences.append(seq), starts.append(start)
+    assert min(map(len, sequences)) > 300  # more than one KV block, so a cache hit is possible
+    before = run(vllm_engine.score(sequences, starts))
+    run(vllm_engine.generate(sequences, GenerationParams(max_tokens=2, temperature=0.0)))
+    after = run(vllm_engine.score(sequences, starts))
+    for b, a, s, st in zip(before, after, sequences, starts):
+        assert len(a) == len(s) - st
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)

@@ -98,7 +98,7 @@ class Engine(Protocol):
 
 # The knobs a user may set from `amr-sd score|serve` flags or AMR_* variables.
 ENGINE_FLAGS = ("dtype", "max_model_len", "gpu_memory_utilization", "kv_cache_gib", "enforce_eager",
-                "max_num_batched_tokens", "cpu_threads_bind", "enable_lora", "max_lora_rank",
+                "max_num_batched_tokens", "prefix_caching", "cpu_threads_bind", "enable_lora", "max_lora_rank",
                 "max_loras", "max_cpu_loras", "lora_target_modules")
 
 # The layers adapters may change by default: the transformer's projections, Llama-family names
@@ -126,6 +126,10 @@ class EngineSettings:
     # the per-step token budget is what bounds it.
     max_num_batched_tokens: int = 4096
     max_num_seqs: int = 64
+    # A writer's retry re-sends its whole prompt (problem, rollout, peers, feedback): with the
+    # prefix cache its prefill is nearly free. Scoring never reads the cache (vLLM skips it for
+    # prompt-logprob requests), so scores do not depend on what ran before.
+    prefix_caching: bool = True
     # vLLM CPU's VLLM_CPU_OMP_THREADS_BIND for its engine process (auto | nobind | a CPU list);
     # None leaves the environment alone (GPU).
     cpu_threads_bind: str | None = None
@@ -156,7 +160,8 @@ class EngineSettings:
                 "gpu_memory_utilization": None if self.kv_cache_gib else self.gpu_memory_utilization,
                 "max_num_batched_tokens": self.max_num_batched_tokens,
                 "max_num_seqs": self.max_num_seqs, "cpu_threads_bind": self.cpu_threads_bind,
-                "enforce_eager": self.enforce_eager, "reasons": dict(self.reasons)}
+                "enforce_eager": self.enforce_eager, "prefix_caching": self.prefix_caching,
+                "reasons": dict(self.reasons)}
 
     def explain(self) -> list[str]:
         """One line per chosen setting and why, so a slow machine explains itself at start-up."""

@@ -73,9 +73,7 @@ class VLLMEngine:
             enforce_eager=settings.enforce_eager,
             max_num_batched_tokens=settings.max_num_batched_tokens,
             max_num_seqs=settings.max_num_seqs,
-            # Prompt-logprob requests bypass the prefix cache anyway; reflection prompts share
-            # little. Off keeps scores independent of what ran before.
-            enable_prefix_caching=False,
+            enable_prefix_caching=settings.prefix_caching,
             disable_log_stats=True,
             **_lora_args(settings),
             **settings.extra,
@@ -138,8 +136,14 @@ class VLLMEngine:
         # vLLM's own loader, in place; it drops every LoRA adapter, so load_adapter re-adds them.
         try:
             await self._llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+            # Cached KV was computed by the old weights; a writer reading it would condition on
+            # them. The policy manager reloads only when no request runs, so this succeeds.
+            reset = await self._llm.reset_prefix_cache()
         except EngineDeadError as exc:
             raise EngineDead("the vLLM engine process died") from exc
+        if not reset:
+            raise EngineDead("vLLM did not clear its prefix cache after new weights loaded; "
+                             "stopping rather than writing reflections from the old weights' KV")
 
     async def _final(self, prompt_ids: Sequence[int], params, lora_request=None):
         from vllm.inputs import TokensPrompt
