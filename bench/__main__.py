@@ -31,13 +31,21 @@ def _engine_scoring_tok_s(sweep: dict | None) -> float | None:
 
 
 def _best_batched(sweep: dict | None) -> dict | None:
-    """The sweep's best vLLM scoring and generation tok/s, for the utilisation figure."""
+    """The sweep's best vLLM rates, for the utilisation figure: prefill positions/s (every
+    position of a scored sequence is computed, not only its scored rows) and decode tokens/s
+    (a generation's wall less its prompts' prefill at that rate)."""
     if not sweep:
         return None
     vllm = [r for r in sweep["results"] if r["config"]["engine"] == "vllm"]
-    score = [r["scoring"]["tok_s"] for r in vllm if r.get("scoring")]
-    gen = [r["generation"]["tok_s"] for r in vllm if r.get("generation")]
-    return {"scoring_tok_s": max(score, default=None), "generation_tok_s": max(gen, default=None)}
+    per_row = sweep["seq_len"] / (sweep["seq_len"] - sweep["start_index"])
+    prefill = max((r["scoring"]["tok_s"] * per_row for r in vllm if r.get("scoring")), default=None)
+    decode = None
+    for r in vllm:
+        g = r.get("generation")
+        if g and prefill and "prompt_tokens" in g:
+            busy = g["seconds"] - g["prompt_tokens"] / prefill
+            decode = max(decode or 0.0, g["tokens"] / busy) if busy > 0 else decode
+    return {"prefill_tok_s": prefill, "decode_tok_s": decode}
 
 
 def _print_overhead(data: dict) -> None:

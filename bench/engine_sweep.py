@@ -115,7 +115,8 @@ async def measure_generation(engine, prompts: list[list[int]], max_tokens: int) 
     seconds, outs = await _timed(engine.generate(prompts, params))
     tokens = sum(len(g.token_ids) for g in outs)
     return {"tok_s": tokens / seconds, "tokens": tokens, "prompts": len(prompts),
-            "max_tokens": max_tokens, "seconds": seconds}
+            "prompt_tokens": sum(len(p) for p in prompts), "max_tokens": max_tokens,
+            "seconds": seconds}
 
 
 async def _run_child(config: Config, sizes: Sizes, floor_tok_s: float) -> dict:

@@ -8,7 +8,10 @@ One `amr-sd serve` with a recording engine (`bench.recorder`) answers three work
 Then `bench.replay` runs exactly the engine calls each workload made on a bare AsyncLLM with the
 same settings, keeping their order and concurrency. service wall / replay wall is the service's
 overhead (target <= 1.10). Engine utilisation during (b) is the time the engine would need at the
-sweep's best batched speed for the tokens it processed, over the wall time (target >= 80 %).
+sweep's best batched speed for the work it did, over the wall time (target >= 80 %). The work is
+every position computed: whole scored sequences (prompt, reflection and response: prompt
+logprobs compute them all) and writer prompts at the prefill rate, generated tokens at the decode
+rate. A writer prompt counts once: its retries read it from vLLM's prefix cache.
 Event-loop lag is how late a 10 ms timer fired in the server during (b) (target p99 < 50 ms).
 """
 
@@ -38,12 +41,14 @@ def _workloads(quick: bool) -> dict:
     }
 
 
-def _tokens(calls: list[dict]) -> tuple[int, int]:
-    """(generated tokens, scored prompt rows) of a list of recorded calls."""
+def _tokens(calls: list[dict]) -> dict:
+    """What a list of recorded calls asked of the engine, in tokens."""
     generated = sum(sum(c["generated"]) for c in calls if c["kind"] == "generate")
-    scored = sum(len(s) - st for c in calls if c["kind"] == "score"
-                 for s, st in zip(c["sequences"], c["starts"]))
-    return generated, scored
+    scored = [(s, st) for c in calls if c["kind"] == "score" for s, st in zip(c["sequences"], c["starts"])]
+    prompts = {tuple(p) for c in calls if c["kind"] == "generate" for p in c["prompts"]}
+    return {"generated_tokens": generated, "scored_rows": sum(len(s) - st for s, st in scored),
+            "scored_positions": sum(len(s) for s, _ in scored),
+            "writer_prompt_tokens": sum(len(p) for p in prompts)}
 
 
 def run(out_dir: Path, quick: bool = False, best: dict | None = None) -> dict:
@@ -83,15 +88,17 @@ def run(out_dir: Path, quick: bool = False, best: dict | None = None) -> dict:
         r.update(replayed[name])
         r["overhead"] = r["service_s"] / r["replay_s"] if r["replay_s"] else None
         calls = [c for c in recording["calls"] if t0 <= c["start"] <= t1]
-        r["generated_tokens"], r["scored_rows"] = _tokens(calls)
+        r.update(_tokens(calls))
         lag = np.array([v for t, v in recording["lag"] if t0 <= t <= t1]) * 1000
         if lag.size:
             r["loop_lag_ms"] = {"p50": float(np.percentile(lag, 50)),
                                 "p99": float(np.percentile(lag, 99)), "max": float(lag.max())}
     b = results["b_reflections"]
-    if best and best.get("scoring_tok_s") and best.get("generation_tok_s"):
-        needed = b["generated_tokens"] / best["generation_tok_s"] + b["scored_rows"] / best["scoring_tok_s"]
+    if best and best.get("prefill_tok_s") and best.get("decode_tok_s"):
+        needed = (b["generated_tokens"] / best["decode_tok_s"]
+                  + (b["scored_positions"] + b["writer_prompt_tokens"]) / best["prefill_tok_s"])
         b["engine_utilisation"] = needed / b["service_s"]
+        results["best_batched"] = best
     c = results["c_cached_repeat"]
     results["cached_speedup"] = b["service_s"] / c["service_s"] if c["service_s"] else None
     results["engine_settings"] = recording["engine_settings"]
@@ -109,8 +116,12 @@ def table(results: dict) -> list[str]:
                      f"{r['overhead']:.2f}x | {lag.get('p50', 0):.1f} / {lag.get('p99', 0):.1f} |")
     b = results["b_reflections"]
     if "engine_utilisation" in b:
+        best = results["best_batched"]
         lines.append(f"\nengine utilisation during (b): {b['engine_utilisation']:.0%} of the sweep's "
-                     "best batched speed")
+                     f"best batched speed (prefill {best['prefill_tok_s']:.0f} positions/s, decode "
+                     f"{best['decode_tok_s']:.0f} tok/s; {b['scored_positions']} scored positions, "
+                     f"{b['writer_prompt_tokens']} writer-prompt and {b['generated_tokens']} "
+                     "generated tokens)")
     if results.get("cached_speedup"):
         lines.append(f"cached repeat (c) vs cold (b): {results['cached_speedup']:.1f}x faster")
     return lines

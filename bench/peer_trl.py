@@ -19,6 +19,7 @@ trainer gets back) and, for amr-sd, per scored token (what the engine did).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -37,8 +38,8 @@ class Sizes:
     top_k: tuple[int, ...]  # TRL prompt_logprobs values; 0 is only the actual token, as amr-sd
 
 
-FULL = Sizes(sequences=16, repeats=2, top_k=(0, 100))
-QUICK = Sizes(sequences=8, repeats=1, top_k=(0, 100))
+FULL = Sizes(sequences=16, repeats=5, top_k=(0, 100))
+QUICK = Sizes(sequences=8, repeats=3, top_k=(0, 100))
 
 
 class WireCounter:
@@ -61,17 +62,26 @@ class WireCounter:
         self.received += len(response.content)
 
 
-def _timed_passes(call, repeats: int, wire: WireCounter) -> dict:
-    """`repeats` timed calls, and the bytes of the last; each server had one untimed call first
-    (its first request pays one-off costs)."""
-    seconds = []
+def _timed(call, wire: WireCounter) -> tuple[float, int, int]:
+    wire.reset()
+    began = time.perf_counter()
+    call()
+    return time.perf_counter() - began, wire.sent, wire.received
+
+
+def _alternate(paths: dict, repeats: int, wire: WireCounter) -> dict:
+    """Each path once per round, rounds `repeats` times, so drift on a noisy machine hits every
+    path alike; the median of its rounds, and the bytes of its last call."""
+    seconds = {name: [] for name in paths}
+    sizes = {}
     for _ in range(repeats):
-        wire.reset()
-        began = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - began)
-    return {"seconds": seconds, "mean_s": sum(seconds) / len(seconds),
-            "request_bytes": wire.sent, "response_bytes": wire.received}
+        for name, call in paths.items():
+            t, sent, got = _timed(call, wire)
+            seconds[name].append(t)
+            sizes[name] = (sent, got)
+    return {name: {"seconds": seconds[name], "median_s": statistics.median(seconds[name]),
+                   "request_bytes": sizes[name][0], "response_bytes": sizes[name][1]}
+            for name in paths}
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,37 +104,21 @@ def _amr_groups(seqs: list[list[int]], student_logprobs: bool) -> list[dict]:
     return groups
 
 
-def measure_amr(base_url: str, seqs: list[list[int]], repeats: int) -> list[dict]:
-    import httpx
+def amr_paths(client, seqs: list[list[int]], stats: dict) -> dict:
+    """amr-sd's scoring-only call, without and with `student_logprobs`; one untimed call first."""
+    client.score(_amr_groups(seqs[:2], student_logprobs=False), step=0)
+    paths = {}
+    for student in (False, True):
+        groups = _amr_groups(seqs, student_logprobs=student)
+        name = "amr-sd override" + (" + student_logprobs" if student else "")
 
-    from amr_client import AMRClient
+        def call(groups=groups, name=name):
+            # Advantages only: what a trainer feeds its loss.
+            result = client.score(groups, step=0, returns={"reflections": False})
+            stats[name] = result.stats.model_dump()
 
-    wire = WireCounter()
-    http = httpx.Client(event_hooks={"response": [wire.on_httpx_response]})
-    client = AMRClient(base_url, http_client=http, max_retries=0)
-    response_tokens = sum(len(s) - START for s in seqs)
-    rows = []
-    try:
-        client.score(_amr_groups(seqs[:2], student_logprobs=False), step=0)  # untimed
-        for student in (False, True):
-            groups = _amr_groups(seqs, student_logprobs=student)
-            stats = {}
-
-            def call():
-                # Advantages only: what a trainer feeds its loss.
-                result = client.score(groups, step=0, returns={"reflections": False})
-                stats.update(result.stats.model_dump())
-
-            timing = _timed_passes(call, repeats, wire)
-            scored = stats["tokens_scored"]
-            rows.append({"path": "amr-sd override" + (" + student_logprobs" if student else ""),
-                         "response_tokens": response_tokens, "tokens_scored": scored,
-                         "response_tok_s": response_tokens / timing["mean_s"],
-                         "scored_tok_s": scored / timing["mean_s"], **timing,
-                         "server_timings": stats.get("timings")})
-    finally:
-        http.close()
-    return rows
+        paths[name] = call
+    return paths
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,34 +158,30 @@ def start_trl(log_dir: Path) -> procs.ServerProcess:
                                log_dir=log_dir, env=env).start()
 
 
-def measure_trl(base_url: str, seqs: list[list[int]], sizes: Sizes) -> list[dict]:
+def trl_paths(client, seqs: list[list[int]], sizes: Sizes, got: dict) -> dict:
+    """TRL's get_sequence_logprobs at each prompt_logprobs k; one untimed call first."""
+    client.get_sequence_logprobs(seqs[:2], [START] * 2, top_logprobs=0)
+    paths = {}
+    for k in sizes.top_k:
+        name = f"trl prompt_logprobs={k}" + (" (TRL default)" if k == 100 else "")
+
+        def call(k=k, name=name):
+            got[name] = client.get_sequence_logprobs(seqs, [START] * len(seqs), top_logprobs=k)
+
+        paths[name] = call
+    return paths
+
+
+def _trl_client(base_url: str, wire: WireCounter):
     import warnings
 
     with warnings.catch_warnings():  # "TRL currently supports vLLM 0.22-0.31": noted in the report
         warnings.simplefilter("ignore", UserWarning)
         from trl.generation.vllm_client import VLLMClient
 
-    wire = WireCounter()
     client = VLLMClient(base_url=base_url, connection_timeout=30)
     client.session.hooks["response"].append(wire.on_requests_response)
-    response_tokens = sum(len(s) - START for s in seqs)
-    client.get_sequence_logprobs(seqs[:2], [START] * 2, top_logprobs=0)  # untimed
-    rows = []
-    for k in sizes.top_k:
-        got = {}
-
-        def call():
-            got.update(client.get_sequence_logprobs(seqs, [START] * len(seqs), top_logprobs=k))
-
-        timing = _timed_passes(call, sizes.repeats, wire)
-        returned = sum(len(row) for row in got["actual_logprobs"])
-        if returned != response_tokens:
-            raise AssertionError(f"TRL returned {returned} logprobs for {response_tokens} tokens")
-        rows.append({"path": f"trl prompt_logprobs={k}" + (" (TRL default)" if k == 100 else ""),
-                     "response_tokens": response_tokens, "tokens_scored": response_tokens,
-                     "response_tok_s": response_tokens / timing["mean_s"],
-                     "scored_tok_s": response_tokens / timing["mean_s"], **timing})
-    return rows
+    return client
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,30 +189,53 @@ def measure_trl(base_url: str, seqs: list[list[int]], sizes: Sizes) -> list[dict
 
 def run(out_dir: Path, amr_url: str, quick: bool = False) -> dict:
     """Score the same sequences through a running amr-sd (`amr_url`) and a TRL server this
-    starts and stops itself; the baseline is TRL with prompt_logprobs=0."""
+    starts and stops itself, alternating; the baseline is TRL with prompt_logprobs=0."""
+    import httpx
+
+    from amr_client import AMRClient
+
     sizes = QUICK if quick else FULL
     print(f"peer TRL ({'quick' if quick else 'full'}): {sizes.sequences} sequences of {SEQ_LEN} "
-          f"tokens, scored from {START}", flush=True)
+          f"tokens, scored from {START}, {sizes.repeats} alternating rounds", flush=True)
     seqs = corpus.sequences(corpus.load_tokenizer(), sizes.sequences, SEQ_LEN)
-    load = {"amr_before": host.load()}
-    amr_rows = measure_amr(amr_url, seqs, sizes.repeats)
-    trl_rows, trl_info = [], {}
-    log_dir = out_dir / "logs"
+    response_tokens = sum(len(s) - START for s in seqs)
+    wire = WireCounter()
+    http = httpx.Client(event_hooks={"response": [wire.on_httpx_response]})
+    amr = AMRClient(amr_url, http_client=http, max_retries=0)
+    amr_stats, trl_got, trl_info, load = {}, {}, {}, {}
+    paths = {}
+    server = None
     try:
-        server = start_trl(log_dir)
-    except Exception as exc:  # recorded, and the amr-sd figures still stand
-        trl_info = {"error": f"{type(exc).__name__}: {exc}"}
-        print(f"  TRL server failed: {trl_info['error']}", flush=True)
-    else:
         try:
-            load["trl_before"] = host.load()
-            trl_rows = measure_trl(server.base_url, seqs, sizes)
+            server = start_trl(out_dir / "logs")
+        except Exception as exc:  # recorded, and the amr-sd figures still stand
+            trl_info = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"  TRL server failed: {trl_info['error']}", flush=True)
+        else:
             trl_info = {"startup_s": server.startup_s, "command": server.command,
                         "log": str(server.log_path)}
-        finally:
+            paths.update(trl_paths(_trl_client(server.base_url, wire), seqs, sizes, trl_got))
+        paths.update(amr_paths(amr, seqs, amr_stats))
+        load["before"] = host.load()
+        timings = _alternate(paths, sizes.repeats, wire)
+    finally:
+        http.close()
+        if server is not None:
             server.stop()
-    rows = trl_rows + amr_rows
-    base = trl_rows[0] if trl_rows else None
+    rows = []
+    for name, timing in timings.items():
+        if name in trl_got:
+            returned = sum(len(row) for row in trl_got[name]["actual_logprobs"])
+            if returned != response_tokens:
+                raise AssertionError(f"TRL returned {returned} logprobs for {response_tokens} tokens")
+            scored = response_tokens
+        else:
+            scored = amr_stats[name]["tokens_scored"]
+        rows.append({"path": name, "response_tokens": response_tokens, "tokens_scored": scored,
+                     "response_tok_s": response_tokens / timing["median_s"],
+                     "scored_tok_s": scored / timing["median_s"], **timing,
+                     "server_timings": amr_stats.get(name, {}).get("timings")})
+    base = rows[0] if trl_got else None
     for r in rows:
         r["tok_s_vs_trl_k0"] = report.ratio(r["response_tok_s"], base and base["response_tok_s"])
         r["bytes_vs_trl_k0"] = report.ratio(r["response_bytes"], base and base["response_bytes"])
@@ -231,7 +244,8 @@ def run(out_dir: Path, amr_url: str, quick: bool = False) -> dict:
             "trl": trl_info, "load": load, "results": rows,
             "notes": ["TRL 1.16 has no /get_sequence_logprobs/ route and no binary response "
                       "format: its client posts /v1/completions with prompt_logprobs",
-                      "amr-sd rows return advantages only (return.reflections=false)"]}
+                      "amr-sd rows return advantages only (return.reflections=false)",
+                      "both servers run at once; each round times every path once, in turn"]}
     report.write_json(out_dir / "peer_trl.json", data)
     report.bars(out_dir / "peer_trl_tok_s.png", [r["path"] for r in rows],
                 [r["response_tok_s"] for r in rows], title="Teacher scoring, same tokens",
