@@ -37,7 +37,8 @@ class RecordingEngine:
         out = await self._engine.generate(prompts, params, adapter)
         self.calls.append({"kind": "generate", "start": start, "end": time.time(),
                            "prompts": [list(p) for p in prompts],
-                           "params": dataclasses.asdict(params),
+                           "params": {**dataclasses.asdict(params),
+                                      "abandon_when": params.abandon_when is not None},
                            "generated": [len(g.token_ids) for g in out]})
         return out
 

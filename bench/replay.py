@@ -3,7 +3,8 @@
     python -m bench.replay calls.json --windows windows.json --out replay.json
 
 The engine is started with exactly the settings the recorded server reported, and driven with
-the same requests `VLLMEngine` sends (same token ids and sampling parameters), without the
+the same requests `VLLMEngine` sends (same token ids and sampling parameters; each generation
+decodes exactly as many tokens as it did in the service), without the
 scorer, HTTP, JSON, cache or any amr-sd code on the request path. Order and concurrency are kept
 as recorded: a call starts once every call that had ended before it started in the recording has
 ended here, so the replay never waits for anything the service did not wait for, and never
@@ -46,11 +47,13 @@ async def replay(llm, calls: list[dict]) -> float:
                                     output_kind=RequestOutputKind.FINAL_ONLY)
             await asyncio.gather(*(one(s, params) for s in call["sequences"]))
         else:
+            # Exactly as many tokens as the service's call decoded (sampling would not give the
+            # same lengths again), whether it stopped at the closing tag or was abandoned.
             p = call["params"]
-            params = SamplingParams(max_tokens=p["max_tokens"], temperature=p["temperature"],
-                                    stop=list(p["stop"]) or None, include_stop_str_in_output=True,
-                                    output_kind=RequestOutputKind.FINAL_ONLY)
-            await asyncio.gather(*(one(pr, params) for pr in call["prompts"]))
+            await asyncio.gather(*(one(pr, SamplingParams(
+                max_tokens=max(1, n), ignore_eos=True, temperature=p["temperature"],
+                output_kind=RequestOutputKind.FINAL_ONLY))
+                for pr, n in zip(call["prompts"], call["generated"])))
 
     done = [asyncio.Event() for _ in calls]
     deps = dependencies(calls)

@@ -316,13 +316,18 @@ class Scorer:
                 stop=(reflection.closing_tag(w.kind),),
                 # Retries must differ from the greedy first attempt and stay reproducible where
                 # the engine takes a seed.
-                seed=attempt if attempt else None)
+                seed=attempt if attempt else None,
+                # (ours) A reflection that announces an answer is rejected whatever follows, so
+                # its writer stops there and the retry starts at once.
+                abandon_when=reflection.announces_answer)
             gen = (await self.engine.generate([w.writer_ids], params, run.adapter))[0]
             run.generated += 1
             output = reflection.opening_tag(w.kind) + gen.text
             # (ours) A writer that ends its turn (EOS) inside the open tag has finished its
-            # reflection; only one cut off by the token budget is unterminated.
-            if gen.finish_reason == "stop" and not gen.text.endswith(reflection.closing_tag(w.kind)):
+            # reflection, and an abandoned one is judged on what it wrote; only one cut off by
+            # the token budget is unterminated.
+            if gen.finish_reason in ("stop", "abandoned") and \
+                    not gen.text.endswith(reflection.closing_tag(w.kind)):
                 output += reflection.closing_tag(w.kind)
             if await asyncio.to_thread(self._accept, w, output, cfg):
                 break

@@ -21,9 +21,13 @@ from amr_client.schemas import ScoreRequest
 # One label per folder for the whole session: the service binds a label to its folder.
 LABELS = {"original": "orig", "perturbed": "pert"}
 PROMPT_IDS = list(range(200, 230))
+# A reflection budget no other test uses: its records have cache keys of their own, so this
+# module's tests do not see each other's reflections in the server's cache.
+OWN_CACHE_KEY = 15
 
 
-def body(n_tokens: int = 40, *, policy: dict | None = None, reflect: bool = False) -> dict:
+def body(n_tokens: int = 40, *, policy: dict | None = None, reflect: bool = False,
+         reflection_tokens: int = 16) -> dict:
     """One group, two rollouts (reward 1 and 0), so both get a reflection and both passes run.
 
     `prompt_token_ids` makes the student sequence exactly PROMPT_IDS + token_ids, which the
@@ -40,7 +44,7 @@ def body(n_tokens: int = 40, *, policy: dict | None = None, reflect: bool = Fals
                                       "rollouts": rollouts, "reference": {"answer": "42"}}],
                "return": {"logprobs": True}}
     if reflect:
-        payload["config"] = {"max_reflection_tokens": 16, "max_retries": 0}
+        payload["config"] = {"max_reflection_tokens": reflection_tokens, "max_retries": 0}
     if policy is not None:
         payload["policy"] = policy
     return payload
@@ -87,7 +91,8 @@ def fresh_perturbed(policy_server, run):
                                EngineSettings(dtype="float32", gpu_memory_utilization=0.1))
     try:
         answer = run(Scorer(engine).score(ScoreRequest.model_validate(body())))
-        written = run(Scorer(engine).score(ScoreRequest.model_validate(body(reflect=True))))
+        written = run(Scorer(engine).score(ScoreRequest.model_validate(
+            body(reflect=True, reflection_tokens=OWN_CACHE_KEY))))
     finally:
         run(engine.close())
     return logprobs(answer.model_dump(mode="json")), reflections(written.model_dump(mode="json"))
@@ -125,9 +130,9 @@ def test_after_a_reload_the_writer_reads_no_kv_of_the_old_weights(http, client, 
     # The same writer prompt under the old weights first fills vLLM's prefix cache; the reload
     # must clear it, or the greedy reflection after it is written over the old weights' KV.
     use(client, "original")
-    old = score(http, body(reflect=True))
+    old = score(http, body(reflect=True, reflection_tokens=OWN_CACHE_KEY))
     use(client, "perturbed")
-    new = score(http, body(reflect=True))
+    new = score(http, body(reflect=True, reflection_tokens=OWN_CACHE_KEY))
     # Both written by the engine now, none from the reflection cache (keyed by the version).
     assert old["stats"]["reflections_generated"] == new["stats"]["reflections_generated"] == 2
     assert reflections(new) == fresh_perturbed[1] and reflections(new) != reflections(old)

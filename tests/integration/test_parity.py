@@ -52,13 +52,14 @@ def test_scores_never_read_the_prefix_cache(vllm_engine, run, example_groups):
     from amr_sd.engine.base import GenerationParams
 
     assert vllm_engine.settings.prefix_caching
-    hf_tokenizer = vllm_engine.tokenizer
+    # Three KV blocks and more, so the cache holds whole blocks of every sequence.
+    length = 3 * vllm_engine._llm.vllm_config.cache_config.block_size + 10
     sequences, starts = [], []
     for group in example_groups[:4]:
-        prompt = render_prompt(hf_tokenizer, messages=group["prompt"]["messages"])
-        seq, start = splice(prompt, group["rollouts"][0]["token_ids"] * 6)
+        prompt = render_prompt(vllm_engine.tokenizer, messages=group["prompt"]["messages"])
+        response = [t for r in group["rollouts"] for t in r["token_ids"]]
+        seq, start = splice(prompt, (response * length)[:length])
         sequences.append(seq), starts.append(start)
-    assert min(map(len, sequences)) > 300  # more than one KV block, so a cache hit is possible
     before = run(vllm_engine.score(sequences, starts))
     run(vllm_engine.generate(sequences, GenerationParams(max_tokens=2, temperature=0.0)))
     after = run(vllm_engine.score(sequences, starts))

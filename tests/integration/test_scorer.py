@@ -178,3 +178,26 @@ def test_text_prompt_is_scored_with_the_reflection_appended_to_the_text(engine, 
     for r_in, r_out in zip(group["rollouts"], resp.groups[0].rollouts):
         assert len(r_out.teacher_logprobs) == len(r_in["token_ids"])
         assert r_out.teacher_logprobs != r_out.student_logprobs
+
+
+def test_an_abandoned_generation_stops_at_once_and_leaves_no_engine_work(vllm_engine, run):
+    from amr_sd.engine.base import GenerationParams
+
+    prompt = vllm_engine.tokenizer.encode("Count from one to fifty in words: one, two, three,",
+                                          add_special_tokens=False)
+    full = run(vllm_engine.generate([prompt], GenerationParams(max_tokens=48)))[0]
+    seen = []
+
+    def three_words(text: str) -> bool:
+        seen.append(text)
+        return len(text.split()) >= 3
+
+    cut = run(vllm_engine.generate([prompt], GenerationParams(max_tokens=48, abandon_when=three_words)))[0]
+    assert full.finish_reason == "length" and len(full.token_ids) == 48
+    assert cut.finish_reason == "abandoned" and len(cut.token_ids) < 12
+    # Stopped at the first text the predicate held for.
+    assert seen[-1] == cut.text and len(seen[-1].split()) >= 3
+    assert all(len(t.split()) < 3 for t in seen[:-1])
+    # Greedy: the abandoned text is where the full one began, and vLLM holds nothing after it.
+    assert full.token_ids[:len(cut.token_ids)] == cut.token_ids
+    assert vllm_engine.unfinished_requests() == 0

@@ -281,3 +281,42 @@ def test_a_failed_writer_cancels_every_other_engine_call_of_the_request(tokenize
     waiting, cancelled = asyncio.run(scored_then_look())
     assert engine.calls == 4 and waiting == 3
     assert cancelled == waiting
+
+
+class AnnouncingWriter(NoCallEngine):
+    """A writer that always starts "The answer is 5" and honours `abandon_when` as vLLM does;
+    scoring returns zeros. Pure scorer logic: what happens to an abandoned reflection."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer)
+        self.params = []
+
+    async def generate(self, prompts, params, adapter=None):
+        from amr_sd.engine.base import Generation
+
+        self.params.append(params)
+        text = "The answer is 5"
+        assert params.abandon_when is not None and params.abandon_when(text)
+        return [Generation(text, tuple(self.tokenizer.encode(text, add_special_tokens=False)),
+                           "abandoned") for _ in prompts]
+
+    async def score(self, sequences, start_indices, adapter=None):
+        raise AssertionError("nothing was accepted, so nothing is rescored")
+
+
+def test_an_abandoned_reflection_is_rejected_for_its_answer_phrase_and_retried(tokenizer):
+    from amr_sd.algo.reflection import announces_answer
+
+    engine = AnnouncingWriter(tokenizer)
+    request = ScoreRequest.model_validate({"step": 0, "config": {"max_retries": 2}, "groups": [{
+        "prompt": {"messages": MESSAGES}, "reference": {"answer": "5"},
+        "rollouts": [{"token_ids": TOKENS, "reward": 1.0}, {"token_ids": TOKENS, "reward": 0.0}]}]})
+    answer = asyncio.run(Scorer(engine).score(request))
+    assert {p.abandon_when for p in engine.params} == {announces_answer}
+    for rollout in answer.groups[0].rollouts:
+        record = rollout.reflection
+        assert not record.accepted and record.attempts == 3
+        assert record.reject_reasons == ["answer_phrase"] * 3
+        assert record.text == "The answer is 5"
+        assert rollout.advantages == [rollout.base_advantage] * len(TOKENS)
+    assert answer.stats.reflections_generated == 6

@@ -321,6 +321,13 @@ def shares_ngram(a: Sequence[int], b: Sequence[int], n: int = 8) -> bool:
     return any(tuple(a[i : i + n]) in seen for i in range(len(a) - n + 1))
 
 
+def announces_answer(text: str) -> bool:
+    """Whether ``text`` holds a phrase that announces an answer (ANSWER_PHRASE). More text
+    cannot undo it, so a writer may be stopped as soon as it is true of a partial reflection."""
+    normalised = _normalise(text)
+    return any(phrase in normalised for phrase in _ANSWER_PHRASES)
+
+
 def leak_reason(
     reflection: str,
     *,
@@ -338,8 +345,7 @@ def leak_reason(
     """
     if len(reflection_token_ids) > max_reflection_tokens:
         return RejectReason.TOO_LONG
-    normalised = _normalise(reflection)
-    if any(phrase in normalised for phrase in _ANSWER_PHRASES):
+    if announces_answer(reflection):
         return RejectReason.ANSWER_PHRASE
     if any(answer and contains_answer(reflection, answer) for answer in answers):
         return RejectReason.CONTAINS_ANSWER

