@@ -55,3 +55,16 @@ def test_the_status_table_in_docs_grpc_md_is_the_error_classes_own():
             assert (cls.grpc_code, cls.status_code) == (code, int(status)), reason
             seen.add(reason)
     assert seen == set(classes) - {"not_acceptable"}  # 406 is about HTTP's Accept header only
+
+
+def test_every_engine_setting_info_reports_has_a_proto_field():
+    # GetInfo fills pb.EngineSettings from EngineSettings.describe(); a new setting without a
+    # proto field would make every GetInfo an INTERNAL error.
+    from amr_client.grpc_codec import fill
+    from amr_client.v1 import scoring_pb2 as pb
+    from amr_sd.engine.base import EngineSettings
+
+    for settings in (EngineSettings(), EngineSettings.for_device("cuda")):
+        described = settings.describe()
+        message = fill(pb.EngineSettings(), described)
+        assert set(described) <= {f.name for f in message.DESCRIPTOR.fields}
