@@ -63,6 +63,8 @@ def test_scores_never_read_the_prefix_cache(vllm_engine, run, example_groups):
     before = run(vllm_engine.score(sequences, starts))
     run(vllm_engine.generate(sequences, GenerationParams(max_tokens=2, temperature=0.0)))
     after = run(vllm_engine.score(sequences, starts))
+    # A read of the cache would drop rows (the engine's row check raises) or shift values by
+    # nats; float32 runs of the same batch differ by up to ~1.5e-5 here (thread scheduling).
     for b, a, s, st in zip(before, after, sequences, starts):
         assert len(a) == len(s) - st
-        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
