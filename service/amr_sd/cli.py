@@ -282,6 +282,8 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                         help="vLLM's prefix cache: a reflection retry reuses its prompt's KV "
                              "(on by default; scoring never reads it)")
+    engine.add_argument("--tensor-parallel-size", type=int,
+                        help="GPUs one engine shards the model over (vLLM; default 1)")
     engine.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=None,
                         help="serve LoRA adapters per request (vLLM engine; off by default)")
     engine.add_argument("--max-lora-rank", type=int, help="largest adapter rank accepted (default 16)")

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     max_num_batched_tokens: int | None = Field(None, ge=16)
     prefix_caching: bool | None = Field(None, description="vLLM's prefix cache, which a writer's "
                                                           "retry reads (scoring never does).")
+    tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs one engine shards the "
+                                                                     "model over (vLLM).")
     enable_lora: bool | None = Field(None, description="Serve LoRA adapters per request (vLLM).")
     max_lora_rank: int | None = Field(None, ge=1, le=512)
     max_loras: int | None = Field(None, ge=1, description="Different adapters in one engine step.")

@@ -372,7 +372,7 @@ class Info(_message.Message):
     def __init__(self, model: _Optional[str] = ..., model_path: _Optional[str] = ..., policy_version: _Optional[str] = ..., lora_enabled: _Optional[bool] = ..., engine: _Optional[str] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine_settings: _Optional[_Union[EngineSettings, _Mapping]] = ..., template_version: _Optional[str] = ..., cache: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[ScoringConfig, _Mapping]] = ...) -> None: ...
 
 class EngineSettings(_message.Message):
-    __slots__ = ("dtype", "max_model_len", "kv_cache_gib", "gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs", "cpu_threads_bind", "enforce_eager", "reasons", "prefix_caching")
+    __slots__ = ("dtype", "max_model_len", "kv_cache_gib", "gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs", "cpu_threads_bind", "enforce_eager", "reasons", "prefix_caching", "tensor_parallel_size")
     class ReasonsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -390,6 +390,7 @@ class EngineSettings(_message.Message):
     ENFORCE_EAGER_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHING_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_PARALLEL_SIZE_FIELD_NUMBER: _ClassVar[int]
     dtype: str
     max_model_len: int
     kv_cache_gib: float
@@ -400,7 +401,8 @@ class EngineSettings(_message.Message):
     enforce_eager: bool
     reasons: _containers.ScalarMap[str, str]
     prefix_caching: bool
-    def __init__(self, dtype: _Optional[str] = ..., max_model_len: _Optional[int] = ..., kv_cache_gib: _Optional[float] = ..., gpu_memory_utilization: _Optional[float] = ..., max_num_batched_tokens: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., cpu_threads_bind: _Optional[str] = ..., enforce_eager: _Optional[bool] = ..., reasons: _Optional[_Mapping[str, str]] = ..., prefix_caching: _Optional[bool] = ...) -> None: ...
+    tensor_parallel_size: int
+    def __init__(self, dtype: _Optional[str] = ..., max_model_len: _Optional[int] = ..., kv_cache_gib: _Optional[float] = ..., gpu_memory_utilization: _Optional[float] = ..., max_num_batched_tokens: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., cpu_threads_bind: _Optional[str] = ..., enforce_eager: _Optional[bool] = ..., reasons: _Optional[_Mapping[str, str]] = ..., prefix_caching: _Optional[bool] = ..., tensor_parallel_size: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_body_bytes", "max_groups", "max_rollouts", "max_tokens", "max_pending_sequences", "max_pending_tokens", "request_timeout_s", "max_request_timeout_s")

@@ -102,7 +102,7 @@ class Engine(Protocol):
 
 # The knobs a user may set from `amr-sd score|serve` flags or AMR_* variables.
 ENGINE_FLAGS = ("dtype", "max_model_len", "gpu_memory_utilization", "kv_cache_gib", "enforce_eager",
-                "max_num_batched_tokens", "prefix_caching", "cpu_threads_bind", "enable_lora", "max_lora_rank",
+                "max_num_batched_tokens", "prefix_caching", "tensor_parallel_size", "cpu_threads_bind", "enable_lora", "max_lora_rank",
                 "max_loras", "max_cpu_loras", "lora_target_modules")
 
 # The layers adapters may change by default: the transformer's projections, Llama-family names
@@ -134,6 +134,8 @@ class EngineSettings:
     # prefix cache its prefill is nearly free. Scoring never reads the cache (vLLM skips it for
     # prompt-logprob requests), so scores do not depend on what ran before.
     prefix_caching: bool = True
+    # GPUs one engine shards the model over (vLLM's tensor parallelism); the CPU build uses 1.
+    tensor_parallel_size: int = 1
     # vLLM CPU's VLLM_CPU_OMP_THREADS_BIND for its engine process (auto | nobind | a CPU list);
     # None leaves the environment alone (GPU).
     cpu_threads_bind: str | None = None
@@ -165,6 +167,7 @@ class EngineSettings:
                 "max_num_batched_tokens": self.max_num_batched_tokens,
                 "max_num_seqs": self.max_num_seqs, "cpu_threads_bind": self.cpu_threads_bind,
                 "enforce_eager": self.enforce_eager, "prefix_caching": self.prefix_caching,
+                "tensor_parallel_size": self.tensor_parallel_size,
                 "reasons": dict(self.reasons)}
 
     def explain(self) -> list[str]:

@@ -75,6 +75,7 @@ class VLLMEngine:
             max_num_batched_tokens=settings.max_num_batched_tokens,
             max_num_seqs=settings.max_num_seqs,
             enable_prefix_caching=settings.prefix_caching,
+            tensor_parallel_size=settings.tensor_parallel_size,
             disable_log_stats=True,
             **_lora_args(settings),
             **settings.extra,
