@@ -76,3 +76,33 @@ def test_a_memory_share_given_by_name_sizes_the_kv_cache_again():
     both = EngineSettings.for_device("cpu", cpu=cpu(AVX2_ONLY, 2)).with_overrides(
         gpu_memory_utilization=0.1, kv_cache_gib=1.0)
     assert both.kv_cache_gib == 1.0
+
+
+def test_tensor_parallel_size_is_a_setting_with_a_checked_value():
+    import pytest
+    from pydantic import ValidationError
+
+    from amr_sd.config import Settings
+
+    assert EngineSettings().tensor_parallel_size == 1
+    assert Settings(tensor_parallel_size=4).engine_settings().tensor_parallel_size == 4
+    with pytest.raises(ValidationError, match="tensor_parallel_size"):
+        Settings(tensor_parallel_size=0)
+
+
+def test_a_cxx_compiler_is_found_the_way_inductor_looks(monkeypatch, tmp_path):
+    from amr_sd.engine.vllm import has_cxx_compiler
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CXX", raising=False)
+    assert not has_cxx_compiler()
+    gxx = tmp_path / "g++"
+    gxx.write_text("#!/bin/sh\n")
+    gxx.chmod(0o755)
+    assert has_cxx_compiler()
+    gxx.unlink()
+    monkeypatch.setenv("CXX", str(gxx.with_name("clang++")))
+    assert not has_cxx_compiler()  # named but absent
+    gxx.with_name("clang++").write_text("#!/bin/sh\n")
+    gxx.with_name("clang++").chmod(0o755)
+    assert has_cxx_compiler()

@@ -10,8 +10,10 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import logging
 import os
 import re
+import shutil
 import uuid
 from typing import Callable, Sequence
 
@@ -21,9 +23,16 @@ from amr_sd.engine.base import Adapter, EngineSettings, Generation, GenerationPa
 from amr_sd.engine.models import resolve_model
 from amr_sd.errors import EngineDead, EngineFailure, InvalidRequest
 
+log = logging.getLogger("amr_sd.engine")
+
 # How long close() lets vLLM's processes exit on their own before it kills them.
 SHUTDOWN_TIMEOUT_S = 60.0
 DEAD_SHUTDOWN_TIMEOUT_S = 5.0
+
+
+def has_cxx_compiler() -> bool:
+    """What torch's inductor would find: $CXX, else g++ (its default), else c++."""
+    return any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++") if c)
 
 
 class VLLMEngine:
@@ -64,6 +73,15 @@ class VLLMEngine:
         if settings.cpu_threads_bind is not None:
             # Read by vLLM's engine-core process, which inherits this environment.
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = settings.cpu_threads_bind
+        if device == "cpu" and settings.enforce_eager and not has_cxx_compiler():
+            # Even in eager mode vLLM torch.compiles two small sampler helpers (logprob ranks,
+            # top-k/top-p); on the CPU inductor needs a C++ compiler, and a slim image has none:
+            # the engine died at its first step. Without one they run eagerly instead.
+            log.info("no C++ compiler on PATH: torch.compile off for vLLM's sampler helpers")
+            os.environ["TORCHDYNAMO_DISABLE"] = "1"  # spawned engine processes
+            import torch._dynamo
+
+            torch._dynamo.config.disable = True  # forked ones, and this process
         kv_bytes = None if settings.kv_cache_gib is None else int(settings.kv_cache_gib * 2**30)
         args = AsyncEngineArgs(
             model=path,
