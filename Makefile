@@ -11,7 +11,7 @@ STEP   ?= 0
 VERL_VENV  ?= .venv-verl
 VERL_STAMP := $(VERL_VENV)/.amr-sd-setup
 
-.PHONY: setup setup-verl test test-unit test-integration demo bench bench-quick trl-example serve examples openapi proto clean
+.PHONY: setup setup-verl test test-containers test-unit test-integration demo bench bench-quick trl-example serve examples openapi proto clean
 
 setup: $(STAMP)
 
@@ -43,7 +43,14 @@ endif
 	touch $(STAMP)
 
 test: setup setup-verl
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/containers tests
+
+# The image and the compose stack for real (README "Deploy"): builds the CPU image with podman
+# from a local Debian base, runs it, then the compose stack. About 15 minutes on 2 cores.
+test-containers: setup
+	command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq podman runc debootstrap; }
+	$(BIN)/python -m pytest -q -p no:cacheprovider -s tests/containers
 
 test-unit: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
