@@ -1,0 +1,131 @@
+"""The credit-fidelity benchmark's data (a known fault, exact token labels) and its metrics."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from amr_client.schemas import Group
+from amr_sd.engine.models import materialize_embedded
+from bench import fidelity_data as fd
+from bench.fidelity_metrics import amplification, auroc, gate_stats
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(str(materialize_embedded()))
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+def test_a_correct_chain_computes_its_steps():
+    chain = fd.steps(7, [("+", 5), ("*", 3), ("-", 4)])
+    assert [(s.left, s.op, s.right, s.result) for s in chain] == \
+        [(7, "+", 5, 12), (12, "*", 3, 36), (36, "-", 4, 32)]
+
+
+def test_a_slip_propagates_to_every_later_number():
+    ops = [("+", 5), ("*", 3), ("-", 4)]
+    truth, bad = fd.steps(7, ops), fd.steps(7, ops, fault_step=1, offset=2)
+    assert [s.result for s in bad] == [14, 42, 38]  # 12+2, then computed right from 14
+    solution = fd.write(bad, truth)
+    wrong = [solution.text[a:b] for a, b in solution.wrong_spans]
+    # step 1's result, step 2's operand and result, step 3's operand and result, the answer
+    assert wrong == ["14", "14", "42", "42", "38", "38"]
+    assert solution.fault_step == 1 and solution.answer == 38
+    assert fd.write(truth, truth).wrong_spans == [] and fd.write(truth, truth).fault_step is None
+
+
+def test_a_late_slip_leaves_earlier_numbers_right():
+    ops = [("+", 5), ("*", 3), ("-", 4)]
+    solution = fd.write(fd.steps(7, ops, fault_step=3, offset=-1), fd.steps(7, ops))
+    assert [solution.text[a:b] for a, b in solution.wrong_spans] == ["31", "31"]
+    assert "Step 1: 7 + 5 = 12." in solution.text
+
+
+def test_labels_are_exactly_the_tokens_of_the_wrong_numbers(tokenizer):
+    rng = random.Random(3)
+    for _ in range(30):
+        start, ops = fd.make_problem(rng, 4)
+        truth = fd.steps(start, ops)
+        k = rng.randint(1, 3)
+        solution = fd.write(fd.steps(start, ops, k, rng.choice([-3, 2, 7])), truth)
+        rollout = fd.tokenize(tokenizer, solution)
+        assert rollout.token_ids[-1] == tokenizer.eos_token_id and not rollout.corrupted[-1]
+        assert len(rollout.corrupted) == len(rollout.token_ids) == len(rollout.fault)
+        # The labelled tokens decode to the wrong numbers and nothing else (spaces aside).
+        runs, run = [], []
+        for tid, bad in zip(rollout.token_ids, rollout.corrupted):
+            if bad:
+                run.append(tid)
+            elif run:
+                runs.append(run)
+                run = []
+        decoded = [tokenizer.decode(r).strip() for r in runs]
+        assert decoded == [solution.text[a:b] for a, b in solution.wrong_spans]
+        # The fault is the first wrong number only.
+        fault_ids = [t for t, f in zip(rollout.token_ids, rollout.fault) if f]
+        assert tokenizer.decode(fault_ids).strip() == solution.text.__getitem__(
+            slice(*solution.wrong_spans[0]))
+        # And the ids are the response's own tokenisation.
+        assert tokenizer.decode(rollout.token_ids[:-1]) == solution.text
+
+
+def test_groups_follow_the_wire_schema_and_mix_verdicts(tokenizer):
+    groups, labels = fd.make_groups(tokenizer, n_problems=5, seed=1)
+    assert len(groups) == len(labels) == 5
+    for group, rollouts in zip(groups, labels):
+        Group.model_validate(group)  # the service would accept it
+        verdicts = [r["correct"] for r in group["rollouts"]]
+        assert verdicts.count(True) == 2 and verdicts.count(False) == 2
+        answer = group["reference"]["answer"]
+        for wire, label in zip(group["rollouts"], rollouts):
+            assert wire["token_ids"] == label.token_ids
+            assert any(label.corrupted) != wire["correct"]
+            assert answer not in wire["feedback"]
+            assert re.search(r"The answer is -?\d+\.$", wire["text"])
+    again, _ = fd.make_groups(tokenizer, n_problems=5, seed=1)
+    assert again == groups  # seeded: the same benchmark every run
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+
+def test_auroc_on_hand_made_arrays():
+    assert auroc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
+    assert auroc([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1]) == 0.0
+    assert auroc([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == 0.5  # ties count half
+    # positives 0.9 and 0.7 beat both negatives (0.4, 0.6), 0.3 beats neither: 4 of 6 pairs
+    assert auroc([0.9, 0.7, 0.3, 0.4, 0.6], [1, 1, 1, 0, 0]) == pytest.approx(4 / 6)
+    assert auroc([0.1, 0.2], [1, 1]) is None
+
+
+def test_auroc_matches_the_pairwise_definition():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 200).astype(float)  # many ties
+    labels = rng.random(200) < 0.3
+    pos, neg = scores[labels], scores[~labels]
+    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) \
+        / (len(pos) * len(neg))
+    assert auroc(scores, labels) == pytest.approx(pairwise)
+
+
+def test_gate_stats_on_hand_made_arrays():
+    gated = [1, 1, 0, 0, 1, 0, 0, 0, 0, 0]
+    wrong = [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    s = gate_stats(gated, wrong)
+    assert s["gate_rate"] == 0.3 and s["precision"] == pytest.approx(2 / 3)
+    assert s["recall"] == pytest.approx(2 / 3)
+    assert s["lift"] == pytest.approx((2 / 3) / (1 / 7))
+    assert math.isinf(gate_stats([1, 0, 0], [1, 0, 0])["lift"])
+    assert gate_stats([0, 0, 0], [1, 0, 0])["lift"] is None
+    assert gate_stats([0, 0], [0, 0])["precision"] is None
+
+
+def test_amplification_leaves_out_rollouts_without_an_advantage():
+    s = amplification([1.5, 1.0, 0.0, -0.6], [1.0, 1.0, 0.0, -0.5], [1, 0, 1, 0])
+    assert s["wrong"] == pytest.approx(1.5) and s["other"] == pytest.approx((1.0 + 1.2) / 2)
