@@ -11,7 +11,7 @@ STEP   ?= 0
 VERL_VENV  ?= .venv-verl
 VERL_STAMP := $(VERL_VENV)/.amr-sd-setup
 
-.PHONY: setup setup-verl test test-containers test-unit test-integration demo bench bench-quick trl-example serve examples openapi proto clean
+.PHONY: setup setup-verl test test-containers test-unit test-integration demo bench bench-quick fidelity trl-example serve examples openapi proto clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,11 @@ bench: setup
 
 bench-quick: setup
 	$(BIN)/python -m bench --quick
+
+# Does the credit land on the wrong tokens? Arithmetic chains with a known slip, scored through a
+# real server under oracle / raw-feedback / self-written / null reflections (README "Credit fidelity").
+fidelity: setup
+	$(BIN)/python -m bench.fidelity
 
 # Train the embedded model with TRL's GRPOTrainer on AMR-SD advantages, next to plain GRPO.
 trl-example: setup

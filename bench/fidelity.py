@@ -1,0 +1,184 @@
+"""`make fidelity`: does the credit land on the wrong tokens?
+
+Arithmetic chains with one slip at a known step (`bench.fidelity_data`: the slip propagates, and
+every token of every wrong number is labelled) are scored through a real `amr-sd serve` on the
+embedded model, over HTTP with AMRClient, under several teacher contexts:
+
+  oracle    a critique naming the faulty step, not the right value (`reflection_override`);
+            correct solutions get a hint that every step follows
+  feedback  the verifier's raw feedback as the reflection (the SDPO-style baseline)
+  self      the service's own reflections, written from verdicts, peers and feedback
+  null      the student context scored twice, in two requests: a reflection that adds nothing.
+            Its |CIG| is the pipeline's own noise (batching, kernels), the floor under every
+            other figure
+
+Per context, on the failed rollouts (the negative branch): AUROC of -CIG for wrong-number tokens
+against the other response tokens, gate precision / recall / lift at the request's tau, and mean
+|Â|/|A| on wrong vs other tokens; acceptance and reject reasons; on correct rollouts, the share of
++CIG mass and of gated tokens that falls on number tokens.
+
+    python -m bench.fidelity [--problems 8] [--out build/bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import corpus, fidelity_data, procs
+from bench.fidelity_metrics import amplification, auroc, gate_stats
+
+OUT_DIR = Path("build/bench")
+RETURNS = {"cig": True, "logprobs": True, "reflections": True}
+_NUMBER = re.compile(r"^\s*-?\d+\s*$")
+
+
+def _oracle(label: fidelity_data.Rollout) -> str:
+    if label.fault_step is None:
+        return "Every step follows correctly from the one before it."
+    return (f"The mistake is in step {label.fault_step}: its result does not follow from the "
+            "numbers in that step, and every later step builds on it.")
+
+
+def _with_overrides(groups: list[dict], labels, text) -> list[dict]:
+    out = []
+    for group, rollouts in zip(groups, labels):
+        g = json.loads(json.dumps(group))
+        for wire, label in zip(g["rollouts"], rollouts):
+            wire["reflection_override"] = text(wire, label)
+        out.append(g)
+    return out
+
+
+def _tokens(answer, labels, tokenizer) -> dict:
+    """Flat per-token arrays over all rollouts, with the rollout's verdict beside each token."""
+    rows = {k: [] for k in ("cig", "gated", "adv", "base", "wrong", "failed", "number")}
+    for scored, rollouts in zip(answer.groups, labels):
+        for out, label in zip(scored.rollouts, rollouts):
+            n = len(label.token_ids) - 1  # the closing EOS is never gated; leave it out
+            if out.teacher_logprobs is None:
+                # No accepted reflection: no pass at all, exactly GRPO; its CIG counts as 0.
+                rows["cig"].append(np.zeros(n))
+                rows["gated"].append(np.zeros(n, bool))
+            else:
+                rows["cig"].append(np.asarray(out.teacher_logprobs[:n], float)
+                                   - np.asarray(out.student_logprobs[:n], float))
+                rows["gated"].append(np.asarray(out.gated[:n], bool))
+            rows["adv"].append(np.asarray(out.advantages[:n], float))
+            rows["base"].append(np.full(n, out.base_advantage))
+            rows["wrong"].append(np.asarray(label.corrupted[:n], bool))
+            rows["failed"].append(np.full(n, not label.correct))
+            rows["number"].append(np.array(
+                [bool(_NUMBER.match(tokenizer.decode([t]))) for t in label.token_ids[:n]]))
+    return {k: np.concatenate(v) for k, v in rows.items()}
+
+
+def _figures(t: dict, stats) -> dict:
+    f, c = t["failed"], ~t["failed"]
+    neg = gate_stats(t["gated"][f], t["wrong"][f])
+    positive_cig = np.clip(t["cig"][c], 0, None)
+    return {
+        "auroc": auroc(-t["cig"][f], t["wrong"][f]),
+        "gate_precision": neg["precision"], "gate_recall": neg["recall"], "lift": neg["lift"],
+        "gate_rate_failed": neg["gate_rate"],
+        "amplification": amplification(t["adv"][f], t["base"][f], t["wrong"][f]),
+        "acceptance_rate": stats.acceptance_rate, "reject_reasons": dict(stats.reject_reasons),
+        "reflections_generated": stats.reflections_generated,
+        "correct": {
+            "gate_rate": float(t["gated"][c].mean()) if c.any() else None,
+            "number_token_share": float(t["number"][c].mean()) if c.any() else None,
+            "positive_cig_on_numbers": (float(positive_cig[t["number"][c]].sum() / positive_cig.sum())
+                                        if positive_cig.sum() > 0 else None),
+            "gated_on_numbers": (float(t["number"][c][t["gated"][c]].mean())
+                                 if t["gated"][c].any() else None),
+        },
+        "max_abs_cig": float(np.abs(t["cig"]).max()),
+    }
+
+
+def run(out_dir: Path = OUT_DIR, problems: int = 8) -> dict:
+    from amr_client import AMRClient
+
+    tokenizer = corpus.load_tokenizer()
+    groups, labels = fidelity_data.make_groups(tokenizer, n_problems=problems, seed=0)
+    port = procs.free_port()
+    server = procs.ServerProcess(
+        "amr-sd-fidelity", [sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port)],
+        port=port, ready_path="/readyz", log_dir=out_dir)
+    contexts = {
+        "oracle": _with_overrides(groups, labels, lambda w, label: _oracle(label)),
+        "feedback": _with_overrides(groups, labels, lambda w, label: w["feedback"]),
+        "self": groups,
+    }
+    results, answers = {}, {}
+    with server:
+        with AMRClient(server.base_url, max_retries=0) as client:
+            for name, request in contexts.items():
+                t0 = time.monotonic()
+                answers[name] = client.score(request, step=0, returns=RETURNS)
+                tokens = _tokens(answers[name], labels, tokenizer)
+                results[name] = {**_figures(tokens, answers[name].stats),
+                                 "seconds": time.monotonic() - t0}
+    # null: the same student context from two requests (oracle's and self's batches differ).
+    pairs = [(ro.student_logprobs, rs.student_logprobs)
+             for go, gs in zip(answers["oracle"].groups, answers["self"].groups)
+             for ro, rs in zip(go.rollouts, gs.rollouts) if rs.student_logprobs is not None]
+    a, b = (np.concatenate([np.asarray(p[i], float) for p in pairs]) for i in (0, 1))
+    results["null"] = {"max_abs_cig": float(np.abs(a - b).max()),
+                       "mean_abs_cig": float(np.abs(a - b).mean()), "tokens": int(a.size)}
+    results["data"] = {"problems": len(groups), "rollouts": sum(len(g["rollouts"]) for g in groups),
+                       "wrong_tokens": int(sum(sum(r.corrupted) for rs in labels for r in rs)),
+                       "response_tokens": int(sum(len(r.token_ids) for rs in labels for r in rs))}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "fidelity.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _fmt(v, spec=".2f") -> str:
+    if v is None:
+        return "-"
+    return "inf" if v == float("inf") else format(v, spec)
+
+
+def table(results: dict) -> list[str]:
+    d = results["data"]
+    lines = [f"{d['problems']} problems, {d['rollouts']} rollouts, {d['response_tokens']} response "
+             f"tokens, {d['wrong_tokens']} of them wrong numbers",
+             "| context | AUROC (-CIG, wrong vs other) | gate precision | gate recall | lift | "
+             "mean Â/A wrong / other | acceptance | +CIG on numbers (correct) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in ("oracle", "feedback", "self"):
+        r = results[name]
+        amp = r["amplification"]
+        lines.append(f"| {name} | {_fmt(r['auroc'])} | {_fmt(r['gate_precision'])} | "
+                     f"{_fmt(r['gate_recall'])} | {_fmt(r['lift'], '.1f')} | "
+                     f"{_fmt(amp['wrong'], '.3f')} / {_fmt(amp['other'], '.3f')} | "
+                     f"{_fmt(r['acceptance_rate'], '.0%')} | "
+                     f"{_fmt(r['correct']['positive_cig_on_numbers'], '.0%')} |")
+    n = results["null"]
+    lines.append(f"| null | max abs CIG {n['max_abs_cig']:.2e}, mean {n['mean_abs_cig']:.2e} over "
+                 f"{n['tokens']} tokens | | | | | | |")
+    reasons = results["self"]["reject_reasons"]
+    lines.append(f"self-written reject reasons: {reasons or 'none'}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", type=int, default=8,
+                        help="chains to score, 4 rollouts each (8: about 4 minutes on 2 cores)")
+    parser.add_argument("--out", type=Path, default=OUT_DIR)
+    args = parser.parse_args(argv)
+    results = run(args.out, args.problems)
+    print("\n".join(table(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
