@@ -23,6 +23,7 @@ against the other response tokens, gate precision / recall / lift at the request
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import sys
@@ -49,18 +50,24 @@ def _oracle(label: fidelity_data.Rollout) -> str:
 def _with_overrides(groups: list[dict], labels, text) -> list[dict]:
     out = []
     for group, rollouts in zip(groups, labels):
-        g = json.loads(json.dumps(group))
+        g = copy.deepcopy(group)
         for wire, label in zip(g["rollouts"], rollouts):
             wire["reflection_override"] = text(wire, label)
         out.append(g)
     return out
 
 
-def _tokens(answer, labels, tokenizer) -> dict:
+def _number_tokens(labels, tokenizer) -> list[list[np.ndarray]]:
+    """Per rollout, which response tokens are numbers (decoded once for every context)."""
+    return [[np.array([bool(_NUMBER.match(tokenizer.decode([t]))) for t in r.token_ids[:-1]])
+             for r in rollouts] for rollouts in labels]
+
+
+def _tokens(answer, labels, numbers) -> dict:
     """Flat per-token arrays over all rollouts, with the rollout's verdict beside each token."""
     rows = {k: [] for k in ("cig", "gated", "adv", "base", "wrong", "failed", "number")}
-    for scored, rollouts in zip(answer.groups, labels):
-        for out, label in zip(scored.rollouts, rollouts):
+    for scored, rollouts, group_numbers in zip(answer.groups, labels, numbers):
+        for out, label, number in zip(scored.rollouts, rollouts, group_numbers):
             n = len(label.token_ids) - 1  # the closing EOS is never gated; leave it out
             if out.teacher_logprobs is None:
                 # No accepted reflection: no pass at all, exactly GRPO; its CIG counts as 0.
@@ -74,8 +81,7 @@ def _tokens(answer, labels, tokenizer) -> dict:
             rows["base"].append(np.full(n, out.base_advantage))
             rows["wrong"].append(np.asarray(label.corrupted[:n], bool))
             rows["failed"].append(np.full(n, not label.correct))
-            rows["number"].append(np.array(
-                [bool(_NUMBER.match(tokenizer.decode([t]))) for t in label.token_ids[:n]]))
+            rows["number"].append(number)
     return {k: np.concatenate(v) for k, v in rows.items()}
 
 
@@ -107,6 +113,7 @@ def run(out_dir: Path = OUT_DIR, problems: int = 8) -> dict:
 
     tokenizer = corpus.load_tokenizer()
     groups, labels = fidelity_data.make_groups(tokenizer, n_problems=problems, seed=0)
+    numbers = _number_tokens(labels, tokenizer)
     port = procs.free_port()
     server = procs.ServerProcess(
         "amr-sd-fidelity", [sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port)],
@@ -122,7 +129,7 @@ def run(out_dir: Path = OUT_DIR, problems: int = 8) -> dict:
             for name, request in contexts.items():
                 t0 = time.monotonic()
                 answers[name] = client.score(request, step=0, returns=RETURNS)
-                tokens = _tokens(answers[name], labels, tokenizer)
+                tokens = _tokens(answers[name], labels, numbers)
                 results[name] = {**_figures(tokens, answers[name].stats),
                                  "seconds": time.monotonic() - t0}
     # null: the same student context from two requests (oracle's and self's batches differ).
