@@ -102,8 +102,9 @@ class Engine(Protocol):
 
 # The knobs a user may set from `amr-sd score|serve` flags or AMR_* variables.
 ENGINE_FLAGS = ("dtype", "max_model_len", "gpu_memory_utilization", "kv_cache_gib", "enforce_eager",
-                "max_num_batched_tokens", "prefix_caching", "tensor_parallel_size", "cpu_threads_bind", "enable_lora", "max_lora_rank",
-                "max_loras", "max_cpu_loras", "lora_target_modules")
+                "max_num_batched_tokens", "prefix_caching", "tensor_parallel_size",
+                "cpu_threads_bind", "enable_lora", "max_lora_rank", "max_loras", "max_cpu_loras",
+                "lora_target_modules")
 
 # The layers adapters may change by default: the transformer's projections, Llama-family names
 # (vLLM's packed names too). Never lm_head: with a LoRA on the logits, vLLM 0.32 applies one LoRA
