@@ -348,7 +348,7 @@ class Scorer:
                         "temperature": cfg.reflection_temperature,
                         "retry_temperature": cfg.retry_temperature, "max_retries": cfg.max_retries},
             leak_filter={"answers": w.leak_answers, "sources": w.leak_sources,
-                         "ngram": cfg.ngram_overlap})
+                         "ngram": cfg.ngram_overlap, "version": reflection.FILTER_VERSION})
 
     def _accept(self, w: _Work, output: str, cfg: ScoringConfig) -> bool:
         record = w.record

@@ -20,6 +20,7 @@ from amr_sd.algo.reflection import (
     leak_reason,
     opening_tag,
     parse_reflection,
+    quality_reason,
     shares_ngram,
     strip_think,
     teacher_block,
@@ -490,6 +491,65 @@ def test_checks_run_in_order_length_phrase_answer_overlap():
     assert accept("the answer is 5", **everything) is RejectReason.ANSWER_PHRASE
     assert accept("it is 5", **everything) is RejectReason.CONTAINS_ANSWER
     assert accept("pair them", **everything) is RejectReason.NGRAM_OVERLAP
+    # The quality checks sit between the answer phrase and the answer itself.
+    assert accept("the answer is 5 </", **everything) is RejectReason.ANSWER_PHRASE
+    assert accept("it is 5 </", **everything) is RejectReason.STRAY_TAG
+
+
+@pytest.mark.parametrize(
+    "reflection",
+    [
+        # A broken closing tag followed by text about the hint: seen from the embedded model.
+        "A student should not hesitate to seek clarification. </\n\nThis hint is designed to help.",
+        "Check the second product. <hint>Pair the terms.",
+        "Look at the carry. </critique",
+        "<think>recount</think> Recount the terms.",
+        "Try the next case.<solution>",
+    ],
+)
+def test_markup_inside_a_reflection_is_stray_tag(reflection):
+    assert accept(reflection) is RejectReason.STRAY_TAG
+
+
+@pytest.mark.parametrize(
+    "reflection",
+    [
+        "This hint is designed to encourage a student to think.",
+        "The above critique explains the error.",
+        "Use my hint: pair the terms.",
+        "These reflections help a student.",
+    ],
+)
+def test_text_about_the_reflection_itself_is_meta_text(reflection):
+    assert accept(reflection) is RejectReason.META_TEXT
+
+
+@pytest.mark.parametrize(
+    "reflection",
+    [
+        "Check the sum of the terms. Check the sum of the terms. Check the sum of the terms.",
+        "Recount the terms again and again and again and again and again and again.",
+        "Look at step two carefully carefully carefully carefully.",
+    ],
+)
+def test_degenerate_repetition_is_repetition(reflection):
+    assert accept(reflection) is RejectReason.REPETITION
+
+
+@pytest.mark.parametrize(
+    "reflection",
+    [
+        CLEAN_HINT,
+        "Is x < y here, and what does that say about 3<4?",
+        "Check step 2: is 12 * 3 really what was written? Check step 3 after it.",
+        "What is the hint of symmetry in the sum of the first and the last term?",
+        "Compare the first and the last term, then the second and the second to last term.",
+        "Very very careful counting is needed.",
+    ],
+)
+def test_ordinary_reflections_pass_the_quality_checks(reflection):
+    assert quality_reason(reflection) is None
+    assert accept(reflection) is None
 
 
 def test_reject_reasons_are_their_metric_strings():
@@ -501,6 +561,9 @@ def test_reject_reasons_are_their_metric_strings():
         "answer_phrase",
         "contains_answer",
         "ngram_overlap",
+        "stray_tag",
+        "meta_text",
+        "repetition",
     ]
     assert RejectReason.EMPTY == "empty"
 

@@ -21,6 +21,9 @@ from decimal import Decimal, InvalidOperation
 # Part of the reflection cache key: bump it whenever any text below that the writer or the
 # teacher sees changes (templates, optional sections, teacher block).
 TEMPLATE_VERSION = "v1"
+# Also in the cache key: bump it whenever the filter's checks change, so a record the old filter
+# accepted is judged again.
+FILTER_VERSION = "2"
 
 HINT = "hint"
 CRITIQUE = "critique"
@@ -72,11 +75,29 @@ class RejectReason(str, enum.Enum):
     ANSWER_PHRASE = "answer_phrase"
     CONTAINS_ANSWER = "contains_answer"
     NGRAM_OVERLAP = "ngram_overlap"
+    STRAY_TAG = "stray_tag"
+    META_TEXT = "meta_text"
+    REPETITION = "repetition"
 
 
 # Lower-cased, whitespace-collapsed phrases that announce an answer rather than guide toward it.
 # "answer is" also catches "the correct answer is", which the embedded model writes often.
 _ANSWER_PHRASES = ("\\boxed", "answer is", "final answer", "answer:")
+
+# (ours) Markup left inside a reflection ("</" of a closing tag the writer broke, "<hint>" again,
+# "<think>"): the writer lost the format, and the teacher would read the markup as guidance.
+_TAG_FRAGMENT = re.compile(
+    r"</|<\s*/?\s*(?:hint|critique|think|answer|solution|reflection)\b|<[A-Za-z][\w-]*>",
+    re.IGNORECASE)
+# (ours) Text about the reflection instead of the problem ("This hint is designed to encourage a
+# student ..."): it tells the teacher nothing about the solution.
+_META_TEXT = re.compile(
+    r"\b(?:this|these|the above|the following|my|that)\s+(?:hint|critique|reflection)s?\b",
+    re.IGNORECASE)
+# (ours) Degenerate repetition: a run of _REPEAT_WORDS words that occurs _REPEAT_TIMES times, or
+# one word _REPEAT_TIMES + 1 times in a row ("check check check check").
+_REPEAT_WORDS, _REPEAT_TIMES = 4, 3
+_WORD = re.compile(r"\w+")
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 _BOXED_OPEN = re.compile(r"\\boxed\s*\{")
@@ -321,6 +342,28 @@ def shares_ngram(a: Sequence[int], b: Sequence[int], n: int = 8) -> bool:
     return any(tuple(a[i : i + n]) in seen for i in range(len(a) - n + 1))
 
 
+def quality_reason(reflection: str) -> RejectReason | None:
+    """Why ``reflection`` is not a reflection at all, or None (ours): STRAY_TAG (markup inside
+    it), META_TEXT (it talks about the hint or critique itself), REPETITION (degenerate loops)."""
+    if _TAG_FRAGMENT.search(reflection):
+        return RejectReason.STRAY_TAG
+    if _META_TEXT.search(reflection):
+        return RejectReason.META_TEXT
+    words = [w.lower() for w in _WORD.findall(reflection)]
+    runs: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - _REPEAT_WORDS + 1):
+        run = tuple(words[i:i + _REPEAT_WORDS])
+        runs[run] = runs.get(run, 0) + 1
+        if runs[run] >= _REPEAT_TIMES:
+            return RejectReason.REPETITION
+    same = 1
+    for previous, word in zip(words, words[1:]):
+        same = same + 1 if word == previous else 1
+        if same > _REPEAT_TIMES:
+            return RejectReason.REPETITION
+    return None
+
+
 def announces_answer(text: str) -> bool:
     """Whether ``text`` holds a phrase that announces an answer (ANSWER_PHRASE). More text
     cannot undo it, so a writer may be stopped as soon as it is true of a partial reflection."""
@@ -339,14 +382,20 @@ def leak_reason(
 ) -> RejectReason | None:
     """Why ``reflection`` must not reach the teacher, or None to accept it (METHOD.md step 5).
 
-    Checks in order: TOO_LONG, ANSWER_PHRASE, CONTAINS_ANSWER (the reference answer and the
-    correct peers' extracted answers), NGRAM_OVERLAP (``ngram`` tokens shared with the token ids
-    of the peer or reference the writer saw).
+    Checks in order: TOO_LONG, ANSWER_PHRASE, then the quality checks of
+    :func:`quality_reason` (STRAY_TAG, META_TEXT, REPETITION), CONTAINS_ANSWER (the reference
+    answer and the correct peers' extracted answers), NGRAM_OVERLAP (``ngram`` tokens shared with
+    the token ids of the peer or reference the writer saw). ANSWER_PHRASE comes before the quality
+    checks so that a writer abandoned at an answer phrase gets the reason it would have got had
+    it decoded to the end.
     """
     if len(reflection_token_ids) > max_reflection_tokens:
         return RejectReason.TOO_LONG
     if announces_answer(reflection):
         return RejectReason.ANSWER_PHRASE
+    quality = quality_reason(reflection)
+    if quality is not None:
+        return quality
     if any(answer and contains_answer(reflection, answer) for answer in answers):
         return RejectReason.CONTAINS_ANSWER
     if any(shares_ngram(reflection_token_ids, source, ngram) for source in source_token_ids):
