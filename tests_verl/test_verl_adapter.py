@@ -201,6 +201,8 @@ def test_interleaved_rows_are_sent_as_whole_uid_groups_in_one_call(scored):
 def test_amr_stats_come_back_as_metrics_and_per_row_base_advantages(scored):
     metrics, call = scored.out["metrics"], scored.calls[0]
     assert metrics["amr_sd/gate_rate"] == call.result.stats.gate_rate
+    assert metrics["amr_sd/gate_rate_negative"] == call.result.stats.negative.gate_rate
+    assert metrics["amr_sd/cig_p95_positive"] == call.result.stats.positive.cig_p95
     assert metrics["amr_sd/mean_abs_advantage"] == call.result.stats.mean_abs_advantage
     assert metrics["amr_sd/fallback"] == 0.0
     # GRPO over rewards 1 0 0 1: mean 0.5, unbiased std sqrt(1/3), so A = ±0.5·sqrt(3) = ±0.866.

@@ -59,6 +59,8 @@ class ScoringConfig(_Strict):
         1.0, ge=0, description="τ-: CIG margin (nats) below which a negative token gets no blame. (ours): 1.0.")
     kappa: float = Field(
         5.0, gt=0, le=100, description="κ: CIG is clipped to [-κ, κ] before the gate. Paper: 5.")
+    gate_rate_target: float | None = Field(
+        None, gt=0, lt=1, description="(ours) Calibrated gate: when set, τ+ and τ- are chosen per request so that about this share of each branch's gateable tokens is gated (τ+ the (1 - rate) quantile of the hints' CIG, τ- that of the critiques' -CIG, never below 0), replacing tau_pos and tau_neg. Streamed groups then all arrive once the whole request is scored. Default: null (fixed τ).")
 
     # > Parameters that control the anneal schedule (METHOD step 9)
     schedule: Literal["linear", "cosine", "exponential", "constant"] = Field(
@@ -266,6 +268,21 @@ class Timings(BaseModel):
     total_s: float = 0.0
 
 
+class BranchStats(BaseModel):
+    """Credit health of one branch of the gate: hints on A_i > 0 rollouts, critiques on A_i < 0."""
+
+    rollouts: int = Field(0, description="Rollouts of this branch with an accepted reflection.")
+    reflected_tokens: int = Field(0, description="Their response tokens the gate may fire on (special tokens are never gated).")
+    gated_tokens: int = 0
+    gate_rate: float = Field(0.0, description="gated_tokens / reflected_tokens: aim for 5-15 %.")
+    tau: float = Field(0.0, description="The margin this branch's gate used (nats): tau_pos / tau_neg, or the calibrated one with gate_rate_target.")
+    cig_p01: float = Field(0.0, description="1st percentile of the clipped CIG on this branch's reflected tokens (nats).")
+    cig_p05: float = 0.0
+    cig_p50: float = 0.0
+    cig_p95: float = 0.0
+    cig_p99: float = 0.0
+
+
 class BatchStats(BaseModel):
     groups: int
     rollouts: int
@@ -288,6 +305,8 @@ class BatchStats(BaseModel):
     mean_abs_advantage: float
     top_gated_tokens: list[tuple[str, int]] = Field(default_factory=list, description="Most often gated tokens.")
     timings: Timings = Field(default_factory=Timings)
+    positive: BranchStats = Field(default_factory=BranchStats, description="The hint branch (A_i > 0): the gate rewards tokens with CIG above tau_pos.")
+    negative: BranchStats = Field(default_factory=BranchStats, description="The critique branch (A_i < 0): the gate blames tokens with CIG below -tau_neg.")
 
 
 class ScoreResponse(BaseModel):

@@ -8,6 +8,8 @@ from amr_client.schemas import BatchStats
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _RATE_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+# Clipped CIG lies in [-kappa, kappa], kappa 5 by default; the taus sit at +-1.
+_CIG_BUCKETS = (-5, -3, -2, -1.5, -1, -0.5, -0.2, 0, 0.2, 0.5, 1, 1.5, 2, 3, 5)
 
 
 class Metrics:
@@ -35,6 +37,16 @@ class Metrics:
         self.cig_mean = Histogram("amr_sd_cig_mean", "Mean clipped CIG per request (nats).",
                                   buckets=(-2, -1, -0.5, -0.2, -0.1, 0, 0.1, 0.2, 0.5, 1, 2),
                                   registry=r)
+        # Credit health by branch: a gate that opens only on hints (or only on critiques), or a
+        # CIG tail that drifts from the taus, shows here first.
+        self.branch_gate_rate = Histogram(
+            "amr_sd_branch_gate_rate",
+            "Share of a branch's gateable tokens gated, per request (positive: hints, negative: "
+            "critiques).", ["branch"], buckets=_RATE_BUCKETS, registry=r)
+        self.branch_cig_quantile = Histogram(
+            "amr_sd_branch_cig_quantile",
+            "Per request, a quantile of the clipped CIG on a branch's gateable tokens (nats).",
+            ["branch", "quantile"], buckets=_CIG_BUCKETS, registry=r)
         self.engine_seconds = Histogram("amr_sd_engine_seconds", "Engine time per phase.",
                                         ["phase"], buckets=_LATENCY_BUCKETS, registry=r)
         # Reliability (README "Running it safely").
@@ -76,6 +88,13 @@ class Metrics:
         if stats.reflected_tokens:
             self.gate_rate.observe(stats.gate_rate)
             self.cig_mean.observe(stats.cig_mean)
+        for name in ("positive", "negative"):
+            branch = getattr(stats, name)
+            if branch.reflected_tokens:
+                self.branch_gate_rate.labels(branch=name).observe(branch.gate_rate)
+                for quantile in ("p01", "p05", "p50", "p95", "p99"):
+                    self.branch_cig_quantile.labels(branch=name, quantile=quantile).observe(
+                        getattr(branch, f"cig_{quantile}"))
         if stats.reflections_requested:
             self.engine_seconds.labels(phase="reflect").observe(stats.timings.reflect_s)
         if stats.tokens_scored:

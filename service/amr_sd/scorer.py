@@ -20,6 +20,7 @@ import numpy as np
 
 from amr_client.schemas import (
     BatchStats,
+    BranchStats,
     Group,
     ReflectionRecord,
     ReturnSwitches,
@@ -253,6 +254,8 @@ class Scorer:
         tasks = [asyncio.ensure_future(self._group(run, g, on_group)) for g in range(len(plan.groups))]
         try:
             await _all_or_first_error(tasks)
+            if run.calibrated:
+                await self._gate_calibrated(run, on_group)
         finally:
             run.coalescer.cancel()
         response = await asyncio.to_thread(self._response, request, plan, run)
@@ -302,9 +305,38 @@ class Scorer:
                                    for w in work if w.kind and not w.settled])
         run.reflect_s = max(run.reflect_s, time.perf_counter())
         await self._rescore(run, [w for w in work if w.kind and w.accepted_text is not None])
-        run.scored[g] = await asyncio.to_thread(self._scored_group, run.plan, work, run.returns)
+        if not run.calibrated:  # else gated in `_gate_calibrated`, once every group is rescored
+            await self._finish_group(run, g, on_group)
+
+    async def _finish_group(self, run: "_Run", g: int,
+                            on_group: Callable[[int, ScoredGroup], Awaitable[None]] | None) -> None:
+        run.scored[g] = await asyncio.to_thread(self._scored_group, run, run.plan.groups[g])
         if on_group is not None:
             await on_group(g, run.scored[g][0])
+
+    async def _gate_calibrated(self, run: "_Run",
+                               on_group: Callable[[int, ScoredGroup], Awaitable[None]] | None) -> None:
+        """(ours) τ per branch from the whole request's CIG (gate_rate_target), then every group."""
+        run.tau_pos, run.tau_neg = await asyncio.to_thread(self._calibrated_taus, run.plan)
+        for g in range(len(run.plan.groups)):
+            await self._finish_group(run, g, on_group)
+
+    def _calibrated_taus(self, plan: Plan) -> tuple[float, float]:
+        branches: dict[bool, list[np.ndarray]] = {True: [], False: []}
+        for w in plan.active:
+            if w.teacher_logprobs is not None:
+                cig_hat, _, gateable = self._cig(w, plan.config)
+                branches[w.base_advantage > 0].append(cig_hat[gateable])
+        return tuple(advantage.calibrated_tau(np.concatenate(branches[side]) if branches[side]
+                                              else [], plan.config.gate_rate_target, positive=side)
+                     for side in (True, False))
+
+    def _cig(self, w: _Work, cfg: ScoringConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Clipped CIG, its non-finite mask, and which tokens the gate may fire on."""
+        cig_hat, bad = advantage.clipped_cig(w.teacher_logprobs, w.student_logprobs,
+                                             kappa=cfg.kappa)
+        tokens = np.asarray(w.rollout.token_ids, dtype=np.int64)
+        return cig_hat, bad, ~np.isin(tokens, self._special_ids)
 
     async def _reflect(self, run: "_Run", w: _Work) -> None:
         """Write, parse and filter one rollout's reflection with retries, then cache the record."""
@@ -400,8 +432,9 @@ class Scorer:
 
     # ---------------------------------------------------------------- combine and report
 
-    def _scored_group(self, plan: Plan, group: list[_Work], ret) -> tuple[ScoredGroup, "_Tally"]:
+    def _scored_group(self, run: "_Run", group: list[_Work]) -> tuple[ScoredGroup, "_Tally"]:
         """Combine one group's passes into advantages (algo/), and what the batch stats need."""
+        plan, ret = run.plan, run.returns
         cfg, tally = plan.config, _Tally()
         scored = []
         for w in group:
@@ -409,17 +442,20 @@ class Scorer:
             tally.response_tokens += len(tokens)
             item = ScoredRollout(advantages=[], base_advantage=w.base_advantage)
             if w.teacher_logprobs is not None:
-                cig_hat, bad = advantage.clipped_cig(w.teacher_logprobs, w.student_logprobs,
-                                                     kappa=cfg.kappa)
+                cig_hat, bad, gateable = self._cig(w, cfg)
                 delta = advantage.gate(
                     cig_hat, w.base_advantage, lambda_eff=plan.lambda_eff,
-                    gamma_eff=plan.gamma_eff, tau_pos=cfg.tau_pos, tau_neg=cfg.tau_neg,
-                    never_gate=np.isin(tokens, self._special_ids))
+                    gamma_eff=plan.gamma_eff, tau_pos=run.tau_pos, tau_neg=run.tau_neg,
+                    never_gate=~gateable)
                 adv = advantage.combine(w.base_advantage, delta)
                 gated = delta > 0
                 tally.cig.append(cig_hat)
                 tally.reflected += len(tokens)
                 tally.gated += int(gated.sum())
+                branch = tally.positive if w.base_advantage > 0 else tally.negative
+                branch.rollouts += 1
+                branch.gated += int(gated.sum())
+                branch.cig.append(cig_hat[gateable])
                 tally.nonfinite += int(bad.sum())
                 tally.gated_ids.update(tokens[gated].tolist())
                 tally.scored += len(tokens) * (2 if w.rollout.student_logprobs is None else 1)
@@ -467,12 +503,36 @@ class Scorer:
             mean_abs_advantage=t.abs_adv / t.response_tokens if t.response_tokens else 0.0,
             top_gated_tokens=[(self.tokenizer.convert_ids_to_tokens(i), n)
                               for i, n in t.gated_ids.most_common(10)],
+            positive=t.positive.stats(run.tau_pos), negative=t.negative.stats(run.tau_neg),
         )
         return ScoreResponse(
             model=self.engine.model_id, policy_version=self.engine.policy_version,
             template_version=reflection.TEMPLATE_VERSION, step=request.step,
             anneal_weight=plan.anneal_weight, groups=[group for group, _ in run.scored],
             stats=stats)
+
+
+@dataclass
+class _Branch:
+    """One side of the gate: its rollouts' gated counts and CIG on the tokens it may gate."""
+
+    rollouts: int = 0
+    gated: int = 0
+    cig: list = field(default_factory=list)
+
+    def add(self, other: "_Branch") -> None:
+        self.rollouts += other.rollouts
+        self.gated += other.gated
+        self.cig += other.cig
+
+    def stats(self, tau: float) -> BranchStats:
+        cig = np.concatenate(self.cig) if self.cig else np.zeros(0)
+        if not cig.size:
+            return BranchStats(rollouts=self.rollouts, tau=tau)
+        p01, p05, p50, p95, p99 = np.quantile(cig, (0.01, 0.05, 0.5, 0.95, 0.99))
+        return BranchStats(rollouts=self.rollouts, reflected_tokens=int(cig.size), tau=tau,
+                           gated_tokens=self.gated, gate_rate=self.gated / cig.size,
+                           cig_p01=p01, cig_p05=p05, cig_p50=p50, cig_p95=p95, cig_p99=p99)
 
 
 @dataclass
@@ -488,6 +548,8 @@ class _Tally:
     abs_base: float = 0.0
     cig: list = field(default_factory=list)
     gated_ids: collections.Counter = field(default_factory=collections.Counter)
+    positive: _Branch = field(default_factory=_Branch)
+    negative: _Branch = field(default_factory=_Branch)
 
     @classmethod
     def total(cls, tallies) -> "_Tally":
@@ -498,6 +560,8 @@ class _Tally:
                 setattr(out, name, getattr(out, name) + getattr(t, name))
             out.cig += t.cig
             out.gated_ids.update(t.gated_ids)
+            out.positive.add(t.positive)
+            out.negative.add(t.negative)
         return out
 
 
@@ -512,9 +576,18 @@ class _Run:
     cached: int = 0
     reflect_s: float = 0.0  # perf_counter when the last reflection settled
     scored: list = field(default_factory=list)
+    # The gate's margins: the config's, or with gate_rate_target the request's calibrated ones,
+    # known only once every group is rescored.
+    tau_pos: float = 0.0
+    tau_neg: float = 0.0
 
     def __post_init__(self):
         self.scored = [None] * len(self.plan.groups)
+        self.tau_pos, self.tau_neg = self.plan.config.tau_pos, self.plan.config.tau_neg
+
+    @property
+    def calibrated(self) -> bool:
+        return self.plan.config.gate_rate_target is not None
 
     @property
     def returns(self):

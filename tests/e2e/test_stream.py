@@ -121,3 +121,38 @@ def test_an_idempotency_key_on_a_stream_replays_the_finished_answer_without_scor
     unary = httpx.post(f"{amr_server}/v1/score", json=body(groups), headers=key, timeout=60)
     assert unary.headers["idempotent-replayed"] == "true"
     assert [json.dumps(g) for g in unary.json()["groups"]] == [g for _, g in group_lines(first)]
+
+
+def test_a_calibrated_gate_gates_the_target_share_of_each_branch_streamed_or_not(
+        amr_server, example_groups):
+    from transformers import AutoTokenizer
+
+    from amr_sd.algo.advantage import calibrated_tau
+    from amr_sd.engine.models import materialize_embedded
+
+    special = set(AutoTokenizer.from_pretrained(str(materialize_embedded())).all_special_ids)
+    groups = overridden(example_groups[6:9])
+    payload = body(groups, config={"gate_rate_target": 0.1})
+    unary = httpx.post(f"{amr_server}/v1/score", json=payload, timeout=300).json()
+    lines, _ = stream_lines(amr_server, payload)
+    streamed = {line["index"]: line["group"] for line in lines if line["type"] == "group"}
+    assert [streamed[i] for i in range(3)] == unary["groups"]
+    stats = unary["stats"]
+    assert lines[-1]["stats"]["negative"] == stats["negative"]
+    for name, positive in (("positive", True), ("negative", False)):
+        cig, gated = [], []
+        for group, scored in zip(groups, unary["groups"]):
+            for wire, out in zip(group["rollouts"], scored["rollouts"]):
+                if "cig" not in out or (out["base_advantage"] > 0) != positive:
+                    continue
+                keep = [t not in special for t in wire["token_ids"]]
+                cig += [c for c, k in zip(out["cig"], keep) if k]
+                gated += [g for g, k in zip(out["gated"], keep) if k]
+        branch = stats[name]
+        assert branch["reflected_tokens"] == len(cig) > 0
+        # The service's tau is the quantile of exactly the CIG it returned ...
+        assert branch["tau"] == pytest.approx(calibrated_tau(cig, 0.1, positive=positive),
+                                              abs=1e-12)
+        # ... and it gates about a tenth of the branch, where a fixed 1 nat gates a few %.
+        assert branch["gated_tokens"] == sum(gated)
+        assert 0.08 <= branch["gate_rate"] <= 0.11, branch

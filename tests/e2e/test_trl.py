@@ -158,6 +158,9 @@ def test_two_grpo_steps_train_on_exactly_the_service_advantages(amr_server, mode
 
     logged = [entry for entry in trainer.state.log_history if "amr/gate_rate" in entry]
     assert len(logged) == 2 and all(0 <= e["amr/gate_rate"] <= 1 for e in logged)
+    for branch in ("positive", "negative"):
+        assert all(0 <= e[f"amr/gate_rate_{branch}"] <= 1 for e in logged)
+    assert all(-5 <= e["amr/cig_p05_negative"] <= 5 for e in logged)
     assert {"amr/acceptance_rate", "amr/mean_abs_advantage", "amr/mean_abs_base_advantage"} <= set(logged[0])
 
 

@@ -498,3 +498,36 @@ def test_grpo_advantages_sum_to_zero(rewards, norm_by_std, std_unbiased):
     # centred values cancel up to rounding of the mean
     scale = max(1.0, np.max(np.abs(a)))
     assert abs(a.sum()) <= 1e-9 * len(rewards) * scale
+
+
+def test_calibrated_tau_is_the_quantile_that_passes_the_target_share():
+    from amr_sd.algo.advantage import calibrated_tau
+
+    cig = np.arange(20) / 10.0  # 0.0 .. 1.9
+    tau = calibrated_tau(cig, 0.25, positive=True)
+    assert tau == pytest.approx(np.quantile(cig, 0.75))
+    assert (cig > tau).mean() == pytest.approx(0.25)
+    # The negative branch reads the other tail: -CIG.
+    tau_neg = calibrated_tau(-cig, 0.25, positive=False)
+    assert tau_neg == pytest.approx(tau)
+    assert (-(-cig) > tau_neg).mean() == pytest.approx(0.25)
+
+
+def test_calibrated_tau_never_goes_below_zero_and_is_zero_without_tokens():
+    from amr_sd.algo.advantage import calibrated_tau
+
+    # Every hint token less likely: the positive gate must not open on them.
+    assert calibrated_tau(np.full(10, -2.0), 0.5, positive=True) == 0.0
+    assert calibrated_tau(np.full(10, 2.0), 0.5, positive=False) == 0.0
+    assert calibrated_tau([], 0.1, positive=True) == 0.0
+    # With tau >= 0, CIG == 0 everywhere still gives exact GRPO (G4).
+    tau = calibrated_tau(np.zeros(8), 0.1, positive=True)
+    assert np.all(gate(np.zeros(8), 1.0, lambda_eff=0.2, gamma_eff=0.1, tau_pos=tau) == 0)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, -0.1, float("nan")])
+def test_calibrated_tau_rejects_a_rate_outside_0_1(rate):
+    from amr_sd.algo.advantage import calibrated_tau
+
+    with pytest.raises(ValueError, match="rate"):
+        calibrated_tau(np.zeros(3), rate, positive=True)

@@ -320,3 +320,123 @@ def test_an_abandoned_reflection_is_rejected_for_its_answer_phrase_and_retried(t
         assert record.text == "The answer is 5"
         assert rollout.advantages == [rollout.base_advantage] * len(TOKENS)
     assert answer.stats.reflections_generated == 6
+
+
+class CigByKind(NoCallEngine):
+    """Scores the student context 0 and the teacher +3 (hint) or -3 (critique) on the first
+    `marked` response tokens: pure gate and stats logic, no model numerics."""
+
+    def __init__(self, tokenizer, student_len):
+        super().__init__(tokenizer)
+        self.student_len = student_len
+
+    async def score(self, sequences, start_indices, adapter=None):
+        import numpy as np
+
+        out = []
+        for seq, start in zip(sequences, start_indices):
+            values = np.zeros(len(seq) - start)
+            if start != self.student_len:
+                hint = "<hint>" in self.tokenizer.decode(seq[:start])
+                values[: 1 if hint else 2] = 3.0 if hint else -3.0
+            out.append(values)
+        return out
+
+
+def test_batch_stats_report_gate_rate_and_cig_quantiles_by_branch(tokenizer):
+    student_len = len(render_prompt(tokenizer, messages=MESSAGES))
+    rollouts = [{"token_ids": TOKENS, "reward": r, "reflection_override": "Check each step."}
+                for r in (1.0, 0.0, 0.0, 1.0)]
+    req = ScoreRequest.model_validate(
+        {"step": 0, "groups": [{"prompt": {"messages": MESSAGES}, "rollouts": rollouts}]})
+    stats = asyncio.run(Scorer(CigByKind(tokenizer, student_len)).score(req)).stats
+    pos, neg = stats.positive, stats.negative
+    assert (pos.rollouts, pos.reflected_tokens, pos.gated_tokens) == (2, 6, 2)
+    assert (neg.rollouts, neg.reflected_tokens, neg.gated_tokens) == (2, 6, 4)
+    assert pos.gate_rate == pytest.approx(2 / 6) and neg.gate_rate == pytest.approx(4 / 6)
+    assert stats.gate_rate == pytest.approx(6 / 12)
+    # Hints: CIG [3, 0, 0] twice; critiques: [-3, -3, 0] twice.
+    assert (pos.cig_p50, pos.cig_p99) == (pytest.approx(0.0), pytest.approx(3.0))
+    assert (neg.cig_p01, neg.cig_p50, neg.cig_p95) == (
+        pytest.approx(-3.0), pytest.approx(-3.0), pytest.approx(0.0))
+
+
+def test_branch_stats_reach_prometheus_per_branch():
+    from prometheus_client import CollectorRegistry
+
+    from amr_client.schemas import BatchStats, BranchStats
+    from amr_sd.metrics import Metrics
+
+    metrics = Metrics(CollectorRegistry())
+    stats = BatchStats(groups=1, rollouts=2, response_tokens=6, tokens_scored=12,
+                       reflected_tokens=3, gated_tokens=1, gate_rate=1 / 3,
+                       reflections_requested=1, reflections_generated=1, reflections_accepted=1,
+                       reflections_rejected=0, acceptance_rate=1.0, cig_mean=-1.0, cig_std=1.0,
+                       nonfinite_cig=0, mean_abs_base_advantage=1.0, mean_abs_advantage=1.05,
+                       negative=BranchStats(rollouts=1, reflected_tokens=3, gated_tokens=1,
+                                            gate_rate=1 / 3, cig_p01=-2.5, cig_p50=-0.1))
+    metrics.observe_scoring(stats)
+    registry = metrics.registry
+    get = registry.get_sample_value
+    assert get("amr_sd_branch_gate_rate_sum", {"branch": "negative"}) == pytest.approx(1 / 3)
+    # A branch with no reflected tokens is not observed: no zero that would drag its rate down.
+    assert get("amr_sd_branch_gate_rate_count", {"branch": "positive"}) is None
+    assert get("amr_sd_branch_cig_quantile_bucket",
+               {"branch": "negative", "quantile": "p01", "le": "-2.0"}) == 1.0
+    assert get("amr_sd_branch_cig_quantile_bucket",
+               {"branch": "negative", "quantile": "p01", "le": "-3.0"}) == 0.0
+
+
+class GradedCig(CigByKind):
+    """Teacher CIG 0.0, 0.1, ... 1.9 along the response (negated for critiques)."""
+
+    async def score(self, sequences, start_indices, adapter=None):
+        import numpy as np
+
+        out = []
+        for seq, start in zip(sequences, start_indices):
+            n = len(seq) - start
+            if start == self.student_len:
+                out.append(np.zeros(n))
+            else:
+                sign = 1.0 if "<hint>" in self.tokenizer.decode(seq[:start]) else -1.0
+                out.append(sign * np.arange(n) / 10.0)
+        return out
+
+
+def test_a_calibrated_gate_sets_each_branch_tau_from_the_whole_request(tokenizer):
+    import numpy as np
+
+    student_len = len(render_prompt(tokenizer, messages=MESSAGES))
+    tokens = list(range(100, 120))
+    groups = [{"prompt": {"messages": MESSAGES}, "rollouts": [
+        {"token_ids": tokens, "reward": r, "reflection_override": "Check each step."}
+        for r in (1.0, 0.0)]} for _ in range(2)]
+    req = ScoreRequest.model_validate({"step": 0, "groups": groups, "return": {"cig": True},
+                                       "config": {"gate_rate_target": 0.25}})
+    seen = []
+
+    async def on_group(index, group):
+        seen.append(index)
+
+    answer = asyncio.run(Scorer(GradedCig(tokenizer, student_len)).score(req, on_group=on_group))
+    expected = np.quantile(np.arange(20) / 10.0, 0.75)
+    for branch in (answer.stats.positive, answer.stats.negative):
+        assert branch.tau == pytest.approx(expected)
+        assert branch.gate_rate == pytest.approx(0.25) and branch.gated_tokens == 10
+    assert sorted(seen) == [0, 1]  # every group still reaches the stream
+    hint = answer.groups[0].rollouts[0]
+    assert hint.gated == [c > expected for c in hint.cig]
+    # The fixed default tau (1 nat) on the same request gates 9 of 20 tokens per rollout.
+    fixed = asyncio.run(Scorer(GradedCig(tokenizer, student_len)).score(
+        ScoreRequest.model_validate({"step": 0, "groups": groups})))
+    assert fixed.stats.positive.tau == 1.0 and fixed.stats.positive.gated_tokens == 18
+
+
+@pytest.mark.parametrize("value", [0, 1, 1.5, -0.1])
+def test_gate_rate_target_outside_0_1_names_the_field(value):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        ScoringConfig(gate_rate_target=value)
+    assert err.value.errors()[0]["loc"] == ("gate_rate_target",)

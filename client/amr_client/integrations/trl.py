@@ -223,6 +223,10 @@ class AMRGRPOTrainer(GRPOTrainer):
         metrics.update({
             "amr/anneal_weight": result.anneal_weight,
             "amr/gate_rate": stats.gate_rate,
+            "amr/gate_rate_positive": stats.positive.gate_rate,
+            "amr/gate_rate_negative": stats.negative.gate_rate,
+            "amr/cig_p95_positive": stats.positive.cig_p95,
+            "amr/cig_p05_negative": stats.negative.cig_p05,
             "amr/acceptance_rate": stats.acceptance_rate,
             "amr/reflections_generated": float(stats.reflections_generated),
             "amr/reflections_cached": float(stats.reflections_cached),

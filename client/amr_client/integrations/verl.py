@@ -136,6 +136,10 @@ class AMRRewardManager(BatchRewardManager):
         stats = result.stats
         metrics = {
             "amr_sd/gate_rate": stats.gate_rate,
+            "amr_sd/gate_rate_positive": stats.positive.gate_rate,
+            "amr_sd/gate_rate_negative": stats.negative.gate_rate,
+            "amr_sd/cig_p95_positive": stats.positive.cig_p95,
+            "amr_sd/cig_p05_negative": stats.negative.cig_p05,
             "amr_sd/acceptance_rate": stats.acceptance_rate,
             "amr_sd/mean_abs_advantage": stats.mean_abs_advantage,
             "amr_sd/mean_abs_base_advantage": stats.mean_abs_base_advantage,

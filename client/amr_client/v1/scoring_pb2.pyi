@@ -95,7 +95,7 @@ class PolicyRef(_message.Message):
     def __init__(self, version: _Optional[str] = ..., lora_path: _Optional[str] = ..., lora_name: _Optional[str] = ...) -> None: ...
 
 class ScoringConfig(_message.Message):
-    __slots__ = ("success_threshold", "norm_by_std", "std_unbiased", "std_eps", "lambda_pos", "gamma_neg", "tau_pos", "tau_neg", "kappa", "schedule", "decay_steps", "warmup_steps", "exp_k", "max_reflection_tokens", "reflection_temperature", "retry_temperature", "max_retries", "ngram_overlap", "allow_reference_in_writer")
+    __slots__ = ("success_threshold", "norm_by_std", "std_unbiased", "std_eps", "lambda_pos", "gamma_neg", "tau_pos", "tau_neg", "kappa", "schedule", "decay_steps", "warmup_steps", "exp_k", "max_reflection_tokens", "reflection_temperature", "retry_temperature", "max_retries", "ngram_overlap", "allow_reference_in_writer", "gate_rate_target")
     SUCCESS_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     NORM_BY_STD_FIELD_NUMBER: _ClassVar[int]
     STD_UNBIASED_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class ScoringConfig(_message.Message):
     MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
     NGRAM_OVERLAP_FIELD_NUMBER: _ClassVar[int]
     ALLOW_REFERENCE_IN_WRITER_FIELD_NUMBER: _ClassVar[int]
+    GATE_RATE_TARGET_FIELD_NUMBER: _ClassVar[int]
     success_threshold: float
     norm_by_std: bool
     std_unbiased: bool
@@ -134,7 +135,8 @@ class ScoringConfig(_message.Message):
     max_retries: int
     ngram_overlap: int
     allow_reference_in_writer: bool
-    def __init__(self, success_threshold: _Optional[float] = ..., norm_by_std: _Optional[bool] = ..., std_unbiased: _Optional[bool] = ..., std_eps: _Optional[float] = ..., lambda_pos: _Optional[float] = ..., gamma_neg: _Optional[float] = ..., tau_pos: _Optional[float] = ..., tau_neg: _Optional[float] = ..., kappa: _Optional[float] = ..., schedule: _Optional[str] = ..., decay_steps: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., exp_k: _Optional[float] = ..., max_reflection_tokens: _Optional[int] = ..., reflection_temperature: _Optional[float] = ..., retry_temperature: _Optional[float] = ..., max_retries: _Optional[int] = ..., ngram_overlap: _Optional[int] = ..., allow_reference_in_writer: _Optional[bool] = ...) -> None: ...
+    gate_rate_target: float
+    def __init__(self, success_threshold: _Optional[float] = ..., norm_by_std: _Optional[bool] = ..., std_unbiased: _Optional[bool] = ..., std_eps: _Optional[float] = ..., lambda_pos: _Optional[float] = ..., gamma_neg: _Optional[float] = ..., tau_pos: _Optional[float] = ..., tau_neg: _Optional[float] = ..., kappa: _Optional[float] = ..., schedule: _Optional[str] = ..., decay_steps: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., exp_k: _Optional[float] = ..., max_reflection_tokens: _Optional[int] = ..., reflection_temperature: _Optional[float] = ..., retry_temperature: _Optional[float] = ..., max_retries: _Optional[int] = ..., ngram_overlap: _Optional[int] = ..., allow_reference_in_writer: _Optional[bool] = ..., gate_rate_target: _Optional[float] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("model", "policy_version", "adapter", "template_version", "step", "anneal_weight", "groups", "stats")
@@ -201,7 +203,7 @@ class ReflectionRecord(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., text: _Optional[str] = ..., accepted: _Optional[bool] = ..., reject_reason: _Optional[str] = ..., reject_reasons: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ..., source: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class BatchStats(_message.Message):
-    __slots__ = ("groups", "rollouts", "response_tokens", "tokens_scored", "reflected_tokens", "gated_tokens", "gate_rate", "reflections_requested", "reflections_generated", "reflections_cached", "reflections_accepted", "reflections_rejected", "acceptance_rate", "reject_reasons", "cig_mean", "cig_std", "nonfinite_cig", "mean_abs_base_advantage", "mean_abs_advantage", "top_gated_tokens", "timings")
+    __slots__ = ("groups", "rollouts", "response_tokens", "tokens_scored", "reflected_tokens", "gated_tokens", "gate_rate", "reflections_requested", "reflections_generated", "reflections_cached", "reflections_accepted", "reflections_rejected", "acceptance_rate", "reject_reasons", "cig_mean", "cig_std", "nonfinite_cig", "mean_abs_base_advantage", "mean_abs_advantage", "top_gated_tokens", "timings", "positive", "negative")
     class RejectReasonsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +232,8 @@ class BatchStats(_message.Message):
     MEAN_ABS_ADVANTAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_GATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_FIELD_NUMBER: _ClassVar[int]
     groups: int
     rollouts: int
     response_tokens: int
@@ -251,7 +255,33 @@ class BatchStats(_message.Message):
     mean_abs_advantage: float
     top_gated_tokens: _containers.RepeatedCompositeFieldContainer[TokenCount]
     timings: Timings
-    def __init__(self, groups: _Optional[int] = ..., rollouts: _Optional[int] = ..., response_tokens: _Optional[int] = ..., tokens_scored: _Optional[int] = ..., reflected_tokens: _Optional[int] = ..., gated_tokens: _Optional[int] = ..., gate_rate: _Optional[float] = ..., reflections_requested: _Optional[int] = ..., reflections_generated: _Optional[int] = ..., reflections_cached: _Optional[int] = ..., reflections_accepted: _Optional[int] = ..., reflections_rejected: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., reject_reasons: _Optional[_Mapping[str, int]] = ..., cig_mean: _Optional[float] = ..., cig_std: _Optional[float] = ..., nonfinite_cig: _Optional[int] = ..., mean_abs_base_advantage: _Optional[float] = ..., mean_abs_advantage: _Optional[float] = ..., top_gated_tokens: _Optional[_Iterable[_Union[TokenCount, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+    positive: BranchStats
+    negative: BranchStats
+    def __init__(self, groups: _Optional[int] = ..., rollouts: _Optional[int] = ..., response_tokens: _Optional[int] = ..., tokens_scored: _Optional[int] = ..., reflected_tokens: _Optional[int] = ..., gated_tokens: _Optional[int] = ..., gate_rate: _Optional[float] = ..., reflections_requested: _Optional[int] = ..., reflections_generated: _Optional[int] = ..., reflections_cached: _Optional[int] = ..., reflections_accepted: _Optional[int] = ..., reflections_rejected: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., reject_reasons: _Optional[_Mapping[str, int]] = ..., cig_mean: _Optional[float] = ..., cig_std: _Optional[float] = ..., nonfinite_cig: _Optional[int] = ..., mean_abs_base_advantage: _Optional[float] = ..., mean_abs_advantage: _Optional[float] = ..., top_gated_tokens: _Optional[_Iterable[_Union[TokenCount, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., positive: _Optional[_Union[BranchStats, _Mapping]] = ..., negative: _Optional[_Union[BranchStats, _Mapping]] = ...) -> None: ...
+
+class BranchStats(_message.Message):
+    __slots__ = ("rollouts", "reflected_tokens", "gated_tokens", "gate_rate", "cig_p01", "cig_p05", "cig_p50", "cig_p95", "cig_p99", "tau")
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    REFLECTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GATE_RATE_FIELD_NUMBER: _ClassVar[int]
+    CIG_P01_FIELD_NUMBER: _ClassVar[int]
+    CIG_P05_FIELD_NUMBER: _ClassVar[int]
+    CIG_P50_FIELD_NUMBER: _ClassVar[int]
+    CIG_P95_FIELD_NUMBER: _ClassVar[int]
+    CIG_P99_FIELD_NUMBER: _ClassVar[int]
+    TAU_FIELD_NUMBER: _ClassVar[int]
+    rollouts: int
+    reflected_tokens: int
+    gated_tokens: int
+    gate_rate: float
+    cig_p01: float
+    cig_p05: float
+    cig_p50: float
+    cig_p95: float
+    cig_p99: float
+    tau: float
+    def __init__(self, rollouts: _Optional[int] = ..., reflected_tokens: _Optional[int] = ..., gated_tokens: _Optional[int] = ..., gate_rate: _Optional[float] = ..., cig_p01: _Optional[float] = ..., cig_p05: _Optional[float] = ..., cig_p50: _Optional[float] = ..., cig_p95: _Optional[float] = ..., cig_p99: _Optional[float] = ..., tau: _Optional[float] = ...) -> None: ...
 
 class TokenCount(_message.Message):
     __slots__ = ("token", "count")

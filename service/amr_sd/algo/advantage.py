@@ -146,6 +146,27 @@ def gate(
     return delta
 
 
+def calibrated_tau(cig_hat, rate: float, *, positive: bool) -> float:
+    """(ours) The τ of one branch that lets about `rate` of its tokens through the gate.
+
+    `cig_hat` holds the branch's gateable tokens (clipped CIG, any shape). The positive branch
+    passes Î > τ+, so τ+ is the (1 - rate) quantile of Î; the negative branch passes -Î > τ-, so
+    τ- is that quantile of -Î. Each branch gets its own τ from its own tokens, so the asymmetry
+    (λ:γ, and which side of zero each gate reads) stays. A τ is never below 0: a hint's gate
+    never rewards a token the hint made less likely, nor a critique's blame one it made more
+    likely, and G4 (Î ≡ 0 gives exact GRPO) holds. No tokens: 0.
+    """
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"rate must be in (0, 1), got {rate}")
+    values = np.asarray(cig_hat, dtype=np.float64).ravel()
+    if not values.size:
+        return 0.0
+    if not np.all(np.isfinite(values)):
+        raise ValueError("cig_hat must be finite; pass the log-ratio through clipped_cig first")
+    side = values if positive else -values
+    return max(0.0, float(np.quantile(side, 1.0 - rate)))
+
+
 def combine(base_advantage: float, delta) -> np.ndarray:
     """Â_t = A · (1 + Δ_t): (T,) Δ -> (T,) float64 token advantages."""
     delta = np.asarray(delta, dtype=np.float64)  # (T,)
