@@ -11,7 +11,7 @@ STEP   ?= 0
 VERL_VENV  ?= .venv-verl
 VERL_STAMP := $(VERL_VENV)/.amr-sd-setup
 
-.PHONY: setup setup-verl test test-containers test-unit test-integration demo bench bench-quick fidelity trl-example serve examples openapi proto clean
+.PHONY: setup setup-verl test test-containers test-unit test-integration demo bench bench-quick fidelity fidelity-placement trl-example serve examples openapi proto clean
 
 setup: $(STAMP)
 
@@ -74,6 +74,10 @@ bench-quick: setup
 # real server under oracle / raw-feedback / self-written / null reflections (README "Credit fidelity").
 fidelity: setup
 	$(BIN)/python -m bench.fidelity
+
+# Where the teacher block goes and how it closes, on the same chains (transformers engine, ~6 min).
+fidelity-placement: setup
+	$(BIN)/python -m bench.fidelity_placement
 
 # Train the embedded model with TRL's GRPOTrainer on AMR-SD advantages, next to plain GRPO.
 trl-example: setup

@@ -6,6 +6,8 @@ embedded model, over HTTP with AMRClient, under several teacher contexts:
 
   oracle    a critique naming the faulty step, not the right value (`reflection_override`);
             correct solutions get a hint that every step follows
+  quote     the oracle quoting the faulty step as written ("Step 2: 12 * 3 = 39."): the best a
+            writer asked to quote the first wrong step could do
   feedback  the verifier's raw feedback as the reflection (the SDPO-style baseline)
   self      the service's own reflections, written from verdicts, peers and feedback
   null      the student context scored twice, in two requests: a reflection that adds nothing.
@@ -13,9 +15,12 @@ embedded model, over HTTP with AMRClient, under several teacher contexts:
             other figure
 
 Per context, on the failed rollouts (the negative branch): AUROC of -CIG for wrong-number tokens
-against the other response tokens, gate precision / recall / lift at the request's tau, and mean
+against the other response tokens, and for the slip's own tokens against the right ones; gate
+precision / recall / lift at the request's tau, and lift with tau calibrated to a 10 % gate rate
+(the (1 - rate) quantile of the batch's -CIG, what a per-batch calibrated gate would use); mean
 |Â|/|A| on wrong vs other tokens; acceptance and reject reasons; on correct rollouts, the share of
-+CIG mass and of gated tokens that falls on number tokens.
++CIG mass and of gated tokens that falls on number tokens. Beside them, the student's own
+surprise (-log p with no reflection) as a detector: what the model already knows without a teacher.
 
     python -m bench.fidelity [--problems 8] [--out build/bench]
 """
@@ -33,10 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from bench import corpus, fidelity_data, procs
-from bench.fidelity_metrics import amplification, auroc, gate_stats
+from bench.fidelity_metrics import amplification, auroc, calibrated_gate, gate_stats
 
 OUT_DIR = Path("build/bench")
 RETURNS = {"cig": True, "logprobs": True, "reflections": True}
+# The gate rate a calibrated tau would aim for (users are told 5-15 %).
+TARGET_GATE_RATE = 0.10
 _NUMBER = re.compile(r"^\s*-?\d+\s*$")
 
 
@@ -45,6 +52,15 @@ def _oracle(label: fidelity_data.Rollout) -> str:
         return "Every step follows correctly from the one before it."
     return (f"The mistake is in step {label.fault_step}: its result does not follow from the "
             "numbers in that step, and every later step builds on it.")
+
+
+def _quote(label: fidelity_data.Rollout) -> str:
+    """The oracle, quoting the faulty step as written (wrong value included, right value not):
+    what a writer asked to quote the first wrong step would give at best."""
+    if label.fault_step is None:
+        return _oracle(label)
+    line = label.text.splitlines()[label.fault_step - 1]
+    return f'The first wrong step is "{line}" Its result is wrong, and every later step builds on it.'
 
 
 def _with_overrides(groups: list[dict], labels, text) -> list[dict]:
@@ -65,7 +81,7 @@ def _number_tokens(labels, tokenizer) -> list[list[np.ndarray]]:
 
 def _tokens(answer, labels, numbers) -> dict:
     """Flat per-token arrays over all rollouts, with the rollout's verdict beside each token."""
-    rows = {k: [] for k in ("cig", "gated", "adv", "base", "wrong", "failed", "number")}
+    rows = {k: [] for k in ("cig", "gated", "adv", "base", "wrong", "fault", "failed", "number")}
     for scored, rollouts, group_numbers in zip(answer.groups, labels, numbers):
         for out, label, number in zip(scored.rollouts, rollouts, group_numbers):
             n = len(label.token_ids) - 1  # the closing EOS is never gated; leave it out
@@ -80,6 +96,7 @@ def _tokens(answer, labels, numbers) -> dict:
             rows["adv"].append(np.asarray(out.advantages[:n], float))
             rows["base"].append(np.full(n, out.base_advantage))
             rows["wrong"].append(np.asarray(label.corrupted[:n], bool))
+            rows["fault"].append(np.asarray(label.fault[:n], bool))
             rows["failed"].append(np.full(n, not label.correct))
             rows["number"].append(number)
     return {k: np.concatenate(v) for k, v in rows.items()}
@@ -89,8 +106,13 @@ def _figures(t: dict, stats) -> dict:
     f, c = t["failed"], ~t["failed"]
     neg = gate_stats(t["gated"][f], t["wrong"][f])
     positive_cig = np.clip(t["cig"][c], 0, None)
+    # The slip itself against the tokens that are right (the propagated wrong numbers left out).
+    slip = f & (t["fault"] | ~t["wrong"])
+    calibrated = calibrated_gate(-t["cig"][f], t["wrong"][f], TARGET_GATE_RATE)
     return {
         "auroc": auroc(-t["cig"][f], t["wrong"][f]),
+        "auroc_fault": auroc(-t["cig"][slip], t["fault"][slip]),
+        "calibrated": calibrated,
         "gate_precision": neg["precision"], "gate_recall": neg["recall"], "lift": neg["lift"],
         "gate_rate_failed": neg["gate_rate"],
         "amplification": amplification(t["adv"][f], t["base"][f], t["wrong"][f]),
@@ -120,6 +142,7 @@ def run(out_dir: Path = OUT_DIR, problems: int = 8) -> dict:
         port=port, ready_path="/readyz", log_dir=out_dir)
     contexts = {
         "oracle": _with_overrides(groups, labels, lambda w, label: _oracle(label)),
+        "quote": _with_overrides(groups, labels, lambda w, label: _quote(label)),
         "feedback": _with_overrides(groups, labels, lambda w, label: w["feedback"]),
         "self": groups,
     }
@@ -139,6 +162,16 @@ def run(out_dir: Path = OUT_DIR, problems: int = 8) -> dict:
     a, b = (np.concatenate([np.asarray(p[i], float) for p in pairs]) for i in (0, 1))
     results["null"] = {"max_abs_cig": float(np.abs(a - b).max()),
                        "mean_abs_cig": float(np.abs(a - b).mean()), "tokens": int(a.size)}
+    # The student's own surprise, -log p, with no reflection at all: how far the model already
+    # tells the wrong numbers from the rest, the signal a teacher context would have to sharpen.
+    t = _tokens(answers["oracle"], labels, numbers)  # every rollout there has a student pass
+    surprise = -np.concatenate([np.asarray(r.student_logprobs[:len(label.token_ids) - 1], float)
+                                for g, rollouts in zip(answers["oracle"].groups, labels)
+                                for r, label in zip(g.rollouts, rollouts)])
+    f = t["failed"]
+    slip = f & (t["fault"] | ~t["wrong"])
+    results["surprise"] = {"auroc": auroc(surprise[f], t["wrong"][f]),
+                           "auroc_fault": auroc(surprise[slip], t["fault"][slip])}
     results["data"] = {"problems": len(groups), "rollouts": sum(len(g["rollouts"]) for g in groups),
                        "wrong_tokens": int(sum(sum(r.corrupted) for rs in labels for r in rs)),
                        "response_tokens": int(sum(len(r.token_ids) for rs in labels for r in rs))}
@@ -157,20 +190,26 @@ def table(results: dict) -> list[str]:
     d = results["data"]
     lines = [f"{d['problems']} problems, {d['rollouts']} rollouts, {d['response_tokens']} response "
              f"tokens, {d['wrong_tokens']} of them wrong numbers",
-             "| context | AUROC (-CIG, wrong vs other) | gate precision | gate recall | lift | "
-             "mean Â/A wrong / other | acceptance | +CIG on numbers (correct) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name in ("oracle", "feedback", "self"):
+             "| context | AUROC wrong | AUROC slip | gate rate | precision | recall | lift | "
+             f"lift at {TARGET_GATE_RATE:.0%} (τ) | mean Â/A wrong / other | acceptance | "
+             "+CIG on numbers (correct) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in ("oracle", "quote", "feedback", "self"):
         r = results[name]
-        amp = r["amplification"]
-        lines.append(f"| {name} | {_fmt(r['auroc'])} | {_fmt(r['gate_precision'])} | "
+        amp, cal = r["amplification"], r["calibrated"]
+        lines.append(f"| {name} | {_fmt(r['auroc'])} | {_fmt(r['auroc_fault'])} | "
+                     f"{_fmt(r['gate_rate_failed'], '.1%')} | {_fmt(r['gate_precision'])} | "
                      f"{_fmt(r['gate_recall'])} | {_fmt(r['lift'], '.1f')} | "
+                     f"{_fmt(cal['lift'], '.1f')} ({_fmt(cal['tau'])}) | "
                      f"{_fmt(amp['wrong'], '.3f')} / {_fmt(amp['other'], '.3f')} | "
                      f"{_fmt(r['acceptance_rate'], '.0%')} | "
                      f"{_fmt(r['correct']['positive_cig_on_numbers'], '.0%')} |")
     n = results["null"]
     lines.append(f"| null | max abs CIG {n['max_abs_cig']:.2e}, mean {n['mean_abs_cig']:.2e} over "
-                 f"{n['tokens']} tokens | | | | | | |")
+                 f"{n['tokens']} tokens | | | | | | | | | |")
+    sur = results["surprise"]
+    lines.append(f"| student's own -log p (no reflection) | {_fmt(sur['auroc'])} | "
+                 f"{_fmt(sur['auroc_fault'])} | | | | | | | | |")
     reasons = results["self"]["reject_reasons"]
     lines.append(f"self-written reject reasons: {reasons or 'none'}")
     return lines

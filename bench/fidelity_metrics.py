@@ -62,3 +62,14 @@ def amplification(advantages, base_advantages, labels) -> dict:
         return float(ratio[mask].mean()) if mask.any() else None
 
     return {"wrong": mean(labels), "other": mean(~labels)}
+
+
+def calibrated_gate(scores, labels, rate: float) -> dict:
+    """The gate a per-batch calibrated tau would give: tau is the (1 - rate) quantile of the
+    scores (-CIG on the negative branch), so about `rate` of the tokens pass; then
+    `gate_stats` of that gate, with the tau it used."""
+    if not 0 < rate < 1:
+        raise ValueError(f"rate must be in (0, 1), got {rate}")
+    scores = np.asarray(scores, dtype=float)
+    tau = float(np.quantile(scores, 1 - rate))
+    return {"tau": tau, **gate_stats(scores > tau, labels)}

@@ -81,6 +81,9 @@ def main() -> None:
                                  f"({s.acceptance_rate:.1%}); generated {s.reflections_generated}"),
         ("rejected by reason", ", ".join(f"{k} {v}" for k, v in sorted(s.reject_reasons.items())) or "-"),
         ("gate rate", f"{s.gate_rate:.1%} ({s.gated_tokens} of {s.reflected_tokens} reflected tokens)"),
+        ("  hints / critiques", f"{s.positive.gate_rate:.1%} (τ+ {s.positive.tau:g}, CIG p95 "
+                                f"{s.positive.cig_p95:+.2f}) / {s.negative.gate_rate:.1%} (τ- "
+                                f"{s.negative.tau:g}, CIG p05 {s.negative.cig_p05:+.2f})"),
         ("mean |Â| vs mean |A|", f"{s.mean_abs_advantage:.4f} vs {s.mean_abs_base_advantage:.4f}"),
         ("CIG mean ± std", f"{s.cig_mean:+.3f} ± {s.cig_std:.3f} nats"),
         ("response tokens/s", f"{s.response_tokens / (t2 - t1):.1f} ({s.response_tokens} tokens in {t2 - t1:.1f} s)"),

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from amr_client.schemas import Group
 from amr_sd.engine.models import materialize_embedded
 from bench import fidelity_data as fd
-from bench.fidelity_metrics import amplification, auroc, gate_stats
+from bench.fidelity_metrics import amplification, auroc, calibrated_gate, gate_stats
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +129,32 @@ def test_gate_stats_on_hand_made_arrays():
 def test_amplification_leaves_out_rollouts_without_an_advantage():
     s = amplification([1.5, 1.0, 0.0, -0.6], [1.0, 1.0, 0.0, -0.5], [1, 0, 1, 0])
     assert s["wrong"] == pytest.approx(1.5) and s["other"] == pytest.approx((1.0 + 1.2) / 2)
+
+
+def test_calibrated_gate_opens_on_the_target_share_of_tokens():
+    scores = np.arange(100, dtype=float)  # -CIG 0 .. 99
+    labels = scores >= 95
+    out = calibrated_gate(scores, labels, rate=0.10)
+    assert out["tau"] == pytest.approx(89.1)
+    assert out["gate_rate"] == pytest.approx(0.10)  # 90 .. 99 pass
+    assert out["precision"] == pytest.approx(0.5) and out["recall"] == pytest.approx(1.0)
+    assert out["lift"] == pytest.approx(1.0 / (5 / 95))
+    with pytest.raises(ValueError, match="rate"):
+        calibrated_gate(scores, labels, rate=0.0)
+
+
+def test_placements_put_the_same_block_append_matching_the_service():
+    from amr_sd.algo.context import with_block
+    from amr_sd.algo.reflection import teacher_block
+    from bench.fidelity_placement import teacher_messages
+
+    messages = [{"role": "user", "content": "Compute 2 + 3."}]
+    append = teacher_messages(messages, "critique", "Step 1 is off.", "append", "guidance")
+    assert append == with_block(messages, teacher_block("critique", "Step 1 is off."))
+    prepend = teacher_messages(messages, "critique", "Step 1 is off.", "prepend", "guidance")
+    assert prepend[0]["content"].startswith("<critique>Step 1 is off.</critique>\n")
+    assert prepend[0]["content"].endswith("\n\nCompute 2 + 3.")
+    system = teacher_messages(messages, "hint", "Add.", "system", "exact")
+    assert system == [{"role": "system", "content": "<hint>Add.</hint>\nKeep it in mind, and "
+                                                    "compute every step exactly."}, *messages]
+    assert messages == [{"role": "user", "content": "Compute 2 + 3."}]  # not changed in place
