@@ -40,7 +40,8 @@ class StandInEngine:
     async def generate(self, prompts, params, adapter=None):
         self.generate_calls += 1
         await self._work()
-        text = "Check each step of the sum again.</reflection>"
+        # Ends at the stop string, kept in the text, as vLLM's generations do.
+        text = "Check each step of the sum again." + params.stop[0]
         return [Generation(text, tuple(self.tokenizer.encode(text, add_special_tokens=False)), "stop")
                 for _ in prompts]
 
