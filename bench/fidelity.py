@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import corpus, fidelity_data, procs
-from bench.fidelity_metrics import amplification, auroc, calibrated_gate, gate_stats
+from bench.fidelity_metrics import amplification, calibrated_gate, detection, gate_stats
 
 OUT_DIR = Path("build/bench")
 RETURNS = {"cig": True, "logprobs": True, "reflections": True}
@@ -106,13 +106,9 @@ def _figures(t: dict, stats) -> dict:
     f, c = t["failed"], ~t["failed"]
     neg = gate_stats(t["gated"][f], t["wrong"][f])
     positive_cig = np.clip(t["cig"][c], 0, None)
-    # The slip itself against the tokens that are right (the propagated wrong numbers left out).
-    slip = f & (t["fault"] | ~t["wrong"])
-    calibrated = calibrated_gate(-t["cig"][f], t["wrong"][f], TARGET_GATE_RATE)
     return {
-        "auroc": auroc(-t["cig"][f], t["wrong"][f]),
-        "auroc_fault": auroc(-t["cig"][slip], t["fault"][slip]),
-        "calibrated": calibrated,
+        **detection(-t["cig"][f], t["wrong"][f], t["fault"][f]),
+        "calibrated": calibrated_gate(-t["cig"][f], t["wrong"][f], TARGET_GATE_RATE),
         "gate_precision": neg["precision"], "gate_recall": neg["recall"], "lift": neg["lift"],
         "gate_rate_failed": neg["gate_rate"],
         "amplification": amplification(t["adv"][f], t["base"][f], t["wrong"][f]),
@@ -169,9 +165,7 @@ def run(out_dir: Path = OUT_DIR, problems: int = 8) -> dict:
                                 for g, rollouts in zip(answers["oracle"].groups, labels)
                                 for r, label in zip(g.rollouts, rollouts)])
     f = t["failed"]
-    slip = f & (t["fault"] | ~t["wrong"])
-    results["surprise"] = {"auroc": auroc(surprise[f], t["wrong"][f]),
-                           "auroc_fault": auroc(surprise[slip], t["fault"][slip])}
+    results["surprise"] = detection(surprise[f], t["wrong"][f], t["fault"][f])
     results["data"] = {"problems": len(groups), "rollouts": sum(len(g["rollouts"]) for g in groups),
                        "wrong_tokens": int(sum(sum(r.corrupted) for rs in labels for r in rs)),
                        "response_tokens": int(sum(len(r.token_ids) for rs in labels for r in rs))}

@@ -30,6 +30,14 @@ def auroc(scores, labels) -> float | None:
     return float(u / (n_pos * n_neg))
 
 
+def detection(scores, wrong, fault) -> dict:
+    """AUROC of `scores` for the wrong tokens against the rest, and for the slip's own tokens
+    (`fault`) against the right ones (the propagated wrong numbers left out of both sides)."""
+    scores, wrong, fault = (np.asarray(a) for a in (scores, wrong, fault))
+    slip = fault | ~wrong.astype(bool)
+    return {"auroc": auroc(scores, wrong), "auroc_fault": auroc(scores[slip], fault[slip])}
+
+
 def gate_stats(gated, labels) -> dict:
     """Precision P(wrong | gated), recall P(gated | wrong), gate rate, and lift
     P(gated | wrong) / P(gated | other) (inf when the gate never opens elsewhere, None when

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from amr_sd.algo.context import render_prompt, with_block
-from amr_sd.algo.reflection import closing_tag, opening_tag
+from amr_sd.algo.reflection import CRITIQUE, HINT, closing_tag, opening_tag
 from bench import fidelity_data
 from bench.fidelity import OUT_DIR, TARGET_GATE_RATE, _oracle
-from bench.fidelity_metrics import auroc, calibrated_gate, gate_stats
+from bench.fidelity_metrics import calibrated_gate, detection, gate_stats
 
 CLOSINGS = {"guidance": "Keep this guidance in mind while solving.",
             "exact": "Keep it in mind, and compute every step exactly."}
@@ -54,9 +54,8 @@ def teacher_messages(messages: list[dict], kind: str, reflection: str, placement
 
 def _figures(cig, wrong, fault, failed) -> dict:
     f = failed
-    slip = f & (fault | ~wrong)
     neg = gate_stats(-cig[f] > TAU, wrong[f])
-    return {"auroc": auroc(-cig[f], wrong[f]), "auroc_fault": auroc(-cig[slip], fault[slip]),
+    return {**detection(-cig[f], wrong[f], fault[f]),
             "gate_rate": neg["gate_rate"], "precision": neg["precision"], "lift": neg["lift"],
             "calibrated_lift": calibrated_gate(-cig[f], wrong[f], TARGET_GATE_RATE)["lift"]}
 
@@ -86,7 +85,7 @@ def run(out_dir: Path = OUT_DIR, problems: int = 8) -> dict:
         for closing in CLOSINGS:
             for placement in PLACEMENTS:
                 teacher = score([render_prompt(tok, messages=teacher_messages(
-                    g["prompt"]["messages"], "hint" if r.correct else "critique", text(r, wire),
+                    g["prompt"]["messages"], HINT if r.correct else CRITIQUE, text(r, wire),
                     placement, closing)) for g, r, wire in rollouts])
                 cig = np.concatenate([(t - s)[:k] for t, s, k in zip(teacher, student, n)])
                 row = {"context": context, "closing": closing, "placement": placement,

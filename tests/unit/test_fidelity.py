@@ -158,3 +158,17 @@ def test_placements_put_the_same_block_append_matching_the_service():
     assert system == [{"role": "system", "content": "<hint>Add.</hint>\nKeep it in mind, and "
                                                     "compute every step exactly."}, *messages]
     assert messages == [{"role": "user", "content": "Compute 2 + 3."}]  # not changed in place
+
+
+def test_detection_scores_the_slip_against_right_tokens_only():
+    from bench.fidelity_metrics import detection
+
+    # tokens: right, slip, propagated wrong, right
+    scores = np.array([0.0, 3.0, 5.0, 1.0])
+    wrong = np.array([False, True, True, False])
+    fault = np.array([False, True, False, False])
+    out = detection(scores, wrong, fault)
+    assert out["auroc"] == pytest.approx(1.0)  # both wrong tokens above both right ones
+    # The propagated 5.0 is left out: the slip (3.0) against 0.0 and 1.0 only.
+    assert out["auroc_fault"] == pytest.approx(1.0)
+    assert detection(-scores, wrong, fault)["auroc_fault"] == pytest.approx(0.0)
