@@ -29,6 +29,10 @@ BASE_PACKAGES = "python3,python3-venv,ca-certificates"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 # pip's configured find-links on these machines: the CPU torch wheel lies there.
 HOST_WHEELS = Path(os.environ.get("PIP_FIND_LINKS", "/opt/wheels"))
+# pip's read timeout inside the build: its default (15 s) is shorter than a large wheel's stalls
+# through these machines' proxy; the host's own pip is configured with 180 s.
+PIP_TIMEOUT_S = os.environ.get("PIP_DEFAULT_TIMEOUT", "180")
+TAIL_LINES = 60
 
 
 def env() -> dict[str, str]:
@@ -52,9 +56,24 @@ def env() -> dict[str, str]:
     return {**os.environ, "CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
 
 
+class CommandFailed(RuntimeError):
+    """A command that exited non-zero, with the end of what it printed (CalledProcessError's
+    message holds only the arguments, and a build's reason is in its last lines)."""
+
+
+def run(cmd: list[str], check: bool = True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, check=False, timeout=timeout, capture_output=True, text=True, **kwargs)
+    if check and proc.returncode != 0:
+        def tail(text: str | None) -> str:
+            return "\n".join((text or "").splitlines()[-TAIL_LINES:])
+        raise CommandFailed(f"{' '.join(cmd[:3])} ... exited {proc.returncode}\n"
+                            f"--- stdout, last {TAIL_LINES} lines ---\n{tail(proc.stdout)}\n"
+                            f"--- stderr, last {TAIL_LINES} lines ---\n{tail(proc.stderr)}")
+    return proc
+
+
 def podman(*args: str, check: bool = True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(["podman", *args], env=env(), check=check, timeout=timeout,
-                          capture_output=True, text=True, **kwargs)
+    return run(["podman", *args], env=env(), check=check, timeout=timeout, **kwargs)
 
 
 def image_exists(name: str) -> bool:
@@ -67,12 +86,10 @@ def ensure_base() -> str:
         return BASE_IMAGE
     rootfs = Path(tempfile.mkdtemp(prefix="amr-sd-rootfs-", dir=STATE))
     try:
-        subprocess.run(["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}",
-                        "bookworm", str(rootfs), DEBIAN_MIRROR],
-                       check=True, capture_output=True, text=True, timeout=900)
+        run(["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}",
+             "bookworm", str(rootfs), DEBIAN_MIRROR], timeout=900)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(["podman", "import", "--change", 'CMD ["/bin/bash"]', "-", BASE_IMAGE],
-                       stdin=tar.stdout, env=env(), check=True, capture_output=True, timeout=600)
+        podman("import", "--change", 'CMD ["/bin/bash"]', "-", BASE_IMAGE, stdin=tar.stdout)
         tar.wait()
     finally:
         shutil.rmtree(rootfs, ignore_errors=True)
@@ -90,12 +107,21 @@ def build_cpu_image() -> tuple[str, float]:
     t0 = time.monotonic()
     args = ["build", "--format", "docker", "--pull=never", "-f", "docker/Dockerfile",
             "-t", CPU_IMAGE, "--build-arg", "VARIANT=cpu", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
-            "--build-arg", "TORCH_INDEX_URL=",
+            "--build-arg", "TORCH_INDEX_URL=", "--build-arg", f"PIP_DEFAULT_TIMEOUT={PIP_TIMEOUT_S}",
             "--build-arg", "PIP_CERT=/run/host-ca.crt", "-v", f"{HOST_CA}:/run/host-ca.crt:ro"]
     if HOST_WHEELS.is_dir():
         args += ["--build-arg", "PIP_FIND_LINKS=/run/host-wheels",
                  "-v", f"{HOST_WHEELS}:/run/host-wheels:ro"]
-    podman(*args, ".", cwd=ROOT, timeout=3000)
+    # A build downloads about 1 GB from PyPI; one more try survives a dropped connection, and the
+    # first failure is printed so that a flaky mirror is told apart from a broken Dockerfile.
+    for attempt in (1, 2):
+        try:
+            podman(*args, ".", cwd=ROOT, timeout=3000)
+            break
+        except CommandFailed as exc:
+            if attempt == 2:
+                raise
+            print(f"\nimage build failed, building once more:\n{exc}", flush=True)
     seconds = time.monotonic() - t0
     # Earlier builds' layers (4 GB each) are never reused here: podman rebuilds every layer.
     podman("image", "prune", "--force", timeout=600)
