@@ -25,8 +25,10 @@ $(VERL_STAMP): pyproject.toml Makefile
 	touch $(VERL_STAMP)
 
 $(STAMP): pyproject.toml Makefile
-	# redis-server backs the shared reflection cache; its tests start a real one.
-	command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	# redis-server backs the shared reflection cache; its tests start a real one. Debian's chromium
+	# is the browser the credit viewer's tests drive (Playwright downloads no browser here).
+	command -v redis-server >/dev/null && command -v chromium >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq redis-server chromium; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[$(DEVICE),dev]"

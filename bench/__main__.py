@@ -16,9 +16,9 @@ import traceback
 from pathlib import Path
 
 from bench import (OUT_DIR, encoding, engine_sweep, host, overhead, peer_trl, procs, report, scaling,
-                   transport)
+                   transport, viewer)
 
-PARTS = ("encoding", "engine", "overhead", "scaling", "transport", "peer")
+PARTS = ("encoding", "viewer", "engine", "overhead", "scaling", "transport", "peer")
 
 
 def _engine_scoring_tok_s(sweep: dict | None) -> float | None:
@@ -82,6 +82,8 @@ def main() -> int:
 
     if "encoding" in args.only:
         part("encoding", lambda: encoding.run(args.out, args.quick), encoding.print_table)
+    if "viewer" in args.only:
+        part("viewer", lambda: viewer.run(args.out, args.quick), viewer.print_table)
     sweep = None
     if "engine" in args.only:
         sweep = part("engine_sweep", lambda: engine_sweep.run(args.out, args.quick),

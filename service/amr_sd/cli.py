@@ -206,6 +206,88 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _decoder(model: str):
+    """One token's text, from the named model's tokenizer (only for files without `pieces`)."""
+    from transformers import AutoTokenizer
+
+    from amr_sd.engine.models import resolve_model
+    from amr_sd.viewer import ViewError
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model(model))
+    except (OSError, ValueError) as exc:
+        raise ViewError(f"--model: no tokenizer for {model!r} ({exc}); pass the model the file "
+                        "was scored with, as an embedded name or a local folder") from None
+    return lambda ids: tok.decode(ids)
+
+
+def cmd_view(args) -> int:
+    from amr_sd.viewer import ViewError, build, read_batch, read_jsonl, render
+
+    try:
+        inputs = [obj for _, obj in read_jsonl(args.input)] if args.input else None
+        batches = [read_batch(path, inputs) for path in args.files]
+        if all(isinstance(b.head.get("step"), int) for b in batches):
+            batches.sort(key=lambda b: b.head["step"])  # a run's steps, in order, however globbed
+        decode = None
+        if any(g.get("pieces") is None for b in batches for g in b.groups):
+            decode = _decoder(args.model or batches[0].head.get("model") or EMBEDDED_MODEL)
+        data = build(batches, decode)
+    except ViewError as exc:
+        print(f"amr-sd view: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or args.files[-1].with_suffix(".html")
+    title = f"amr-sd credit: {', '.join(b.label for b in batches)}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(render(data, title[:200]), encoding="utf-8")
+    os.replace(tmp, out)
+    rollouts = sum(len(b["rows"]) for b in data["batches"])
+    tokens = sum(b["summary"]["tokens"] for b in data["batches"])
+    print(f"amr-sd view: wrote {out} ({out.stat().st_size / 1e6:.2f} MB: {len(batches)} batch(es), "
+          f"{rollouts} rollouts, {tokens} tokens)", file=sys.stderr)
+    if args.serve:
+        _serve_file(out, args.host, args.port)
+    return 0
+
+
+def _serve_file(path: Path, host: str, port: int) -> None:
+    """The page on http://host:port/ until Ctrl-C or SIGTERM; nothing else is served."""
+    import signal
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = path.read_bytes()
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            if self.path.split("?")[0] not in ("/", "/index.html", f"/{path.name}"):
+                self.send_error(404, "only the viewer page is served here")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer((host, port), Page)
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"amr-sd view: serving http://{host}:{server.server_address[1]}/ (Ctrl-C stops)",
+          file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def config_markdown() -> str:
     """The ScoringConfig reference (docs/config.md), generated from the model's fields."""
     rows = ["| field | type | default | meaning and source |", "|---|---|---|---|"]
@@ -351,6 +433,18 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--lora-modules", help="adapters requests may name with policy.lora_name: NAME=PATH,...")
     _add_engine_flags(serve)
     serve.set_defaults(func=cmd_serve)
+    view = sub.add_parser("view", help="write the credit viewer: scored JSONL files as one HTML page")
+    view.add_argument("files", nargs="+", type=Path,
+                      help="scored JSONL: `amr-sd score --return-cig` output or batches a trainer "
+                           "saved; several files (a run's steps) add a trend")
+    view.add_argument("--in", dest="input", type=Path,
+                      help="the groups that were scored, for files without `input` (amr-sd score's)")
+    view.add_argument("--model", help="tokenizer for files without `pieces` (default: the file's model)")
+    view.add_argument("--out", type=Path, help="HTML file to write (default: the last file, .html)")
+    view.add_argument("--serve", action="store_true", help="then serve it on http://HOST:PORT/")
+    view.add_argument("--host", default="127.0.0.1")
+    view.add_argument("--port", type=int, default=8765, help="default 8765; 0 picks a free one")
+    view.set_defaults(func=cmd_view)
     api = sub.add_parser("openapi", help="print the OpenAPI document (openapi.yaml) as YAML")
     api.set_defaults(func=cmd_openapi)
     doc = sub.add_parser("config-doc", help="print the ScoringConfig reference as Markdown")

@@ -34,6 +34,7 @@ def run_without_server_packages(code: str) -> subprocess.CompletedProcess:
 def test_sdk_imports_and_builds_a_request_without_server_packages():
     done = run_without_server_packages("""
         import amr_client
+        import amr_client.saved  # a trainer saves batches for the viewer with the SDK alone
         from amr_client._base import build_score_body
 
         client = amr_client.AMRClient("http://127.0.0.1:8000", api_key="k")

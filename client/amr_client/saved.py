@@ -1,0 +1,102 @@
+"""Scored batches on disk, for `amr-sd view`: one JSON line per group, the scored group beside the
+group that was sent.
+
+A line is what `amr-sd score` writes (`model`, `policy_version`, `step`, `anneal_weight`, the
+scored `rollouts`) plus `input`, the request's group as sent, and, when a tokenizer was at hand,
+`pieces`: each rollout's tokens decoded one by one. With both, the file needs nothing else to be
+viewed: no model, no input file. The trainer adapters write one file per saved step
+(`step-000123.jsonl`); `save_scored` is the function they share.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from amr_client.results import ScoreResult
+from amr_client.schemas import Group
+
+__all__ = ["VIEW_RETURNS", "StepSaver", "save_scored", "step_path", "token_pieces"]
+
+logger = logging.getLogger(__name__)
+
+# What a request needs returned for the viewer to show a batch in full.
+VIEW_RETURNS = {"cig": True, "logprobs": True, "reflections": True}
+
+
+def step_path(folder: str | os.PathLike, step: int) -> Path:
+    return Path(folder) / f"step-{step:06d}.jsonl"
+
+
+def token_pieces(decode: Callable[[list[int]], str], token_ids: Sequence[int],
+                 memo: dict[int, str] | None = None) -> list[str]:
+    """Each token decoded on its own (a tokenizer's `decode([id])`), each distinct id once."""
+    memo = {} if memo is None else memo
+    out = []
+    for t in token_ids:
+        piece = memo.get(t)
+        if piece is None:
+            piece = memo[t] = decode([t])
+        out.append(piece)
+    return out
+
+
+def save_scored(path: str | os.PathLike, groups: Iterable[Group | Mapping[str, Any]],
+                result: ScoreResult, *, decode: Callable[[list[int]], str] | None = None) -> Path:
+    """Write `groups` with their scores to `path`, whole or not at all (a rename at the end)."""
+    sent = [g.model_dump(mode="json", exclude_none=True) if isinstance(g, Group)
+            else Group.model_validate(g).model_dump(mode="json", exclude_none=True) for g in groups]
+    if len(sent) != len(result.groups):
+        raise ValueError(f"{len(sent)} groups given for a result of {len(result.groups)}")
+    head = {"model": result.model, "policy_version": result.policy_version,
+            "step": result.response.step, "anneal_weight": result.anneal_weight}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    memo: dict[int, str] = {}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            for group, scored in zip(sent, result.groups, strict=True):
+                line = {**head, **scored.model_dump(mode="json", exclude_none=True), "input": group}
+                if decode is not None:
+                    line["pieces"] = [token_pieces(decode, r["token_ids"], memo) for r in group["rollouts"]]
+                out.write(json.dumps(line) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+class StepSaver:
+    """The adapters' `amr_save_dir` / `amr_save_steps`: every N-th step's batch, from step 0 on."""
+
+    def __init__(self, folder: str | os.PathLike | None, every: int):
+        if every < 0:
+            raise ValueError(f"amr_save_steps must be >= 0 (0 saves nothing), got {every}")
+        if every and folder is None:
+            raise ValueError("amr_save_steps is set but amr_save_dir is not: name the folder to save to")
+        self.folder = Path(folder) if folder is not None else None
+        self.every = every
+
+    def wants(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def returns(self, step: int) -> dict[str, bool] | None:
+        """What to ask the service for at `step`: the viewer's arrays on a saved step only."""
+        return VIEW_RETURNS if self.wants(step) else None
+
+    def save(self, step: int, groups: Iterable[Group | Mapping[str, Any]], result: ScoreResult,
+             decode: Callable[[list[int]], str] | None) -> Path | None:
+        try:
+            path = save_scored(step_path(self.folder, step), groups, result, decode=decode)
+        except OSError as exc:  # a full disk must not stop the run; the step still trains
+            logger.warning("amr-sd: could not save step %d's scored batch (%s)", step, exc)
+            return None
+        logger.info("amr-sd: saved step %d's scored batch to %s (amr-sd view %s)", step, path, path)
+        return path
