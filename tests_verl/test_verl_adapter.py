@@ -271,6 +271,34 @@ def _closed_port_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
+def test_every_nth_step_is_saved_for_the_viewer(amr_url, tokenizer, tmp_path):
+    manager = new_manager(amr_url, tokenizer, amr_config=FAST, amr_save_dir=tmp_path, amr_save_steps=3)
+    calls = record_calls(manager)
+    for step in (3, 4):
+        out = manager(rolled_out_batch(tokenizer, step=step), return_dict=True)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["step-000003.jsonl"]
+    saved, unsaved = calls
+    assert saved.kwargs["returns"] == {"cig": True, "logprobs": True, "reflections": True}
+    assert unsaved.kwargs["returns"] is None
+    lines = [json.loads(x) for x in (tmp_path / "step-000003.jsonl").read_text().splitlines()]
+    assert [line["input"] for line in lines] == saved.groups and lines[0]["step"] == 3
+    assert [r["advantages"] for line in lines for r in line["rollouts"]] == saved.result.advantages()
+    # The service sends cig and log-probabilities where the teacher saw an accepted reflection.
+    for r in (r for line in lines for r in line["rollouts"]):
+        accepted = bool((r.get("reflection") or {}).get("accepted"))
+        assert ("cig" in r and "student_logprobs" in r) == accepted, r
+    for line in lines:
+        assert line["pieces"] == [[tokenizer.decode([t]) for t in r["token_ids"]] for r in line["input"]["rollouts"]]
+    assert out["metrics"]["amr_sd/fallback"] == 0.0
+
+
+def test_saving_settings_are_checked_at_construction(tokenizer):
+    with pytest.raises(ValueError, match="amr_save_steps is set but amr_save_dir is not"):
+        new_manager("http://127.0.0.1:9", tokenizer, amr_save_steps=2)
+    with pytest.raises(ValueError, match="amr_save_steps must be >= 0"):
+        new_manager("http://127.0.0.1:9", tokenizer, amr_save_steps=-2, amr_save_dir="x")
+
+
 def test_a_service_failure_propagates_by_default(tokenizer):
     manager = new_manager(_closed_port_url(), tokenizer)
     manager.client = manager.client.with_options(max_retries=0)

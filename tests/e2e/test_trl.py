@@ -6,6 +6,7 @@ split the generation batch, and matches rows back by their (prompt, completion) 
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 
@@ -17,7 +18,9 @@ from trl import GRPOConfig, GRPOTrainer
 
 from amr_client import AMRClient, APIConnectionError
 from amr_client.integrations.trl import AMRGRPOTrainer
+from amr_client.saved import VIEW_RETURNS
 from amr_sd.engine.models import materialize_embedded
+from amr_sd.viewer import build, read_batch
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +49,8 @@ class RecordingClient(AMRClient):
 
     def score(self, groups, *, step, config=None, returns=None, policy=None):
         result = super().score(groups, step=step, config=config, returns=returns, policy=policy)
-        self.calls.append({"groups": list(groups), "step": step, "result": result, "policy": policy})
+        self.calls.append({"groups": list(groups), "step": step, "result": result, "policy": policy,
+                           "returns": returns})
         return result
 
 
@@ -114,7 +118,9 @@ def assert_loss_rows_are_trls_grpo(recorded, step, atol):
 def test_two_grpo_steps_train_on_exactly_the_service_advantages(amr_server, model_path, tmp_path,
                                                                  recorded):
     client = RecordingClient(amr_server)
-    trainer = make_trainer(model_path, tmp_path, client, max_steps=2, amr_config=AMR_CONFIG)
+    saved = tmp_path / "saved"
+    trainer = make_trainer(model_path, tmp_path, client, max_steps=2, amr_config=AMR_CONFIG,
+                           amr_save_dir=saved, amr_save_steps=2)
     trainer.train()
 
     assert trainer.state.global_step == 2
@@ -155,6 +161,22 @@ def test_two_grpo_steps_train_on_exactly_the_service_advantages(amr_server, mode
     # service computes it in float64, TRL in float32).
     assert client.calls[1]["result"].anneal_weight == 0.0
     assert_loss_rows_are_trls_grpo(recorded, 1, atol=1e-6)
+
+    # Every 2nd step is saved for the viewer: step 0 only, whole, in the order sent.
+    assert sorted(f.name for f in saved.iterdir()) == ["step-000000.jsonl"]
+    lines = [json.loads(x) for x in (saved / "step-000000.jsonl").read_text().splitlines()]
+    assert [line["input"] for line in lines] == call["groups"]
+    assert [r["advantages"] for line in lines for r in line["rollouts"]] == call["result"].advantages()
+    tok = trainer.processing_class
+    for line in lines:
+        # The service sends cig and log-probabilities where the teacher saw an accepted reflection.
+        for r in line["rollouts"]:
+            accepted = bool((r.get("reflection") or {}).get("accepted"))
+            assert ("cig" in r and "teacher_logprobs" in r) == accepted, r
+        assert line["pieces"] == [[tok.decode([t]) for t in r["token_ids"]] for r in line["input"]["rollouts"]]
+    assert [c["returns"] for c in client.calls] == [VIEW_RETURNS, None]  # an unsaved step asks for none
+    view = build([read_batch(saved / "step-000000.jsonl")])
+    assert view["batches"][0]["summary"]["gated_tokens"] == call["result"].stats.gated_tokens
 
     logged = [entry for entry in trainer.state.log_history if "amr/gate_rate" in entry]
     assert len(logged) == 2 and all(0 <= e["amr/gate_rate"] <= 1 for e in logged)
@@ -239,6 +261,10 @@ def test_policy_sync_settings_are_checked_at_construction(model_path, tmp_path):
                      amr_policy_dir=tmp_path)
     with pytest.raises(ValueError, match="needs amr_policy_dir"):
         make_trainer(model_path, tmp_path, client, max_steps=1, amr_policy_sync="full")
+    with pytest.raises(ValueError, match="amr_save_steps is set but amr_save_dir is not"):
+        make_trainer(model_path, tmp_path, client, max_steps=1, amr_save_steps=5)
+    with pytest.raises(ValueError, match="amr_save_steps must be >= 0"):
+        make_trainer(model_path, tmp_path, client, max_steps=1, amr_save_steps=-1, amr_save_dir=tmp_path)
     with pytest.raises(ValueError, match="'off', 'lora' or 'full'"):
         make_trainer(model_path, tmp_path, client, max_steps=1, amr_policy_sync="weights",
                      amr_policy_dir=tmp_path)

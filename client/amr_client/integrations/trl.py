@@ -62,6 +62,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from trl import GRPOTrainer
 
 from amr_client import AMRClient, APIConnectionError, ScoringConfig, ServiceUnavailableError
+from amr_client.saved import StepSaver
 
 __all__ = ["AMRGRPOTrainer"]
 
@@ -90,6 +91,10 @@ class AMRGRPOTrainer(GRPOTrainer):
         amr_policy_service_dir: the same folder as the service names it (default: amr_policy_dir).
         amr_policy_label: prefix of the version labels, "<label>-step-<N>" (default: a random run id).
         amr_policy_keep: pushed folders kept on disk (the newest).
+        amr_save_dir: where scored batches are saved for `amr-sd view` (`step-<N>.jsonl`, with
+            the groups sent, per-token CIG, log-probabilities and token texts).
+        amr_save_steps: save every N-th step's batch, starting at the first; 0 (default) saves
+            none. A saved step asks the service for those per-token arrays too.
     """
 
     def __init__(self, *args: Any, amr_client: AMRClient,
@@ -100,7 +105,9 @@ class AMRGRPOTrainer(GRPOTrainer):
                  amr_policy_sync: str = "off", amr_policy_sync_steps: int = 1,
                  amr_policy_dir: str | Path | None = None,
                  amr_policy_service_dir: str | None = None, amr_policy_label: str | None = None,
-                 amr_policy_keep: int = 2, **kwargs: Any):
+                 amr_policy_keep: int = 2, amr_save_dir: str | Path | None = None,
+                 amr_save_steps: int = 0, **kwargs: Any):
+        self.amr_saver = StepSaver(amr_save_dir, amr_save_steps)  # checked before the model loads
         super().__init__(*args, **kwargs)
         if self.args.scale_rewards not in ("group", "none"):
             raise ValueError(
@@ -196,12 +203,13 @@ class AMRGRPOTrainer(GRPOTrainer):
         if not groups:
             return per_row, metrics
         started = time.perf_counter()
+        step = self.state.global_step
         try:
             policy = None
             if self._amr_sync is not None:
-                policy = self._amr_sync.policy_for(self.state.global_step, metrics)
-            result = self.amr_client.score(groups, step=self.state.global_step, config=self.amr_config,
-                                           policy=policy)
+                policy = self._amr_sync.policy_for(step, metrics)
+            result = self.amr_client.score(groups, step=step, config=self.amr_config, policy=policy,
+                                           returns=self.amr_saver.returns(step))
         except UNREACHABLE as exc:
             if not self.amr_fallback_to_grpo:
                 return exc
@@ -211,6 +219,9 @@ class AMRGRPOTrainer(GRPOTrainer):
             return per_row, metrics
         except Exception as exc:  # noqa: BLE001 - handed to every process, then raised
             return exc
+        if self.amr_saver.wants(step):
+            tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+            self.amr_saver.save(step, groups, result, decode=tokenizer.decode)
         scored = iter(result.advantages())
         for members in group_rows:
             for i in members:

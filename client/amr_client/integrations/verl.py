@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -59,6 +60,7 @@ from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, register
 from verl.workers.reward_manager import BatchRewardManager, register
 
 from amr_client import AMRClient, APIConnectionError, ScoringConfig, ServiceUnavailableError
+from amr_client.saved import StepSaver
 
 __all__ = ["AMRRewardManager", "compute_amr_sd_advantage"]
 
@@ -82,6 +84,10 @@ class AMRRewardManager(BatchRewardManager):
             (connection errors, timeouts, 503), log a warning and write plain GRPO advantages
             (verl's own, broadcast over the response) instead of raising. A 4xx still raises.
             Off by default: a silent fallback would train another algorithm than the configured one.
+        amr_save_dir: where scored batches are saved for `amr-sd view` (`step-<N>.jsonl`, with
+            the groups sent, per-token CIG, log-probabilities and token texts).
+        amr_save_steps: save every N-th step's batch, starting at the first; 0 (default) saves
+            none. A saved step asks the service for those per-token arrays too.
 
     `compute_score` follows `BatchRewardManager`: a batched function returning one float or
     one dict with "score" per row; a dict's "feedback" string is shown to the critique writer.
@@ -91,7 +97,9 @@ class AMRRewardManager(BatchRewardManager):
                  amr_url: str, amr_api_key: str | None = None,
                  amr_config: ScoringConfig | dict[str, Any] | None = None,
                  amr_timeout_s: float = 600.0, rollout_n: int | None = None,
-                 fallback_to_grpo: bool = False, **reward_kwargs):
+                 fallback_to_grpo: bool = False, amr_save_dir: str | Path | None = None,
+                 amr_save_steps: int = 0, **reward_kwargs):
+        self.amr_saver = StepSaver(amr_save_dir, amr_save_steps)
         super().__init__(tokenizer, num_examine, compute_score, reward_fn_key, **reward_kwargs)
         self.amr_config = ScoringConfig.model_validate(amr_config or {})
         # Only the fields the user set travel, so the server's defaults apply to the rest.
@@ -114,7 +122,8 @@ class AMRRewardManager(BatchRewardManager):
         request = [_group(data, prompt, rows, response_lengths, rewards, feedback)
                    for prompt, rows in zip(prompts, groups.values(), strict=True)]
         try:
-            result = self.client.score(request, step=step, config=self._config_overrides or None)
+            result = self.client.score(request, step=step, config=self._config_overrides or None,
+                                       returns=self.amr_saver.returns(step))
         except (APIConnectionError, ServiceUnavailableError) as exc:
             if not self.fallback_to_grpo:
                 raise
@@ -122,6 +131,8 @@ class AMRRewardManager(BatchRewardManager):
                            "because fallback_to_grpo=True", step, exc)
             return self._grpo_fallback(data, rewards, response_lengths, reward_extra_info, return_dict)
 
+        if self.amr_saver.wants(step):
+            self.amr_saver.save(step, request, result, decode=self.tokenizer.decode)
         reward_tensor = torch.zeros_like(data.batch["responses"], dtype=torch.float32)
         base_advantage = np.zeros(len(data), dtype=np.float64)
         for rows, scored in zip(groups.values(), result.groups, strict=True):
