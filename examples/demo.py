@@ -1,5 +1,6 @@
 """`make demo`: start the service on the embedded model, score the example groups through
-AMRClient, show why tokens got their credit, print a summary, stop the service.
+AMRClient, show why tokens got their credit, print a summary, stop the service, and write the
+credit viewer (build/demo-view.html) for the scored batch.
 
     python examples/demo.py [--in examples/data/groups.jsonl] [--step 0] [--port 8000]
 """
@@ -18,7 +19,12 @@ from show_scored import show
 from transformers import AutoTokenizer
 
 from amr_client import AMRClient
+from amr_client.saved import VIEW_RETURNS, save_scored
+from amr_sd import cli
 from amr_sd.engine.models import EMBEDDED_MODEL, resolve_model
+
+SCORED = Path("build/demo-scored.jsonl")
+VIEW = Path("build/demo-view.html")
 
 
 def start_server(port: int, log_path: Path) -> subprocess.Popen:
@@ -54,7 +60,7 @@ def main() -> None:
             t1 = time.perf_counter()
             print(f"ready in {t1 - t0:.0f} s; scoring {len(groups)} groups at step {args.step} ...", flush=True)
             # Streamed: a bar moves per scored group, and no single deadline covers the batch.
-            result = client.score(groups, step=args.step, returns={"cig": True}, progress=True)
+            result = client.score(groups, step=args.step, returns=VIEW_RETURNS, progress=True)
             t2 = time.perf_counter()
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -93,6 +99,12 @@ def main() -> None:
     print()
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+
+    save_scored(SCORED, groups, result, decode=tok.decode)
+    if cli.main(["view", str(SCORED), "--out", str(VIEW)]) != 0:
+        sys.exit("the credit viewer could not be written")
+    print(f"\ncredit viewer: {VIEW.resolve()} (open it in a browser, or "
+          f"`amr-sd view {SCORED} --serve` and open http://127.0.0.1:8765/)")
 
 
 if __name__ == "__main__":
