@@ -47,9 +47,11 @@ function arrays(batch) {
 
 function lineChart(series, xs, { width = 560, height = 170, yLabel = "", yMin = null, yMax = null, id = null } = {}) {
   const pad = { l: 44, r: 10, t: 10, b: 24 };
-  const all = series.flatMap((s) => s.values.filter((v) => Number.isFinite(v)));
-  const lo = yMin ?? Math.min(...all, 0), hi = yMax ?? Math.max(...all, 1e-9);
-  const x0 = Math.min(...xs), x1 = Math.max(...xs);
+  // Loops, not Math.min(...values): a long response would overflow the call's argument list.
+  let vmin = 0, vmax = 1e-9;
+  for (const s of series) for (const v of s.values) if (Number.isFinite(v)) { vmin = Math.min(vmin, v); vmax = Math.max(vmax, v); }
+  const lo = yMin ?? vmin, hi = yMax ?? vmax;
+  const x0 = xs[0], x1 = xs[xs.length - 1];
   const X = (x) => pad.l + (x1 === x0 ? 0.5 : (x - x0) / (x1 - x0)) * (width - pad.l - pad.r);
   const Y = (y) => pad.t + (1 - (y - lo) / ((hi - lo) || 1)) * (height - pad.t - pad.b);
   const svg = el("svg:svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img", id });
@@ -191,7 +193,7 @@ function tokenColour(ratio, A, scale) {
 function rolloutDetail(batch, index) {
   const r = batch.rows[index], a = arrays(batch);
   const readout = el("div", { id: "readout" }, "hover a token: its Â/A, CIG and log-probabilities");
-  const scale = Math.max(0.05, ...batch.rows.map((x) => x.max_amp - 1));
+  const scale = batch.rows.reduce((m, x) => Math.max(m, x.max_amp - 1), 0.05);  // no spread: rows may be many
   const tokens = el("div", { class: "tokens", id: "tokens" });
   for (let t = 0; t < r.n; t++) {
     const k = r.off + t, piece = DATA.pieces[a.ids[k]];
