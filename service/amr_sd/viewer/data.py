@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from amr_client.saved import token_pieces
+
 HIST_BINS = 41
 TOP_TOKENS = 20
 HEAD_KEYS = ("model", "policy_version", "step", "anneal_weight")
@@ -149,7 +151,7 @@ class _Pieces:
             if self.decode is None:
                 raise ViewError(f"{where}: pieces: the file holds token ids only and no tokenizer "
                                 "was given to decode them (amr-sd view --model)")
-            given = [self._decoded(t) for t in token_ids]
+            given = token_pieces(self.decode, token_ids, self.memo)
         out = []
         for piece in given:
             k = self.index.get(piece)
@@ -158,11 +160,6 @@ class _Pieces:
                 self.texts.append(piece)
             out.append(k)
         return out
-
-    def _decoded(self, t: int) -> str:
-        if t not in self.memo:
-            self.memo[t] = self.decode([t])
-        return self.memo[t]
 
 
 def build(batches: Sequence[Batch], decode: Callable[[list[int]], str] | None = None) -> dict[str, Any]:
