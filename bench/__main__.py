@@ -93,7 +93,9 @@ def main() -> int:
              _print_overhead)
     if {"scaling", "transport", "peer"} & set(args.only):
         grpc_port = procs.free_port()
-        server = procs.amr_server(args.out / "logs", "--grpc-port", str(grpc_port))
+        # Score cache off: these parts time the same batch sent again and again.
+        server = procs.amr_server(args.out / "logs", "--grpc-port", str(grpc_port),
+                                  env=procs.NO_SCORE_CACHE)
         t0 = time.monotonic()
         try:
             server.start(timeout_s=300)

@@ -4,7 +4,8 @@ One `amr-sd serve` with a recording engine (`bench.recorder`) answers three work
 `AMRClient` over HTTP:
   (a) scoring only: synthetic groups whose rollouts bring their reflection (`reflection_override`);
   (b) the example groups, reflections written by the model;
-  (c) (b) again: its reflections now come from the cache, so only scoring runs.
+  (c) (b) again: its reflections come from the reflection cache and its scoring passes from the
+      score cache (same tokens, same policy version), so the engine has nothing to do.
 Then `bench.replay` runs exactly the engine calls each workload made on a bare AsyncLLM with the
 same settings, keeping their order and concurrency. service wall / replay wall is the service's
 overhead (target <= 1.10). Engine utilisation during (b) is the time the engine would need at the
@@ -77,7 +78,8 @@ def run(out_dir: Path, quick: bool = False, best: dict | None = None) -> dict:
                                  "response_tokens": s.response_tokens,
                                  "tokens_scored": s.tokens_scored,
                                  "reflections_generated": s.reflections_generated,
-                                 "reflections_cached": s.reflections_cached}
+                                 "reflections_cached": s.reflections_cached,
+                                 "scores_cached": s.scores_cached}
     windows_path.write_text(json.dumps(windows))
     subprocess.run([sys.executable, "-m", "bench.replay", str(record), "--windows",
                     str(windows_path), "--out", str(replay_path)], check=True)
@@ -107,13 +109,14 @@ def run(out_dir: Path, quick: bool = False, best: dict | None = None) -> dict:
 
 
 def table(results: dict) -> list[str]:
-    lines = ["| workload | service s | replayed engine s | overhead | loop lag p50 / p99 ms |",
-             "|---|---|---|---|---|"]
+    lines = ["| workload | service s | replayed engine s | overhead | passes cached | "
+             "loop lag p50 / p99 ms |", "|---|---|---|---|---|---|"]
     for name in ("a_scoring_only", "b_reflections", "c_cached_repeat"):
         r = results[name]
         lag = r.get("loop_lag_ms", {})
-        lines.append(f"| {name} | {r['service_s']:.1f} | {r['replay_s']:.1f} | "
-                     f"{r['overhead']:.2f}x | {lag.get('p50', 0):.1f} / {lag.get('p99', 0):.1f} |")
+        overhead = f"{r['overhead']:.2f}x" if r["overhead"] else "- (no engine calls)"
+        lines.append(f"| {name} | {r['service_s']:.2f} | {r['replay_s']:.2f} | {overhead} | "
+                     f"{r.get('scores_cached', 0)} | {lag.get('p50', 0):.1f} / {lag.get('p99', 0):.1f} |")
     b = results["b_reflections"]
     if "engine_utilisation" in b:
         best = results["best_batched"]

@@ -126,11 +126,18 @@ class ServerProcess:
         self.stop()
 
 
-def amr_server(log_dir: Path, *extra: str) -> ServerProcess:
-    """`amr-sd serve` on a free port with its defaults for this machine; ready on /readyz."""
+# For a server that is timed on the same batch sent again and again: with its score cache on, every
+# repeat after the first would be read back, not scored.
+NO_SCORE_CACHE = {"AMR_SCORE_CACHE_TTL_S": "0"}
+
+
+def amr_server(log_dir: Path, *extra: str, env: dict[str, str] | None = None) -> ServerProcess:
+    """`amr-sd serve` on a free port with its defaults for this machine (and `env` on top of
+    ours); ready on /readyz."""
     port = free_port()
     command = [sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port), *extra]
-    return ServerProcess("amr-sd", command, port=port, ready_path="/readyz", log_dir=log_dir)
+    return ServerProcess("amr-sd", command, port=port, ready_path="/readyz", log_dir=log_dir,
+                         env=None if env is None else {**os.environ, **env})
 
 
 class RssSampler:

@@ -144,5 +144,5 @@ if __name__ == "__main__":
     if args.base_url:
         print_table(run(args.out, args.base_url, quick=args.quick))
     else:
-        with procs.amr_server(args.out / "logs") as server:
+        with procs.amr_server(args.out / "logs", env=procs.NO_SCORE_CACHE) as server:
             print_table(run(args.out, server.base_url, server.pid, quick=args.quick))

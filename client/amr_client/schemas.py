@@ -287,13 +287,16 @@ class BatchStats(BaseModel):
     groups: int
     rollouts: int
     response_tokens: int = Field(..., description="Response tokens in the request.")
-    tokens_scored: int = Field(..., description="Response tokens teacher-forced by the engine (both passes).")
+    tokens_scored: int = Field(..., description="Response tokens teacher-forced by the engine (both passes); "
+                                                "passes read from the score cache are not counted.")
     reflected_tokens: int = Field(..., description="Response tokens of rollouts with an accepted reflection.")
     gated_tokens: int
     gate_rate: float = Field(..., description="gated_tokens / reflected_tokens.")
     reflections_requested: int
     reflections_generated: int = Field(..., description="Writer generations run, retries included.")
     reflections_cached: int = 0
+    scores_cached: int = Field(0, description="Scoring passes read from the score cache (a resent "
+                                              "group at the same policy version), not in tokens_scored.")
     reflections_accepted: int
     reflections_rejected: int
     acceptance_rate: float

@@ -11,6 +11,12 @@ kind, the full writer prompt, generation and leak-filter settings), so a changed
 or setting gives a new key and can never serve a stale reflection. Nothing is invalidated by hand;
 old entries simply expire (`ttl_s`).
 
+The same stores hold a second kind of entry, a scoring pass's log-probabilities (`score_key`,
+`pack_logprobs`): a resent group at the same policy version is teacher-forced on the same tokens
+by the same weights, so its passes are read back instead of recomputed. The runtime keeps them in
+a store of their own with a shorter lifetime (`score_cache_ttl_s`), since they are larger and a
+new policy version makes them useless.
+
     ReflectionCache   the protocol the scorer calls: get_many, set_many, close
     ├── MemoryCache   in-process LRU with TTL
     └── RedisCache    redis.asyncio, shared by replicas
@@ -25,6 +31,7 @@ itself once Redis is back.
 
 from __future__ import annotations
 
+import base64
 import collections
 import hashlib
 import json
@@ -35,6 +42,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+import numpy as np
 import orjson
 import redis.asyncio
 import redis.exceptions
@@ -42,6 +50,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 KEY_PREFIX = "amr-sd:reflection:"
+# Teacher-forced log-probabilities of one scoring pass (see `score_key`).
+SCORE_KEY_PREFIX = "amr-sd:scores:"
 
 log = logging.getLogger("amr_sd.cache")
 
@@ -72,6 +82,42 @@ def reflection_key(**parts) -> str:
     """
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return KEY_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def score_context(**parts) -> bytes:
+    """What a scoring pass's log-probabilities depend on besides its tokens: the weights
+    (model, policy version, adapter) and how the engine computes (its class and dtype)."""
+    return json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def score_key(context: bytes, sequence: Sequence[int], start: int) -> str:
+    """`SCORE_KEY_PREFIX` + sha256 of the context, the first scored position and the token ids.
+
+    The ids are hashed as int64 bytes, not as JSON text: a 2,000-token sequence costs
+    microseconds, and the same ids always give the same bytes.
+    """
+    digest = hashlib.sha256(context)
+    digest.update(b"\0" + int(start).to_bytes(8, "little", signed=True))
+    digest.update(np.asarray(sequence, dtype=np.int64).tobytes())
+    return SCORE_KEY_PREFIX + digest.hexdigest()
+
+
+def pack_logprobs(values: np.ndarray) -> dict:
+    """float64 log-probabilities as a cache value (base64 of the raw bytes: exact, and a third
+    of the size of JSON numbers)."""
+    return {"f8": base64.b64encode(np.ascontiguousarray(values, dtype="<f8").tobytes()).decode()}
+
+
+def unpack_logprobs(value: dict, length: int) -> np.ndarray | None:
+    """The array `pack_logprobs` stored, or None when the value is not one of `length` floats
+    (an entry written by another version, or damaged): the pass is then scored again."""
+    try:
+        raw = base64.b64decode(value["f8"], validate=True)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(raw) != 8 * length:
+        return None
+    return np.frombuffer(raw, dtype="<f8").astype(np.float64)
 
 
 class MemoryCache:

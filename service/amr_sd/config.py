@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Reflection cache; absent -> in-process LRU.")
     cache_ttl_s: float = Field(86400.0, gt=0, description="Lifetime of a cached reflection.")
     cache_max_entries: int = Field(100_000, ge=1, description="In-process cache size.")
+    score_cache_ttl_s: float = Field(
+        3600.0, ge=0, description="Lifetime of a cached scoring pass (a resent group at the same "
+                                  "policy version is not scored again); 0 turns that cache off.")
+    score_cache_max_entries: int = Field(20_000, ge=1, description="In-process score cache size "
+                                                                   "(passes).")
 
     # Engine knobs; None keeps the device default (EngineSettings.for_device).
     dtype: str | None = None

@@ -29,6 +29,8 @@ class Metrics:
                                              registry=r)
         self.reflections_cached = Counter("amr_sd_reflections_cached",
                                           "Reflections served from the cache.", registry=r)
+        self.scores_cached = Counter("amr_sd_scores_cached",
+                                     "Scoring passes read from the score cache.", registry=r)
         self.reflections_rejected = Counter("amr_sd_reflections_rejected",
                                             "Reflections finally rejected, by reason.", ["reason"],
                                             registry=r)
@@ -83,6 +85,7 @@ class Metrics:
         self.tokens_scored.inc(stats.tokens_scored)
         self.reflections_generated.inc(stats.reflections_generated)
         self.reflections_cached.inc(stats.reflections_cached)
+        self.scores_cached.inc(stats.scores_cached)
         for reason, n in stats.reject_reasons.items():
             self.reflections_rejected.labels(reason=reason).inc(n)
         if stats.reflected_tokens:

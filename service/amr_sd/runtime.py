@@ -94,7 +94,7 @@ class Runtime:
         self.metrics.pending_sequences.set_function(lambda: self.admission.pending_sequences)
         self.metrics.pending_tokens.set_function(lambda: self.admission.pending_tokens)
         self._engine_factory = engine_factory
-        self.engine = self.scorer = self.cache = self.store = self.policies = None
+        self.engine = self.scorer = self.cache = self.score_cache = self.store = self.policies = None
         self.in_flight = 0  # operations of either transport being served, for the drain
         self._ready = self._draining = self._engine_dead = False
         self._stopping = asyncio.Event()  # set when the drain timeout ends: in-flight work stops
@@ -152,6 +152,10 @@ class Runtime:
             self.cache = make_cache(settings.redis_url, ttl_s=settings.cache_ttl_s,
                                     max_entries=settings.cache_max_entries,
                                     on_error=metrics.cache_errors.inc)
+            if settings.score_cache_ttl_s > 0:
+                self.score_cache = make_cache(settings.redis_url, ttl_s=settings.score_cache_ttl_s,
+                                              max_entries=settings.score_cache_max_entries,
+                                              on_error=metrics.cache_errors.inc)
             self.store = make_store(settings.redis_url, ttl_s=settings.idempotency_ttl_s,
                                     pending_ttl_s=settings.max_request_timeout_s + 60,
                                     on_error=metrics.cache_errors.inc)
@@ -159,12 +163,13 @@ class Runtime:
                 engine, root=settings.policy_root, version=settings.policy_version,
                 lora_modules=settings.lora_module_paths(), wait_s=settings.policy_wait_s)
             self.policies.check_modules()
-            self.scorer = Scorer(engine, cache=self.cache)
+            self.scorer = Scorer(engine, cache=self.cache, score_cache=self.score_cache)
             metrics.engine_unfinished.set_function(engine.unfinished_requests)
             self._tasks.append(asyncio.create_task(self._watch(engine)))
             self._set(ready=True)
-            log.info("ready: model=%s engine=%s cache=%s", engine.model_id, settings.engine,
-                     self.cache.name)
+            log.info("ready: model=%s engine=%s cache=%s score_cache=%s", engine.model_id,
+                     settings.engine, self.cache.name,
+                     self.score_cache.name if self.score_cache is not None else "off")
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -203,7 +208,7 @@ class Runtime:
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
-        for closable in (self.store, self.cache):
+        for closable in (self.store, self.cache, self.score_cache):
             if closable is not None:
                 await closable.close()
         if self._creating is not None:
@@ -420,6 +425,7 @@ class Runtime:
             "max_model_len": engine.max_model_len, "vocab_size": engine.vocab_size,
             "engine_settings": engine.settings.describe(),
             "template_version": TEMPLATE_VERSION, "cache": self.cache.name,
+            "score_cache": self.score_cache.name if self.score_cache is not None else "off",
             "limits": self.settings.limits(), "defaults": ScoringConfig().model_dump(),
         }
 

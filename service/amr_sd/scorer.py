@@ -34,7 +34,8 @@ from amr_client.schemas import (
 )
 from amr_sd.algo import advantage, reflection
 from amr_sd.algo.context import render_prompt, splice, with_block
-from amr_sd.cache import ReflectionCache, reflection_key
+from amr_sd.cache import (ReflectionCache, pack_logprobs, reflection_key, score_context, score_key,
+                          unpack_logprobs)
 from amr_sd.engine.base import Adapter, Engine, GenerationParams
 from amr_sd.errors import InvalidRequest, from_validation_error
 
@@ -63,6 +64,7 @@ class _Work:
     settled: bool = False  # its reflection record is final (accepted, rejected, cached, override)
     student_logprobs: np.ndarray | None = None
     teacher_logprobs: np.ndarray | None = None
+    cached_passes: int = 0  # scoring passes read from the score cache instead of the engine
 
     @property
     def path(self) -> str:
@@ -87,10 +89,11 @@ class Plan:
 
 class Scorer:
     def __init__(self, engine: Engine, defaults: ScoringConfig | None = None,
-                 cache: ReflectionCache | None = None):
+                 cache: ReflectionCache | None = None, score_cache: ReflectionCache | None = None):
         self.engine = engine
         self.defaults = defaults or ScoringConfig()
         self.cache = cache
+        self.score_cache = score_cache
         self.tokenizer = engine.tokenizer
         self._special_ids = np.array(sorted(set(self.tokenizer.all_special_ids)), dtype=np.int64)
 
@@ -403,27 +406,57 @@ class Scorer:
         return False
 
     async def _rescore(self, run: "_Run", work: list[_Work]) -> None:
-        """Both teacher-forced passes for every rollout of a group with a reflection."""
+        """Both teacher-forced passes for every rollout of a group with a reflection.
+
+        A pass the score cache holds (the same tokens under the same weights, scored before) is
+        read back; the rest go to the engine, and their results into the cache.
+        """
         if not work:
             return
-        items, slots = await asyncio.to_thread(self._sequences, work)
-        if not items:
+        passes = await asyncio.to_thread(self._passes, run, work)
+        if not passes:
             return
-        for (w, attr), values in zip(slots, await run.coalescer.submit(items)):
-            setattr(w, attr, values)
+        hits = [None] * len(passes)
+        if self.score_cache is not None:
+            stored = await self.score_cache.get_many([p.key for p in passes])
+            hits = [None if v is None else unpack_logprobs(v, len(p.sequence) - p.start)
+                    for p, v in zip(passes, stored)]
+        missing = [p for p, hit in zip(passes, hits) if hit is None]
+        scored = iter(await run.coalescer.submit([(p.sequence, p.start) for p in missing])
+                      if missing else ())
+        for p, hit in zip(passes, hits):
+            setattr(p.work, p.field, hit if hit is not None else next(scored))
+            if hit is not None:
+                p.work.cached_passes += 1
+                run.scores_cached += 1
+        if self.score_cache is not None and missing:
+            values = await asyncio.to_thread(
+                lambda: {p.key: pack_logprobs(getattr(p.work, p.field)) for p in missing})
+            await self.score_cache.set_many(values)
 
-    def _sequences(self, work: list[_Work]) -> tuple[list[tuple[list[int], int]], list]:
-        """(scoring sequence, first response index) per pass, and which rollout field it fills."""
-        sequences, starts, slots = [], [], []
+    def _passes(self, run: "_Run", work: list[_Work]) -> list["_Pass"]:
+        """The teacher-forced passes a group needs: the teacher's for every rollout, the
+        student's where the caller did not send `student_logprobs`."""
+        context = None
+        if self.score_cache is not None:
+            adapter = run.adapter
+            context = score_context(
+                model_id=self.engine.model_id, policy_version=self.engine.policy_version,
+                adapter=None if adapter is None else [adapter.label, adapter.path],
+                engine=type(self.engine).__name__,
+                dtype=str(getattr(self.engine.settings, "dtype", "")))
+        passes = []
         for w in work:
-            seq, start = splice(self._teacher_prompt(w, w.accepted_text), w.rollout.token_ids)
-            sequences.append(seq), starts.append(start), slots.append((w, "teacher_logprobs"))
+            passes.append(_Pass(w, "teacher_logprobs",
+                                *splice(self._teacher_prompt(w, w.accepted_text), w.rollout.token_ids)))
             if w.rollout.student_logprobs is None:
-                seq, start = splice(w.student_prompt, w.rollout.token_ids)
-                sequences.append(seq), starts.append(start), slots.append((w, "student_logprobs"))
+                passes.append(_Pass(w, "student_logprobs", *splice(w.student_prompt, w.rollout.token_ids)))
             else:
                 w.student_logprobs = np.asarray(w.rollout.student_logprobs, dtype=np.float64)
-        return list(zip(sequences, starts)), slots
+        if context is not None:
+            for p in passes:
+                p.key = score_key(context, p.sequence, p.start)
+        return passes
 
     async def _score_sequences(self, adapter: Adapter | None,
                                items: list[tuple[list[int], int]]) -> list[np.ndarray]:
@@ -458,7 +491,8 @@ class Scorer:
                 branch.cig.append(cig_hat[gateable])
                 tally.nonfinite += int(bad.sum())
                 tally.gated_ids.update(tokens[gated].tolist())
-                tally.scored += len(tokens) * (2 if w.rollout.student_logprobs is None else 1)
+                passes = 2 if w.rollout.student_logprobs is None else 1
+                tally.scored += len(tokens) * (passes - w.cached_passes)
                 if ret.cig:
                     item.cig, item.gated = cig_hat.tolist(), gated.tolist()
                 if ret.logprobs:
@@ -492,6 +526,7 @@ class Scorer:
             reflections_requested=len(records),
             reflections_generated=run.generated,
             reflections_cached=run.cached,
+            scores_cached=run.scores_cached,
             reflections_accepted=accepted,
             reflections_rejected=len(records) - accepted,
             acceptance_rate=accepted / len(records) if records else 0.0,
@@ -510,6 +545,18 @@ class Scorer:
             template_version=reflection.TEMPLATE_VERSION, step=request.step,
             anneal_weight=plan.anneal_weight, groups=[group for group, _ in run.scored],
             stats=stats)
+
+
+@dataclass
+class _Pass:
+    """One teacher-forced pass: which rollout field it fills, what the engine scores, and its
+    score-cache key (None without a score cache)."""
+
+    work: _Work
+    field: str  # "teacher_logprobs" or "student_logprobs"
+    sequence: list[int]
+    start: int
+    key: str | None = None
 
 
 @dataclass
@@ -574,6 +621,7 @@ class _Run:
     coalescer: "_Coalescer"
     generated: int = 0
     cached: int = 0
+    scores_cached: int = 0  # passes read from the score cache
     reflect_s: float = 0.0  # perf_counter when the last reflection settled
     scored: list = field(default_factory=list)
     # The gate's margins: the config's, or with gate_rate_target the request's calibrated ones,

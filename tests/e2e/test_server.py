@@ -46,6 +46,7 @@ def test_probes_and_info(server):
     assert AMRClient(base_url).ready()
     info = AMRClient(base_url).info()
     assert info["model"] == "smollm2-135m-instruct" and info["cache"] == cache
+    assert info["score_cache"] == cache
     assert os.path.isdir(info["model_path"]) and info["limits"]["max_groups"] == MAX_GROUPS
 
 
@@ -84,6 +85,22 @@ def test_both_twins_match_the_in_process_scorer_and_repeat_from_cache(server, vl
     assert all(r.reflection.cached for g in second.groups for r in g.rollouts)
     assert metric(base_url, "amr_sd_reflections_cached_total") - cached_before == \
         second.stats.reflections_cached
+
+
+def test_a_resent_batch_is_read_from_the_score_cache_bit_for_bit(server, example_groups):
+    _, base_url = server
+    # Reflections brought by the caller: every rollout with a nonzero advantage is scored.
+    groups = [{**g, "rollouts": [{**r, "reflection_override": f"Check step {i} again."}
+                                 for i, r in enumerate(g["rollouts"])]} for g in example_groups[:2]]
+    cached_before = metric(base_url, "amr_sd_scores_cached_total")
+    with AMRClient(base_url) as client:
+        first = client.score(groups, step=0, returns={"cig": True})
+        second = client.score(groups, step=0, returns={"cig": True})
+    passes = 2 * first.stats.reflections_accepted
+    assert passes > 0 and first.stats.tokens_scored > 0
+    assert second.stats.scores_cached == passes and second.stats.tokens_scored == 0
+    assert metric(base_url, "amr_sd_scores_cached_total") - cached_before == passes
+    assert second.groups == first.groups
 
 
 def test_bad_input_is_422_naming_the_field(server, example_groups):

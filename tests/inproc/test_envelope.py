@@ -113,7 +113,9 @@ def test_both_transports_give_the_same_advantages(service, tokenizer):
                     assert rh.gated == rg.gated and rh.base_advantage == rg.base_advantage
                     # The second request found the first one's reflections in the cache.
                     assert rh.reflection.model_copy(update={"cached": True}) == rg.reflection
-            assert h.stats.tokens_scored == g.stats.tokens_scored > 0
+            # ... and its scoring passes in the score cache: nothing reached the engine.
+            assert h.stats.tokens_scored > 0 and h.stats.scores_cached == 0
+            assert g.stats.tokens_scored == 0 and g.stats.scores_cached == 8  # 2 x 2 rollouts x 2
     asyncio.run(main())
 
 

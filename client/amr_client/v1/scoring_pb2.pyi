@@ -203,7 +203,7 @@ class ReflectionRecord(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., text: _Optional[str] = ..., accepted: _Optional[bool] = ..., reject_reason: _Optional[str] = ..., reject_reasons: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ..., source: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class BatchStats(_message.Message):
-    __slots__ = ("groups", "rollouts", "response_tokens", "tokens_scored", "reflected_tokens", "gated_tokens", "gate_rate", "reflections_requested", "reflections_generated", "reflections_cached", "reflections_accepted", "reflections_rejected", "acceptance_rate", "reject_reasons", "cig_mean", "cig_std", "nonfinite_cig", "mean_abs_base_advantage", "mean_abs_advantage", "top_gated_tokens", "timings", "positive", "negative")
+    __slots__ = ("groups", "rollouts", "response_tokens", "tokens_scored", "reflected_tokens", "gated_tokens", "gate_rate", "reflections_requested", "reflections_generated", "reflections_cached", "reflections_accepted", "reflections_rejected", "acceptance_rate", "reject_reasons", "cig_mean", "cig_std", "nonfinite_cig", "mean_abs_base_advantage", "mean_abs_advantage", "top_gated_tokens", "timings", "positive", "negative", "scores_cached")
     class RejectReasonsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +234,7 @@ class BatchStats(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     POSITIVE_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    SCORES_CACHED_FIELD_NUMBER: _ClassVar[int]
     groups: int
     rollouts: int
     response_tokens: int
@@ -257,7 +258,8 @@ class BatchStats(_message.Message):
     timings: Timings
     positive: BranchStats
     negative: BranchStats
-    def __init__(self, groups: _Optional[int] = ..., rollouts: _Optional[int] = ..., response_tokens: _Optional[int] = ..., tokens_scored: _Optional[int] = ..., reflected_tokens: _Optional[int] = ..., gated_tokens: _Optional[int] = ..., gate_rate: _Optional[float] = ..., reflections_requested: _Optional[int] = ..., reflections_generated: _Optional[int] = ..., reflections_cached: _Optional[int] = ..., reflections_accepted: _Optional[int] = ..., reflections_rejected: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., reject_reasons: _Optional[_Mapping[str, int]] = ..., cig_mean: _Optional[float] = ..., cig_std: _Optional[float] = ..., nonfinite_cig: _Optional[int] = ..., mean_abs_base_advantage: _Optional[float] = ..., mean_abs_advantage: _Optional[float] = ..., top_gated_tokens: _Optional[_Iterable[_Union[TokenCount, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., positive: _Optional[_Union[BranchStats, _Mapping]] = ..., negative: _Optional[_Union[BranchStats, _Mapping]] = ...) -> None: ...
+    scores_cached: int
+    def __init__(self, groups: _Optional[int] = ..., rollouts: _Optional[int] = ..., response_tokens: _Optional[int] = ..., tokens_scored: _Optional[int] = ..., reflected_tokens: _Optional[int] = ..., gated_tokens: _Optional[int] = ..., gate_rate: _Optional[float] = ..., reflections_requested: _Optional[int] = ..., reflections_generated: _Optional[int] = ..., reflections_cached: _Optional[int] = ..., reflections_accepted: _Optional[int] = ..., reflections_rejected: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., reject_reasons: _Optional[_Mapping[str, int]] = ..., cig_mean: _Optional[float] = ..., cig_std: _Optional[float] = ..., nonfinite_cig: _Optional[int] = ..., mean_abs_base_advantage: _Optional[float] = ..., mean_abs_advantage: _Optional[float] = ..., top_gated_tokens: _Optional[_Iterable[_Union[TokenCount, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., positive: _Optional[_Union[BranchStats, _Mapping]] = ..., negative: _Optional[_Union[BranchStats, _Mapping]] = ..., scores_cached: _Optional[int] = ...) -> None: ...
 
 class BranchStats(_message.Message):
     __slots__ = ("rollouts", "reflected_tokens", "gated_tokens", "gate_rate", "cig_p01", "cig_p05", "cig_p50", "cig_p95", "cig_p99", "tau")
@@ -374,7 +376,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Info(_message.Message):
-    __slots__ = ("model", "model_path", "policy_version", "lora_enabled", "engine", "max_model_len", "vocab_size", "engine_settings", "template_version", "cache", "limits", "defaults")
+    __slots__ = ("model", "model_path", "policy_version", "lora_enabled", "engine", "max_model_len", "vocab_size", "engine_settings", "template_version", "cache", "limits", "defaults", "score_cache")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -387,6 +389,7 @@ class Info(_message.Message):
     CACHE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     DEFAULTS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_CACHE_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_path: str
     policy_version: str
@@ -399,7 +402,8 @@ class Info(_message.Message):
     cache: str
     limits: Limits
     defaults: ScoringConfig
-    def __init__(self, model: _Optional[str] = ..., model_path: _Optional[str] = ..., policy_version: _Optional[str] = ..., lora_enabled: _Optional[bool] = ..., engine: _Optional[str] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine_settings: _Optional[_Union[EngineSettings, _Mapping]] = ..., template_version: _Optional[str] = ..., cache: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[ScoringConfig, _Mapping]] = ...) -> None: ...
+    score_cache: str
+    def __init__(self, model: _Optional[str] = ..., model_path: _Optional[str] = ..., policy_version: _Optional[str] = ..., lora_enabled: _Optional[bool] = ..., engine: _Optional[str] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine_settings: _Optional[_Union[EngineSettings, _Mapping]] = ..., template_version: _Optional[str] = ..., cache: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[ScoringConfig, _Mapping]] = ..., score_cache: _Optional[str] = ...) -> None: ...
 
 class EngineSettings(_message.Message):
     __slots__ = ("dtype", "max_model_len", "kv_cache_gib", "gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs", "cpu_threads_bind", "enforce_eager", "reasons", "prefix_caching", "tensor_parallel_size")
