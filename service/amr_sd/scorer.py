@@ -711,6 +711,8 @@ async def _all_or_first_error(tasks: list[asyncio.Future]) -> None:
     for t in pending:
         t.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
-    for t in done:
-        if not t.cancelled() and t.exception() is not None:
-            raise t.exception()
+    # Read every failure, not only the one raised: asyncio logs "exception was never retrieved"
+    # for the others, which would look like a second fault.
+    errors = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
+    if errors:
+        raise errors[0]
