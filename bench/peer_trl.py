@@ -10,10 +10,15 @@ binary response format in this version: logprobs come back as JSON objects keyed
 same engine settings amr-sd picks for this machine, so the comparison is about the path, not
 the engine.
 
-amr-sd gets the same response tokens as rollouts with a `reflection_override` (no reflection
+amr-sd gets the response tokens as rollouts with a `reflection_override` (no reflection
 writing): it scores each rollout twice (teacher with the reflection, student without), and once
-when the trainer supplies `student_logprobs`. Throughput is counted per response token (what a
-trainer gets back) and, for amr-sd, per scored token (what the engine did).
+when the trainer supplies `student_logprobs`. TRL is sent exactly the sequences amr-sd's engine
+scores (`scored_sequences`: the same chat-templated teacher and student prompts, the same response
+ids), so both do the same engine work and each amr-sd row has a TRL row doing the same passes:
+teacher only against amr-sd with `student_logprobs`, teacher + student against the two-pass call.
+Throughput is counted per response token (what a trainer gets back) and per scored token (what
+the engine did). amr-sd's score cache is off in the server this measures (`procs.NO_SCORE_CACHE`):
+every round resends the same batch, which it would otherwise read back instead of scoring.
 """
 
 from __future__ import annotations
@@ -27,19 +32,25 @@ from pathlib import Path
 
 from bench import corpus, host, procs, report
 
-SEQ_LEN, START = 268, 20  # as in engine_sweep: ~248 response tokens behind a 20-token prompt
+SEQ_LEN, START = 268, 20  # response ids: corpus windows of 268 tokens from position 20 on
 GROUP_SIZE = 4
+TEACHER_K0 = "trl teacher, prompt_logprobs=0"
+TEACHER_K100 = "trl teacher, prompt_logprobs=100 (TRL default)"
+BOTH_K0 = "trl teacher + student, prompt_logprobs=0"
+AMR_TWO_PASS = "amr-sd override"
+AMR_ONE_PASS = "amr-sd override + student_logprobs"
+# Which TRL row does the same engine work as each amr-sd row.
+BASELINES = {AMR_TWO_PASS: BOTH_K0, AMR_ONE_PASS: TEACHER_K0}
 
 
 @dataclass(frozen=True)
 class Sizes:
     sequences: int
     repeats: int
-    top_k: tuple[int, ...]  # TRL prompt_logprobs values; 0 is only the actual token, as amr-sd
 
 
-FULL = Sizes(sequences=16, repeats=5, top_k=(0, 100))
-QUICK = Sizes(sequences=8, repeats=3, top_k=(0, 100))
+FULL = Sizes(sequences=16, repeats=5)
+QUICK = Sizes(sequences=8, repeats=3)
 
 
 class WireCounter:
@@ -89,28 +100,52 @@ def _alternate(paths: dict, repeats: int, wire: WireCounter) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _amr_groups(seqs: list[list[int]], student_logprobs: bool) -> list[dict]:
+def _reward(i: int) -> float:
+    # Mixed groups (a uniform one short-circuits to GRPO): even rollouts get hints, odd critiques.
+    return 1.0 if i % GROUP_SIZE % 2 == 0 else 0.0
+
+
+def _amr_groups(responses: list[list[int]], student_logprobs: bool) -> list[dict]:
     groups = []
-    for g in range(0, len(seqs), GROUP_SIZE):
+    for g in range(0, len(responses), GROUP_SIZE):
         rollouts = []
-        for i, seq in enumerate(seqs[g:g + GROUP_SIZE]):
-            rollout = {"token_ids": seq[START:], "reward": 1.0 if i % 2 == 0 else 0.0,
-                       "reflection_override": corpus.REFLECTION}
+        for i, ids in enumerate(responses[g:g + GROUP_SIZE]):
+            rollout = {"token_ids": ids, "reward": _reward(i), "reflection_override": corpus.REFLECTION}
             if student_logprobs:
                 # Any valid log-probability: its value changes CIG, not the work done.
-                rollout["student_logprobs"] = [-1.0] * (len(seq) - START)
+                rollout["student_logprobs"] = [-1.0] * len(ids)
             rollouts.append(rollout)
         groups.append({"prompt": corpus.PROMPT, "rollouts": rollouts})
     return groups
 
 
-def amr_paths(client, seqs: list[list[int]], stats: dict) -> dict:
-    """amr-sd's scoring-only call, without and with `student_logprobs`; one untimed call first."""
-    client.score(_amr_groups(seqs[:2], student_logprobs=False), step=0)
+def scored_sequences(tokenizer, responses: list[list[int]]) -> tuple[list, list]:
+    """The (sequence, start) pairs amr-sd's engine scores for `_amr_groups(responses)`: per
+    rollout its teacher pass (prompt + reflection block) and its student pass (prompt alone)."""
+    from amr_sd.algo.context import render_prompt, splice, with_block
+    from amr_sd.algo.reflection import CRITIQUE, HINT, teacher_block
+
+    messages = corpus.PROMPT["messages"]
+    student = render_prompt(tokenizer, messages=messages)
+    teacher, plain = [], []
+    for i, ids in enumerate(responses):
+        kind = HINT if _reward(i) > 0 else CRITIQUE
+        prompt = render_prompt(tokenizer, messages=with_block(messages, teacher_block(kind, corpus.REFLECTION)))
+        teacher.append(splice(prompt, ids))
+        plain.append(splice(student, ids))
+    return teacher, plain
+
+
+def amr_paths(client, responses: list[list[int]], stats: dict, teacher_out: dict) -> dict:
+    """amr-sd's scoring-only call, without and with `student_logprobs`; one untimed call first,
+    which also returns the teacher logprobs (`teacher_out`) to compare with TRL's."""
+    first = client.score(_amr_groups(responses, student_logprobs=False), step=0,
+                         returns={"logprobs": True, "reflections": False})
+    teacher_out["logprobs"] = [r.teacher_logprobs for g in first.groups for r in g.rollouts]
     paths = {}
     for student in (False, True):
-        groups = _amr_groups(seqs, student_logprobs=student)
-        name = "amr-sd override" + (" + student_logprobs" if student else "")
+        groups = _amr_groups(responses, student_logprobs=student)
+        name = AMR_ONE_PASS if student else AMR_TWO_PASS
 
         def call(groups=groups, name=name):
             # Advantages only: what a trainer feeds its loss.
@@ -127,13 +162,13 @@ def amr_paths(client, seqs: list[list[int]], stats: dict) -> dict:
 
 
 def trl_command(port: int) -> tuple[list[str], dict]:
-    """TRL's server with the engine settings amr-sd picks here, in float32."""
+    """TRL's server with the engine settings amr-sd picks here (dtype and threads included)."""
     import os
 
     from amr_sd.engine.base import EngineSettings
     from amr_sd.engine.models import EMBEDDED_MODEL, resolve_model
 
-    s = EngineSettings.for_device("cpu").with_overrides(dtype="float32")
+    s = EngineSettings.for_device("cpu")
     command = [sys.executable, "-m", "bench.trl_launcher", "--model", resolve_model(EMBEDDED_MODEL),
                "--host", "127.0.0.1", "--port", str(port), "--dtype", s.dtype,
                "--max_model_len", str(s.max_model_len), "--enforce_eager", "true",
@@ -158,18 +193,30 @@ def start_trl(log_dir: Path) -> procs.ServerProcess:
                                log_dir=log_dir, env=env).start()
 
 
-def trl_paths(client, seqs: list[list[int]], sizes: Sizes, got: dict) -> dict:
-    """TRL's get_sequence_logprobs at each prompt_logprobs k; one untimed call first."""
-    client.get_sequence_logprobs(seqs[:2], [START] * 2, top_logprobs=0)
+def trl_paths(client, teacher: list, student: list, got: dict) -> dict:
+    """TRL's get_sequence_logprobs on amr-sd's sequences: the teacher passes at k = 0 (only the
+    actual token, as amr-sd) and TRL's default k = 100, and both passes at k = 0. One untimed
+    call first."""
+    client.get_sequence_logprobs([s for s, _ in teacher[:2]], [st for _, st in teacher[:2]],
+                                 top_logprobs=0)
     paths = {}
-    for k in sizes.top_k:
-        name = f"trl prompt_logprobs={k}" + (" (TRL default)" if k == 100 else "")
-
-        def call(k=k, name=name):
-            got[name] = client.get_sequence_logprobs(seqs, [START] * len(seqs), top_logprobs=k)
+    for name, items, k in ((TEACHER_K0, teacher, 0), (TEACHER_K100, teacher, 100),
+                           (BOTH_K0, teacher + student, 0)):
+        def call(items=items, k=k, name=name):
+            got[name] = client.get_sequence_logprobs([s for s, _ in items], [st for _, st in items],
+                                                     top_logprobs=k)
 
         paths[name] = call
     return paths
+
+
+def agreement(trl_teacher: list[list[float]], amr_teacher: list[list[float]]) -> float:
+    """Largest |difference| between the two servers' teacher logprobs: both score the same
+    tokens, so only kernel rounding (batch make-up, bf16) separates them."""
+    import numpy as np
+
+    return max(float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+               for a, b in zip(trl_teacher, amr_teacher, strict=True))
 
 
 def _trl_client(base_url: str, wire: WireCounter):
@@ -197,12 +244,14 @@ def run(out_dir: Path, amr_url: str, quick: bool = False) -> dict:
     sizes = QUICK if quick else FULL
     print(f"peer TRL ({'quick' if quick else 'full'}): {sizes.sequences} sequences of {SEQ_LEN} "
           f"tokens, scored from {START}, {sizes.repeats} alternating rounds", flush=True)
-    seqs = corpus.sequences(corpus.load_tokenizer(), sizes.sequences, SEQ_LEN)
-    response_tokens = sum(len(s) - START for s in seqs)
+    tokenizer = corpus.load_tokenizer()
+    responses = [s[START:] for s in corpus.sequences(tokenizer, sizes.sequences, SEQ_LEN)]
+    teacher, student = scored_sequences(tokenizer, responses)
+    response_tokens = sum(len(r) for r in responses)
     wire = WireCounter()
     http = httpx.Client(event_hooks={"response": [wire.on_httpx_response]})
     amr = AMRClient(amr_url, http_client=http, max_retries=0)
-    amr_stats, trl_got, trl_info, load = {}, {}, {}, {}
+    amr_stats, trl_got, trl_info, load, amr_teacher = {}, {}, {}, {}, {}
     paths = {}
     server = None
     try:
@@ -214,8 +263,8 @@ def run(out_dir: Path, amr_url: str, quick: bool = False) -> dict:
         else:
             trl_info = {"startup_s": server.startup_s, "command": server.command,
                         "log": str(server.log_path)}
-            paths.update(trl_paths(_trl_client(server.base_url, wire), seqs, sizes, trl_got))
-        paths.update(amr_paths(amr, seqs, amr_stats))
+            paths.update(trl_paths(_trl_client(server.base_url, wire), teacher, student, trl_got))
+        paths.update(amr_paths(amr, responses, amr_stats, amr_teacher))
         load["before"] = host.load()
         timings = _alternate(paths, sizes.repeats, wire)
     finally:
@@ -225,44 +274,59 @@ def run(out_dir: Path, amr_url: str, quick: bool = False) -> dict:
     rows = []
     for name, timing in timings.items():
         if name in trl_got:
-            returned = sum(len(row) for row in trl_got[name]["actual_logprobs"])
-            if returned != response_tokens:
-                raise AssertionError(f"TRL returned {returned} logprobs for {response_tokens} tokens")
-            scored = response_tokens
+            scored = sum(len(row) for row in trl_got[name]["actual_logprobs"])
+            expected = response_tokens * (2 if name == BOTH_K0 else 1)
+            if scored != expected:
+                raise AssertionError(f"TRL returned {scored} logprobs for {expected} tokens")
         else:
             scored = amr_stats[name]["tokens_scored"]
         rows.append({"path": name, "response_tokens": response_tokens, "tokens_scored": scored,
                      "response_tok_s": response_tokens / timing["median_s"],
                      "scored_tok_s": scored / timing["median_s"], **timing,
                      "server_timings": amr_stats.get(name, {}).get("timings")})
-    base = rows[0] if trl_got else None
+    by_name = {r["path"]: r for r in rows}
     for r in rows:
-        r["tok_s_vs_trl_k0"] = report.ratio(r["response_tok_s"], base and base["response_tok_s"])
-        r["bytes_vs_trl_k0"] = report.ratio(r["response_bytes"], base and base["response_bytes"])
+        base = by_name.get(BASELINES.get(r["path"], TEACHER_K0))
+        r["baseline"] = base and base["path"]
+        r["x_baseline"] = report.ratio(r["response_tok_s"], base and base["response_tok_s"])
+        r["bytes_vs_baseline"] = report.ratio(r["response_bytes"], base and base["response_bytes"])
+    agree = None
+    if TEACHER_K0 in trl_got:
+        agree = agreement(trl_got[TEACHER_K0]["actual_logprobs"], amr_teacher["logprobs"])
     data = {"part": "peer_trl", "quick": quick, "sizes": asdict(sizes), "seq_len": SEQ_LEN,
-            "start_index": START, "group_size": GROUP_SIZE, "baseline": "trl prompt_logprobs=0",
+            "start_index": START, "group_size": GROUP_SIZE, "baselines": BASELINES,
+            "teacher_prompt_tokens": sorted({st for _, st in teacher}),
+            "student_prompt_tokens": student[0][1],
+            "max_abs_teacher_logprob_diff": agree,
             "trl": trl_info, "load": load, "results": rows,
             "notes": ["TRL 1.16 has no /get_sequence_logprobs/ route and no binary response "
                       "format: its client posts /v1/completions with prompt_logprobs",
+                      "TRL is sent the exact sequences amr-sd's engine scores",
                       "amr-sd rows return advantages only (return.reflections=false)",
+                      "amr-sd's score cache is off: each round resends the same batch",
                       "both servers run at once; each round times every path once, in turn"]}
     report.write_json(out_dir / "peer_trl.json", data)
+    baseline = TEACHER_K0 if TEACHER_K0 in by_name else None
     report.bars(out_dir / "peer_trl_tok_s.png", [r["path"] for r in rows],
-                [r["response_tok_s"] for r in rows], title="Teacher scoring, same tokens",
-                ylabel="response tokens / s", baseline=base and base["path"])
+                [r["response_tok_s"] for r in rows], title="Teacher scoring, same sequences",
+                ylabel="response tokens / s", baseline=baseline)
     report.bars(out_dir / "peer_trl_bytes.png", [r["path"] for r in rows],
                 [r["response_bytes"] / 2**10 for r in rows], title="Response body size",
-                ylabel="KiB", baseline=base and base["path"])
+                ylabel="KiB", baseline=baseline)
     return data
 
 
 def print_table(data: dict) -> None:
-    rows = [{"path": r["path"], "resp tok/s": r["response_tok_s"], "x trl k=0": r["tok_s_vs_trl_k0"],
-             "scored tok/s": r["scored_tok_s"], "req KiB": r["request_bytes"] / 2**10,
-             "resp KiB": r["response_bytes"] / 2**10, "x bytes": r["bytes_vs_trl_k0"]}
+    rows = [{"path": r["path"], "resp tok/s": r["response_tok_s"], "scored tok/s": r["scored_tok_s"],
+             "x baseline": r["x_baseline"], "req KiB": r["request_bytes"] / 2**10,
+             "resp KiB": r["response_bytes"] / 2**10, "x bytes": r["bytes_vs_baseline"]}
             for r in data["results"]]
-    print(report.table("peer: TRL vllm-serve vs amr-sd (baseline: trl prompt_logprobs=0)",
+    print(report.table("peer: TRL vllm-serve vs amr-sd on the same sequences (baseline: the TRL "
+                       "row with the same passes; TRL rows: trl teacher, prompt_logprobs=0)",
                        rows, list(rows[0])))
+    print(f"teacher prompt {data['teacher_prompt_tokens']} tokens, student prompt "
+          f"{data['student_prompt_tokens']} tokens; max |teacher logprob difference| "
+          f"amr-sd vs TRL: {data['max_abs_teacher_logprob_diff']}")
     if data["trl"].get("error"):
         print(f"TRL server: {data['trl']['error']}")
 
@@ -276,5 +340,5 @@ if __name__ == "__main__":
     if args.amr_url:
         print_table(run(args.out, args.amr_url, quick=args.quick))
     else:
-        with procs.amr_server(args.out / "logs") as amr:
+        with procs.amr_server(args.out / "logs", env=procs.NO_SCORE_CACHE) as amr:
             print_table(run(args.out, amr.base_url, quick=args.quick))

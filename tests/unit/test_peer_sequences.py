@@ -1,0 +1,57 @@
+"""The peer benchmark sends TRL exactly the sequences amr-sd's engine scores: checked against the
+scorer itself, with an engine that records what it is asked to score."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from amr_client.schemas import ScoreRequest
+from amr_sd.engine.base import EngineSettings
+from amr_sd.engine.models import materialize_embedded
+from amr_sd.scorer import Scorer
+from bench import corpus, peer_trl
+
+
+class RecordingEngine:
+    model_id = "recording"
+    policy_version = "base"
+    max_model_len = 2048
+    supports_seed = False
+    settings = EngineSettings()
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.vocab_size = len(tokenizer)
+        self.scored: list[tuple[tuple[int, ...], int]] = []
+
+    async def generate(self, prompts, params, adapter=None):
+        raise AssertionError("the peer's rollouts bring their reflection")
+
+    async def score(self, sequences, start_indices, adapter=None):
+        self.scored += [(tuple(s), st) for s, st in zip(sequences, start_indices)]
+        return [np.zeros(len(s) - st) for s, st in zip(sequences, start_indices)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(str(materialize_embedded()))
+
+
+@pytest.mark.parametrize("student_logprobs", [False, True])
+def test_trl_gets_the_sequences_the_scorer_scores(tokenizer, student_logprobs):
+    responses = [s[peer_trl.START:] for s in corpus.sequences(tokenizer, 8, peer_trl.SEQ_LEN)]
+    engine = RecordingEngine(tokenizer)
+    request = ScoreRequest.model_validate(
+        {"groups": peer_trl._amr_groups(responses, student_logprobs), "step": 0})
+    asyncio.run(Scorer(engine).score(request))
+    teacher, student = peer_trl.scored_sequences(tokenizer, responses)
+    expected = teacher if student_logprobs else teacher + student
+    assert sorted(engine.scored) == sorted((tuple(s), st) for s, st in expected)
+    # Every pass scores exactly the response, behind a prompt the two contexts do not share.
+    for (seq, start), ids in zip(teacher, responses):
+        assert seq[start:] == ids
+    assert len({st for _, st in teacher}) >= 1 and all(st > student[0][1] for _, st in teacher)
