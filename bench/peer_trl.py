@@ -215,8 +215,16 @@ def agreement(trl_teacher: list[list[float]], amr_teacher: list[list[float]]) ->
     tokens, so only kernel rounding (batch make-up, bf16) separates them."""
     import numpy as np
 
-    return max(float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
-               for a, b in zip(trl_teacher, amr_teacher, strict=True))
+    def flat(row) -> np.ndarray:  # TRL gives one list per token ([[lp], ...]); never broadcast
+        return np.asarray(row, dtype=np.float64).reshape(-1)
+
+    diffs = []
+    for a, b in zip(trl_teacher, amr_teacher, strict=True):
+        a, b = flat(a), flat(b)
+        if a.shape != b.shape:
+            raise AssertionError(f"TRL gave {a.size} teacher logprobs where amr-sd gave {b.size}")
+        diffs.append(float(np.max(np.abs(a - b))))
+    return max(diffs)
 
 
 def _trl_client(base_url: str, wire: WireCounter):

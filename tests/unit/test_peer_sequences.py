@@ -55,3 +55,12 @@ def test_trl_gets_the_sequences_the_scorer_scores(tokenizer, student_logprobs):
     for (seq, start), ids in zip(teacher, responses):
         assert seq[start:] == ids
     assert len({st for _, st in teacher}) >= 1 and all(st > student[0][1] for _, st in teacher)
+
+
+def test_agreement_reads_trl_rows_of_one_list_per_token():
+    # TRL's actual_logprobs hold [[lp], ...]; compared without flattening they would broadcast.
+    trl = [[[-1.0], [-2.0], [-3.5]], [[-0.5]]]
+    amr = [[-1.0, -2.25, -3.0], [-0.5]]
+    assert peer_trl.agreement(trl, amr) == 0.5
+    with pytest.raises(AssertionError, match="3 teacher logprobs where amr-sd gave 2"):
+        peer_trl.agreement([[[-1.0]] * 3], [[-1.0, -1.0]])
