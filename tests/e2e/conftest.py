@@ -146,7 +146,10 @@ class PolicyServer:
 
 @pytest.fixture(scope="session")
 def policy_server(tmp_path_factory) -> Iterator[PolicyServer]:
-    """fp32, so that references computed with transformers match to ~1e-5, not bf16 noise."""
+    """fp32, so that references computed with transformers match to ~1e-5, not bf16 noise. No
+    score cache: these tests watch what the engine computes under each version while weights
+    change under requests in flight, and a resent batch read back from the cache is never in
+    flight (the cache's own tests are in test_server.py)."""
     from amr_sd.engine.models import EMBEDDED_MODEL, resolve_model
     from policy_assets import make_policy_root
 
@@ -155,5 +158,5 @@ def policy_server(tmp_path_factory) -> Iterator[PolicyServer]:
     log = tmp_path_factory.mktemp("policy_server") / "server.log"
     with start_server(log, "--enable-lora", "--max-lora-rank", "8", "--policy-root", str(root),
                       "--dtype", "float32", "--lora-modules", f"fixed={folders['lora']}",
-                      env={"AMR_API_KEYS": POLICY_KEY}) as server:
+                      env={"AMR_API_KEYS": POLICY_KEY, "AMR_SCORE_CACHE_TTL_S": "0"}) as server:
         yield PolicyServer(server.base_url, root, folders)

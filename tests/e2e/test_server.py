@@ -16,11 +16,10 @@ from amr_sd.scorer import Scorer
 pytestmark = pytest.mark.e2e
 
 # Greedy reflections and no retries: the output is a function of the request, so the server's
-# answer can be compared with the in-process scorer's, in float32. Not in bf16: two engines given
-# the same request batch it differently, and bf16 rounding flips greedy near-ties (seen on a Zen 4
-# with avx512_bf16: the same reflection for 108 characters, then another), and a repeat scored in
-# another batch make-up moves CIG by bf16 noise. There the test keeps what holds in bf16: the
-# repeat brings the first answer's reflections and verdicts, from the cache.
+# answer can be compared with the in-process scorer's. Both run in float32, whatever the machine
+# would serve: in bf16 two engines given the same request batch it differently, bf16 rounding flips
+# greedy near-ties (seen on a Zen 4 with avx512_bf16: the same reflection for 108 characters, then
+# another), and the batch make-up moves CIG by bf16 noise (tests/integration/test_parity.py).
 GREEDY = {"max_retries": 0, "max_reflection_tokens": 48}
 MAX_GROUPS = 3
 
@@ -29,7 +28,8 @@ MAX_GROUPS = 3
 def server(request, tmp_path_factory, launch_server):
     args = ["--redis-url", request.getfixturevalue("redis_url")] if request.param == "redis" else []
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with launch_server(log_path, *args, env={"AMR_MAX_GROUPS": str(MAX_GROUPS)}) as server:
+    with launch_server(log_path, "--dtype", "float32", *args,
+                       env={"AMR_MAX_GROUPS": str(MAX_GROUPS)}) as server:
         yield request.param, server.base_url
 
 
@@ -66,19 +66,13 @@ def test_both_twins_match_the_in_process_scorer_and_repeat_from_cache(server, vl
             return await client.score(groups, step=0, config=GREEDY)
 
     second = asyncio.run(again())
-    fp32 = vllm_engine.settings.dtype == "float32"
-    reference = local if fp32 else first
     for result in (first, second):
-        for g_ref, g_remote in zip(reference.groups, result.groups, strict=True):
-            for a, b in zip(g_ref.rollouts, g_remote.rollouts, strict=True):
-                assert a.reflection.text == b.reflection.text
-                assert a.reflection.accepted == b.reflection.accepted
-                if fp32:
-                    np.testing.assert_allclose(a.advantages, b.advantages, rtol=0, atol=1e-6)
-    for g_local, g_remote in zip(local.groups, first.groups, strict=True):  # any dtype
-        for a, b in zip(g_local.rollouts, g_remote.rollouts, strict=True):
-            assert a.base_advantage == b.base_advantage and len(a.advantages) == len(b.advantages)
-            assert a.reflection.kind == b.reflection.kind
+        for g_local, g_remote in zip(local.groups, result.groups, strict=True):
+            for a, b in zip(g_local.rollouts, g_remote.rollouts, strict=True):
+                assert a.base_advantage == b.base_advantage
+                assert (a.reflection.kind, a.reflection.text, a.reflection.accepted) == \
+                    (b.reflection.kind, b.reflection.text, b.reflection.accepted)
+                np.testing.assert_allclose(a.advantages, b.advantages, rtol=0, atol=1e-6)
     # The repeat wrote no reflection: every one came from the cache.
     assert second.stats.reflections_generated == 0
     assert second.stats.reflections_cached == second.stats.reflections_requested > 0
