@@ -55,10 +55,11 @@ def test_cpu_list_compresses_runs():
     assert cpu_list((0, 1, 2, 5, 7, 8)) == "0-2,5,7-8"
 
 
-def test_for_device_cpu_uses_the_machine_choice_and_a_fixed_kv_cache():
+def test_for_device_cpu_uses_the_machine_choice_a_fixed_kv_cache_and_2048_tokens_a_step():
     s = EngineSettings.for_device("cpu", cpu=cpu(AVX2_ONLY, 2))
     assert (s.dtype, s.cpu_threads_bind, s.kv_cache_gib) == ("float32", "0-1", 2.0)
-    assert set(s.reasons) == {"dtype", "cpu_threads_bind", "kv_cache_gib"}
+    assert s.max_num_batched_tokens == 2048 < EngineSettings.for_device("cuda").max_num_batched_tokens
+    assert set(s.reasons) == {"dtype", "cpu_threads_bind", "kv_cache_gib", "max_num_batched_tokens"}
     assert s.describe()["gpu_memory_utilization"] is None  # the fixed cache is what counts
 
 
