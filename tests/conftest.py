@@ -181,15 +181,25 @@ def run(loop):
     return loop.run_until_complete
 
 
-@pytest.fixture(scope="session")
-def vllm_engine(run):
+def _running_engine(run, dtype: str):
     from amr_sd.engine.base import EngineSettings
     from amr_sd.engine.vllm import VLLMEngine
 
-    engine = VLLMEngine.create(EMBEDDED_MODEL, EngineSettings.for_device().with_overrides(dtype="float32"))
+    engine = VLLMEngine.create(EMBEDDED_MODEL, EngineSettings.for_device().with_overrides(dtype=dtype))
     run(engine.warmup())
     yield engine
     run(engine.close())
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(run):
+    yield from _running_engine(run, "float32")
+
+
+@pytest.fixture(scope="module")
+def bf16_engine(run):
+    """A bf16 engine for the module that asks for it, closed at its end: bf16's own bounds."""
+    yield from _running_engine(run, "bfloat16")
 
 
 @pytest.fixture

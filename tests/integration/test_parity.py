@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 
 from amr_sd.algo.context import render_prompt, splice
-from amr_sd.engine.base import EngineSettings
 from amr_sd.engine.hf import HFEngine
 from amr_sd.engine.models import EMBEDDED_MODEL
 
@@ -32,16 +31,6 @@ pytestmark = pytest.mark.integration
 # dtype -> (max |Δ|, mean |Δ|) bounds, nats: vLLM against transformers, and a sequence scored in a
 # batch against the same sequence alone.
 PARITY_BOUNDS = {"bfloat16": (0.7, 0.05), "float32": (1e-3, 1e-4)}
-
-
-@pytest.fixture(scope="module")
-def bf16_engine(run):
-    from amr_sd.engine.vllm import VLLMEngine
-
-    engine = VLLMEngine.create(EMBEDDED_MODEL, EngineSettings.for_device().with_overrides(dtype="bfloat16"))
-    run(engine.warmup())
-    yield engine
-    run(engine.close())
 
 
 @pytest.fixture(params=["float32", "bfloat16"])
