@@ -13,7 +13,8 @@ A 2-sequence probe pass (it also warms up) predicts the full pass. When one unti
 `repeats` timed full passes fit the budget, that protocol runs ("full"); otherwise one timed
 pass over as many sequences as fit ("budget"). A configuration whose probe runs below a third of
 the best seen so far is out of the race: its probe rate is its figure and it does not generate
-("probe"). The JSON says which protocol every figure came from.
+("probe"). The JSON says which protocol every figure came from. When the best scorer is not the
+default, the two are measured again, alternating, before the default is judged against it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -50,6 +52,10 @@ FULL = Sizes(sequences=16, prompts=16, max_tokens=64, hf_prompts=4, score_budget
 QUICK = Sizes(sequences=8, prompts=8, max_tokens=32, hf_prompts=2, score_budget_s=12.0, repeats=1)
 # A probe below this share of the best scoring rate so far ends the configuration's measurement.
 OUT_OF_RACE = 1 / 3
+# The sweep's best is the maximum of noisy runs, so part of its lead is luck (on one 2-core machine
+# the same configuration scored 1759 and 1870 tok/s in one sweep): when it is not the default, both
+# run this many times more, alternating, and the target compares the medians of their runs.
+CONFIRM_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -253,6 +259,10 @@ def run(out_dir: Path, quick: bool = False) -> dict:
     best_score = max(vllm, key=_score) if vllm else None
     best_gen = max(vllm, key=_gen) if vllm else None
     default_result = next((r for r in vllm if _key(r["config"]) == _key(asdict(default_config))), None)
+    confirmed = None
+    if not quick and best_score and default_result and \
+            _key(best_score["config"]) != _key(default_result["config"]):
+        confirmed = _confirm(default_result, best_score, sizes, log_dir)
     baseline = next((r for r in results if r["label"] == "hf float32" and "scoring" in r), None)
     for r in results:
         r["score_vs_hf_f32"] = report.ratio(_score(r) or None, baseline and _score(baseline))
@@ -266,9 +276,11 @@ def run(out_dir: Path, quick: bool = False) -> dict:
         "best_generation": best_gen and best_gen["label"],
         "default_vs_best_scoring": default_result and report.ratio(_score(default_result), _score(best_score)),
         "default_vs_best_generation": default_result and report.ratio(_gen(default_result), _gen(best_gen)),
+        "confirmed_scoring": confirmed,
         "target": "default within 10% of best (ratio >= 0.90)",
     }
-    summary["default_meets_target"] = (summary["default_vs_best_scoring"] or 0) >= 0.9 and \
+    scoring_ratio = confirmed["default_vs_best"] if confirmed else summary["default_vs_best_scoring"]
+    summary["default_meets_target"] = (scoring_ratio or 0) >= 0.9 and \
         (summary["default_vs_best_generation"] or 0) >= 0.9
     data = {"part": "engine_sweep", "quick": quick, "sizes": asdict(sizes), "seq_len": SEQ_LEN,
             "start_index": START, "machine": host.describe(), "summary": summary,
@@ -276,6 +288,18 @@ def run(out_dir: Path, quick: bool = False) -> dict:
     report.write_json(out_dir / "engine_sweep.json", data)
     _plot(out_dir, results)
     return data
+
+
+def _confirm(default: dict, best: dict, sizes: Sizes, log_dir: Path) -> dict:
+    """The default and the sweep's best scorer measured again, alternating; medians of all runs."""
+    rates = {"default": [_score(default)], "best": [_score(best)]}
+    for _ in range(CONFIRM_ROUNDS):
+        for name, r in (("default", default), ("best", best)):
+            again = run_config(Config(**{**r["config"], "generate": False}), sizes, log_dir)
+            rates[name].append(_score(again))
+    medians = {name: float(statistics.median(v)) for name, v in rates.items()}
+    return {"runs_tok_s": rates, "median_tok_s": medians,
+            "default_vs_best": report.ratio(medians["default"], medians["best"])}
 
 
 def _plot(out_dir: Path, results: list[dict]) -> None:
@@ -303,8 +327,14 @@ def print_table(data: dict) -> None:
     print(f"default  {s['default_label']}\nbest scoring  {s['best_scoring']}\n"
           f"best generation  {s['best_generation']}\n"
           f"default / best: scoring {report.fmt(s['default_vs_best_scoring'])}, "
-          f"generation {report.fmt(s['default_vs_best_generation'])} "
-          f"({'meets' if s['default_meets_target'] else 'misses'} the 10% target)")
+          f"generation {report.fmt(s['default_vs_best_generation'])}")
+    c = s.get("confirmed_scoring")
+    if c:
+        runs = "; ".join(f"{name} " + ", ".join(f"{v:.0f}" for v in rates)
+                         for name, rates in c["runs_tok_s"].items())
+        print(f"confirmed, alternating runs ({runs} tok/s): median default / median best scoring "
+              f"{report.fmt(c['default_vs_best'])}")
+    print(f"{'meets' if s['default_meets_target'] else 'misses'} the 10% target")
 
 
 def _child_main(argv: list[str]) -> None:
