@@ -10,10 +10,12 @@ import time
 
 import httpx
 import pytest
+from long_work import long_scoring
 
 pytestmark = pytest.mark.e2e
 
-# Real engine work of a few seconds: reflections for a mixed group, greedy, no retries.
+# Real reflection writing: a mixed group, greedy, no retries (the Redis outage test needs the
+# writer and the cache; work that must stay in flight comes from long_work.py).
 SLOW = {"max_retries": 0, "max_reflection_tokens": 64}
 
 
@@ -48,7 +50,7 @@ def engine_idle(base_url):
 
 
 def test_a_passed_deadline_is_504_and_the_engine_holds_no_request_of_it(base_url, example_groups):
-    answer = post(base_url, {"groups": example_groups[6:7], "step": 0, "config": SLOW},
+    answer = post(base_url, {"groups": long_scoring(example_groups[6:7]), "step": 0},
                   {"X-Request-Timeout": "0.5"})
     assert answer.status_code == 504 and answer.json()["error"]["type"] == "deadline_exceeded"
     wait_until(lambda: engine_idle(base_url), timeout_s=5)
@@ -58,7 +60,7 @@ def test_a_passed_deadline_is_504_and_the_engine_holds_no_request_of_it(base_url
 def test_a_client_that_leaves_has_its_engine_work_aborted(base_url, example_groups):
     before = metric(base_url, "amr_sd_client_disconnects_total")
     with pytest.raises(httpx.ReadTimeout):
-        post(base_url, {"groups": example_groups[7:8], "step": 0, "config": SLOW}, timeout=1.0)
+        post(base_url, {"groups": long_scoring(example_groups[7:8]), "step": 0}, timeout=1.0)
     wait_until(lambda: metric(base_url, "amr_sd_client_disconnects_total") == before + 1)
     wait_until(lambda: engine_idle(base_url), timeout_s=5)
     assert metric(base_url, "amr_sd_pending_sequences") == 0

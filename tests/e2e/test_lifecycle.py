@@ -27,6 +27,7 @@ import httpx
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from long_work import long_scoring
 
 
 pytestmark = pytest.mark.e2e
@@ -291,7 +292,9 @@ def test_a_request_still_running_at_the_drain_timeout_gets_503_draining_and_exit
         tmp_path, spawn, example_groups):
     with spawn(tmp_path / "server.log", env={"AMR_DRAIN_TIMEOUT_S": "2"}) as server:
         watch_until_ready(server)
-        thread, result = in_background(lambda: slow_score(server.base_url, example_groups[14:16]))
+        thread, result = in_background(lambda: httpx.post(
+            f"{server.base_url}/v1/score", json={"groups": long_scoring(example_groups[14:16]), "step": 0},
+            timeout=300))
         wait_until(lambda: metric(server.base_url, "amr_sd_pending_sequences") == 8)
         server.proc.send_signal(signal.SIGTERM)
         thread.join(timeout=60)
