@@ -13,8 +13,9 @@ A 2-sequence probe pass (it also warms up) predicts the full pass. When one unti
 `repeats` timed full passes fit the budget, that protocol runs ("full"); otherwise one timed
 pass over as many sequences as fit ("budget"). A configuration whose probe runs below a third of
 the best seen so far is out of the race: its probe rate is its figure and it does not generate
-("probe"). The JSON says which protocol every figure came from. When the best scorer is not the
-default, the two are measured again, alternating, before the default is judged against it.
+("probe"). The JSON says which protocol every figure came from. When the best scorer or the best
+generator is not the default, they and the default are measured again, alternating, and the
+default is judged on the medians.
 """
 
 from __future__ import annotations

@@ -191,9 +191,9 @@ class EngineSettings:
                            f"room for {CPU_KV_CACHE_GIB * 2**30 / 47104 / 1000:.0f}k tokens of the "
                            "embedded model in float32; raise it for larger models"),
                            "max_num_batched_tokens": (
-                           "scoring was fastest at 2048 tokens per step on both CPUs measured "
-                           "(make bench), and a step's prompt-logprob logits take half the memory "
-                           "of 4096's")})
+                           "scoring was fastest at 2048 tokens per step on an AVX2 EPYC and within "
+                           "run-to-run noise of 4096 and 8192 on an AMX Xeon (make bench), and a "
+                           "step's prompt-logprob logits take half the memory of 4096's")})
         return cls(
             dtype="auto",
             max_model_len=None,
@@ -207,8 +207,9 @@ class EngineSettings:
 # 46 KiB per token for SmolLM2-135M in float32 (30 layers x 3 KV heads x 64 x 2 x 4 bytes).
 CPU_KV_CACHE_GIB = 2.0
 # Tokens per engine step on a CPU. Scoring 16 x 268 tokens, 2048 against 4096 per step: 393.8
-# against 381.2 tok/s on a 2-core AVX2 EPYC (float32), 2216 against 2111 on a 2-core AMX Xeon
-# (bf16); generation never fills a step, and a longer prompt is prefilled in chunks.
+# against 381.2 tok/s on a 2-core AVX2 EPYC (float32); on a 2-core AMX Xeon (bf16) 2048, 4096 and
+# 8192 each led some run, and 2048's median was within 2 % of the best. Generation never fills a
+# step, and a longer prompt is prefilled in chunks.
 CPU_MAX_NUM_BATCHED_TOKENS = 2048
 
 
