@@ -6,7 +6,10 @@ and then computes every later step correctly from that wrong value, so the error
 the later operands, results and the final answer, the way a real slip does. Every number whose
 value differs from the correct solution's number at the same place is "wrong"; the first of them
 is the fault. The response is tokenised once and each token is labelled by whether its characters
-overlap a wrong number, so the labels are exactly the tokens of the wrong numbers.
+overlap a wrong number, so the labels are exactly the tokens of the wrong numbers. A second,
+narrower label marks the one token where the attempt's text first departs from the correct
+solution's (SmolLM2 writes one digit per token, so in "39" for 36 the "3" is still what a right
+solution writes there; the "9" is the first token no teacher could have expected).
 
 Generated from a seed, offline: no dataset download.
 """
@@ -35,6 +38,8 @@ class Solution:
     answer: int
     wrong_spans: list[tuple[int, int]]  # [start, end) character offsets
     fault_step: int | None  # 1-based; None for a correct solution
+    departs_at: int | None = None  # first character that differs from the correct solution's text
+    right_result: int | None = None  # what the faulty step should have written
 
 
 @dataclasses.dataclass
@@ -47,6 +52,9 @@ class Rollout:
     corrupted: list[bool]  # per token: it overlaps a wrong number
     fault: list[bool]  # per token: it overlaps the first wrong number (the slip itself)
     fault_step: int | None
+    departs: list[bool]  # per token: it holds the first character that differs from the right text
+    right_result: int | None  # the faulty step's right value: never the final answer (the
+    # fault is never the last step), so a critique may state it without leaking the answer
 
 
 def _apply(left: int, op: str, right: int) -> int:
@@ -99,7 +107,12 @@ def write(chain: list[Step], truth: list[Step]) -> Solution:
         pos += len(piece)
     fault = next((i for i, (s, g) in enumerate(zip(chain, truth), start=1) if s.result != g.result),
                  None)
-    return Solution(text, answer, spans, fault)
+    if fault is None:
+        return Solution(text, answer, spans, None)
+    right_text = write(truth, truth).text
+    departs_at = next((i for i, (a, b) in enumerate(zip(text, right_text)) if a != b),
+                      min(len(text), len(right_text)))
+    return Solution(text, answer, spans, fault, departs_at, truth[fault - 1].result)
 
 
 def tokenize(tokenizer, solution: Solution) -> Rollout:
@@ -112,9 +125,11 @@ def tokenize(tokenizer, solution: Solution) -> Rollout:
 
     corrupted = overlaps(solution.wrong_spans)
     fault = overlaps(solution.wrong_spans[:1])
+    at = solution.departs_at
+    departs = overlaps([] if at is None else [(at, at + 1)])
     eos = tokenizer.eos_token_id
     return Rollout(ids + [eos], solution.text, not solution.wrong_spans, corrupted + [False],
-                   fault + [False], solution.fault_step)
+                   fault + [False], solution.fault_step, departs + [False], solution.right_result)
 
 
 def make_groups(tokenizer, n_problems: int, n_steps: int = 4, corrupted_per_group: int = 2,

@@ -30,12 +30,20 @@ def auroc(scores, labels) -> float | None:
     return float(u / (n_pos * n_neg))
 
 
-def detection(scores, wrong, fault) -> dict:
+def detection(scores, wrong, fault, departs=None) -> dict:
     """AUROC of `scores` for the wrong tokens against the rest, and for the slip's own tokens
-    (`fault`) against the right ones (the propagated wrong numbers left out of both sides)."""
+    (`fault`) against the right ones (the propagated wrong numbers left out of both sides); with
+    `departs`, also for the tokens where an attempt first departs from the right text against the
+    right tokens."""
     scores, wrong, fault = (np.asarray(a) for a in (scores, wrong, fault))
-    slip = fault | ~wrong.astype(bool)
-    return {"auroc": auroc(scores, wrong), "auroc_fault": auroc(scores[slip], fault[slip])}
+    right = ~wrong.astype(bool)
+    slip = fault | right
+    out = {"auroc": auroc(scores, wrong), "auroc_fault": auroc(scores[slip], fault[slip])}
+    if departs is not None:
+        departs = np.asarray(departs, dtype=bool)
+        keep = departs | right
+        out["auroc_departs"] = auroc(scores[keep], departs[keep])
+    return out
 
 
 def gate_stats(gated, labels) -> dict:

@@ -74,6 +74,26 @@ def test_labels_are_exactly_the_tokens_of_the_wrong_numbers(tokenizer):
             slice(*solution.wrong_spans[0]))
         # And the ids are the response's own tokenisation.
         assert tokenizer.decode(rollout.token_ids[:-1]) == solution.text
+        # One token marks where the text first departs from the right solution's: everything
+        # before it is the right text, and it lies inside the slip.
+        right = fd.write(truth, truth).text
+        (at,) = [i for i, d in enumerate(rollout.departs) if d]
+        before = tokenizer.decode(rollout.token_ids[:at])
+        assert right.startswith(before) and not right.startswith(
+            tokenizer.decode(rollout.token_ids[:at + 1]))
+        assert rollout.fault[at]
+        assert rollout.right_result == truth[k - 1].result
+
+
+def test_where_a_slip_departs_from_the_right_text():
+    ops = [("+", 5), ("*", 3), ("-", 4)]
+    truth = fd.steps(7, ops)  # 12, 36, 32
+    solution = fd.write(fd.steps(7, ops, fault_step=2, offset=3), truth)  # 39 for 36
+    # "3" of 39 is what the right solution writes too; the "9" is where it departs.
+    assert solution.text[solution.departs_at - 1:solution.departs_at + 1] == "39"
+    assert solution.right_result == 36
+    correct = fd.write(truth, truth)
+    assert correct.departs_at is None and correct.right_result is None
 
 
 def test_groups_follow_the_wire_schema_and_mix_verdicts(tokenizer):
@@ -172,3 +192,7 @@ def test_detection_scores_the_slip_against_right_tokens_only():
     # The propagated 5.0 is left out: the slip (3.0) against 0.0 and 1.0 only.
     assert out["auroc_fault"] == pytest.approx(1.0)
     assert detection(-scores, wrong, fault)["auroc_fault"] == pytest.approx(0.0)
+    # The first wrong digit (here the slip's) against the right tokens only, the same way.
+    departs = fault.copy()
+    assert detection(scores, wrong, fault, departs)["auroc_departs"] == pytest.approx(1.0)
+    assert "auroc_departs" not in out
