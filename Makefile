@@ -73,11 +73,13 @@ bench-quick: setup
 	$(BIN)/python -m bench --quick
 
 # Does the credit land on the wrong tokens? Arithmetic chains with a known slip, scored through a
-# real server under oracle / raw-feedback / self-written / null reflections (README "Credit fidelity").
+# real server under oracle / quote / value / raw-feedback / self-written / null reflections (README
+# "Credit fidelity").
 fidelity: setup
 	$(BIN)/python -m bench.fidelity
 
-# Where the teacher block goes and how it closes, on the same chains (transformers engine, ~6 min).
+# Teacher-block placements, closings, critique wordings and a contrastive baseline, on the same
+# chains (transformers engine, ~3 min).
 fidelity-placement: setup
 	$(BIN)/python -m bench.fidelity_placement
 

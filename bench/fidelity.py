@@ -8,15 +8,20 @@ embedded model, over HTTP with AMRClient, under several teacher contexts:
             correct solutions get a hint that every step follows
   quote     the oracle quoting the faulty step as written ("Step 2: 12 * 3 = 39."): the best a
             writer asked to quote the first wrong step could do
+  value     the oracle plus the faulty step written out right ("12 * 3 = 36": an intermediate value,
+            never the final answer, so the leak filter lets it through): the most a critique can
+            tell the teacher, and the ceiling on what a writer could reach
   feedback  the verifier's raw feedback as the reflection (the SDPO-style baseline)
   self      the service's own reflections, written from verdicts, peers and feedback
-  null      the student context scored twice, in two requests: a reflection that adds nothing.
+  null      the student context scored twice, in two requests (the score cache off, so both are
+            scored): a reflection that adds nothing.
             Its |CIG| is the pipeline's own noise (batching, kernels), the floor under every
             other figure
 
 Per context, on the failed rollouts (the negative branch): AUROC of -CIG for wrong-number tokens
-against the other response tokens, and for the slip's own tokens against the right ones; gate
-precision / recall / lift at the request's tau, and lift with tau calibrated to a 10 % gate rate
+against the other response tokens, for the slip's own tokens against the right ones, and for the
+first wrong digit (the token where the attempt departs from the right text) against them; gate
+precision / recall / lift at the request's tau (and the lift on the first wrong digit), lift with tau calibrated to a 10 % gate rate
 (the (1 - rate) quantile of the batch's -CIG, what a per-batch calibrated gate would use); mean
 |Â|/|A| on wrong vs other tokens; acceptance and reject reasons; on correct rollouts, the share of
 +CIG mass and of gated tokens that falls on number tokens. Beside them, the student's own
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import re
 import sys
 import time
@@ -63,6 +69,22 @@ def _quote(label: fidelity_data.Rollout) -> str:
     return f'The first wrong step is "{line}" Its result is wrong, and every later step builds on it.'
 
 
+def _fault_line(label: fidelity_data.Rollout) -> tuple[int, str]:
+    """(step, its operation as written, "12 * 3"): the operands are right, only the result slips."""
+    line = label.text.splitlines()[label.fault_step - 1]
+    return label.fault_step, line.split(": ", 1)[1].split(" = ")[0]
+
+
+def _value(label: fidelity_data.Rollout) -> str:
+    """The oracle with the faulty step written out right. Written as the response writes a step
+    ("12 * 3 = 36"): "its result should be 36" moved the teacher far less (README)."""
+    if label.fault_step is None:
+        return _oracle(label)
+    step, operation = _fault_line(label)
+    return (f"The mistake is in step {step}: {operation} = {label.right_result}, and every later "
+            "step builds on it.")
+
+
 def _with_overrides(groups: list[dict], labels, text) -> list[dict]:
     out = []
     for group, rollouts in zip(groups, labels):
@@ -81,7 +103,8 @@ def _number_tokens(labels, tokenizer) -> list[list[np.ndarray]]:
 
 def _tokens(answer, labels, numbers) -> dict:
     """Flat per-token arrays over all rollouts, with the rollout's verdict beside each token."""
-    rows = {k: [] for k in ("cig", "gated", "adv", "base", "wrong", "fault", "failed", "number")}
+    rows = {k: [] for k in ("cig", "gated", "adv", "base", "wrong", "fault", "departs", "failed",
+                            "number")}
     for scored, rollouts, group_numbers in zip(answer.groups, labels, numbers):
         for out, label, number in zip(scored.rollouts, rollouts, group_numbers):
             n = len(label.token_ids) - 1  # the closing EOS is never gated; leave it out
@@ -97,6 +120,7 @@ def _tokens(answer, labels, numbers) -> dict:
             rows["base"].append(np.full(n, out.base_advantage))
             rows["wrong"].append(np.asarray(label.corrupted[:n], bool))
             rows["fault"].append(np.asarray(label.fault[:n], bool))
+            rows["departs"].append(np.asarray(label.departs[:n], bool))
             rows["failed"].append(np.full(n, not label.correct))
             rows["number"].append(number)
     return {k: np.concatenate(v) for k, v in rows.items()}
@@ -105,9 +129,11 @@ def _tokens(answer, labels, numbers) -> dict:
 def _figures(t: dict, stats) -> dict:
     f, c = t["failed"], ~t["failed"]
     neg = gate_stats(t["gated"][f], t["wrong"][f])
+    first = f & (t["departs"] | ~t["wrong"])  # first wrong digits against the right tokens
     positive_cig = np.clip(t["cig"][c], 0, None)
     return {
-        **detection(-t["cig"][f], t["wrong"][f], t["fault"][f]),
+        **detection(-t["cig"][f], t["wrong"][f], t["fault"][f], t["departs"][f]),
+        "lift_departs": gate_stats(t["gated"][first], t["departs"][first])["lift"],
         "calibrated": calibrated_gate(-t["cig"][f], t["wrong"][f], TARGET_GATE_RATE),
         "gate_precision": neg["precision"], "gate_recall": neg["recall"], "lift": neg["lift"],
         "gate_rate_failed": neg["gate_rate"],
@@ -126,19 +152,23 @@ def _figures(t: dict, stats) -> dict:
     }
 
 
-def run(out_dir: Path = OUT_DIR, problems: int = 8) -> dict:
+def run(out_dir: Path = OUT_DIR, problems: int = 8, dtype: str = "float32") -> dict:
     from amr_client import AMRClient
 
     tokenizer = corpus.load_tokenizer()
     groups, labels = fidelity_data.make_groups(tokenizer, n_problems=problems, seed=0)
     numbers = _number_tokens(labels, tokenizer)
     port = procs.free_port()
+    # No score cache: the null row compares the student pass of two requests, which the cache would
+    # answer from the first request's pass.
     server = procs.ServerProcess(
-        "amr-sd-fidelity", [sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port)],
-        port=port, ready_path="/readyz", log_dir=out_dir)
+        "amr-sd-fidelity", [sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port),
+                            "--dtype", dtype],
+        port=port, ready_path="/readyz", log_dir=out_dir, env={**os.environ, **procs.NO_SCORE_CACHE})
     contexts = {
         "oracle": _with_overrides(groups, labels, lambda w, label: _oracle(label)),
         "quote": _with_overrides(groups, labels, lambda w, label: _quote(label)),
+        "value": _with_overrides(groups, labels, lambda w, label: _value(label)),
         "feedback": _with_overrides(groups, labels, lambda w, label: w["feedback"]),
         "self": groups,
     }
@@ -165,8 +195,9 @@ def run(out_dir: Path = OUT_DIR, problems: int = 8) -> dict:
                                 for g, rollouts in zip(answers["oracle"].groups, labels)
                                 for r, label in zip(g.rollouts, rollouts)])
     f = t["failed"]
-    results["surprise"] = detection(surprise[f], t["wrong"][f], t["fault"][f])
-    results["data"] = {"problems": len(groups), "rollouts": sum(len(g["rollouts"]) for g in groups),
+    results["surprise"] = detection(surprise[f], t["wrong"][f], t["fault"][f], t["departs"][f])
+    results["data"] = {"dtype": dtype, "problems": len(groups),
+                       "rollouts": sum(len(g["rollouts"]) for g in groups),
                        "wrong_tokens": int(sum(sum(r.corrupted) for rs in labels for r in rs)),
                        "response_tokens": int(sum(len(r.token_ids) for rs in labels for r in rs))}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -184,26 +215,29 @@ def table(results: dict) -> list[str]:
     d = results["data"]
     lines = [f"{d['problems']} problems, {d['rollouts']} rollouts, {d['response_tokens']} response "
              f"tokens, {d['wrong_tokens']} of them wrong numbers",
-             "| context | AUROC wrong | AUROC slip | gate rate | precision | recall | lift | "
+             "| context | AUROC wrong | AUROC slip | AUROC first wrong digit | gate rate | "
+             "precision | recall | lift | lift on first wrong digit | "
              f"lift at {TARGET_GATE_RATE:.0%} (τ) | mean Â/A wrong / other | acceptance | "
              "+CIG on numbers (correct) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name in ("oracle", "quote", "feedback", "self"):
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in ("oracle", "quote", "value", "feedback", "self"):
         r = results[name]
         amp, cal = r["amplification"], r["calibrated"]
         lines.append(f"| {name} | {_fmt(r['auroc'])} | {_fmt(r['auroc_fault'])} | "
+                     f"{_fmt(r['auroc_departs'])} | "
                      f"{_fmt(r['gate_rate_failed'], '.1%')} | {_fmt(r['gate_precision'])} | "
                      f"{_fmt(r['gate_recall'])} | {_fmt(r['lift'], '.1f')} | "
+                     f"{_fmt(r['lift_departs'], '.1f')} | "
                      f"{_fmt(cal['lift'], '.1f')} ({_fmt(cal['tau'])}) | "
                      f"{_fmt(amp['wrong'], '.3f')} / {_fmt(amp['other'], '.3f')} | "
                      f"{_fmt(r['acceptance_rate'], '.0%')} | "
                      f"{_fmt(r['correct']['positive_cig_on_numbers'], '.0%')} |")
     n = results["null"]
     lines.append(f"| null | max abs CIG {n['max_abs_cig']:.2e}, mean {n['mean_abs_cig']:.2e} over "
-                 f"{n['tokens']} tokens | | | | | | | | | |")
+                 f"{n['tokens']} tokens | | | | | | | | | | | |")
     sur = results["surprise"]
     lines.append(f"| student's own -log p (no reflection) | {_fmt(sur['auroc'])} | "
-                 f"{_fmt(sur['auroc_fault'])} | | | | | | | | |")
+                 f"{_fmt(sur['auroc_fault'])} | {_fmt(sur['auroc_departs'])} | | | | | | | | | |")
     reasons = results["self"]["reject_reasons"]
     lines.append(f"self-written reject reasons: {reasons or 'none'}")
     return lines
@@ -214,8 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problems", type=int, default=8,
                         help="chains to score, 4 rollouts each (8: about 4 minutes on 2 cores)")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
+    parser.add_argument("--dtype", default="float32",
+                        help="the server's dtype; float32 by default, since bf16 scores move by up "
+                             "to 0.3-0.4 nats with the batch on a bf16 CPU (README \"Engines\"), "
+                             "the size of the effects measured here")
     args = parser.parse_args(argv)
-    results = run(args.out, args.problems)
+    results = run(args.out, args.problems, args.dtype)
     print("\n".join(table(results)))
     return 0
 

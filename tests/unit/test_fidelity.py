@@ -180,6 +180,18 @@ def test_placements_put_the_same_block_append_matching_the_service():
     assert messages == [{"role": "user", "content": "Compute 2 + 3."}]  # not changed in place
 
 
+def test_the_assistant_placement_opens_the_response_turn_with_the_block(tokenizer):
+    from amr_sd.algo.context import render_prompt
+    from bench.fidelity_placement import teacher_prompt
+
+    messages = [{"role": "user", "content": "Compute 2 + 3."}]
+    ids = teacher_prompt(tokenizer, messages, "critique", "Step 1 is off.", "assistant", "guidance")
+    student = render_prompt(tokenizer, messages=messages)
+    assert ids[:len(student)] == student  # the user turn is untouched
+    assert tokenizer.decode(ids[len(student):]) == (
+        "<critique>Step 1 is off.</critique>\nKeep this guidance in mind while solving.\n")
+
+
 def test_detection_scores_the_slip_against_right_tokens_only():
     from bench.fidelity_metrics import detection
 
