@@ -21,13 +21,14 @@ embedded model, over HTTP with AMRClient, under several teacher contexts:
 Per context, on the failed rollouts (the negative branch): AUROC of -CIG for wrong-number tokens
 against the other response tokens, for the slip's own tokens against the right ones, and for the
 first wrong digit (the token where the attempt departs from the right text) against them; gate
-precision / recall / lift at the request's tau (and the lift on the first wrong digit), lift with tau calibrated to a 10 % gate rate
-(the (1 - rate) quantile of the batch's -CIG, what a per-batch calibrated gate would use); mean
-|Â|/|A| on wrong vs other tokens; acceptance and reject reasons; on correct rollouts, the share of
-+CIG mass and of gated tokens that falls on number tokens. Beside them, the student's own
-surprise (-log p with no reflection) as a detector: what the model already knows without a teacher.
+precision / recall / lift at the request's tau, and the lift on the first wrong digit; lift with
+tau calibrated to a 10 % gate rate (the (1 - rate) quantile of the batch's -CIG, what a per-batch
+calibrated gate would use); mean |Â|/|A| on wrong vs other tokens; acceptance and reject reasons;
+on correct rollouts, the share of +CIG mass and of gated tokens that falls on number tokens.
+Beside them, the student's own surprise (-log p with no reflection) as a detector: what the model
+already knows without a teacher.
 
-    python -m bench.fidelity [--problems 8] [--out build/bench]
+    python -m bench.fidelity [--problems 8] [--out build/bench] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ def run(out_dir: Path = OUT_DIR, problems: int = 8, dtype: str = "float32") -> d
     server = procs.ServerProcess(
         "amr-sd-fidelity", [sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port),
                             "--dtype", dtype],
-        port=port, ready_path="/readyz", log_dir=out_dir, env={**os.environ, **procs.NO_SCORE_CACHE})
+        port=port, ready_path="/readyz", log_dir=out_dir,
+        env={**os.environ, **procs.NO_SCORE_CACHE})
     contexts = {
         "oracle": _with_overrides(groups, labels, lambda w, label: _oracle(label)),
         "quote": _with_overrides(groups, labels, lambda w, label: _quote(label)),
@@ -246,7 +248,8 @@ def table(results: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=8,
-                        help="chains to score, 4 rollouts each (8: about 4 minutes on 2 cores)")
+                        help="chains to score, 4 rollouts each (8: about 2 minutes on a 2-core "
+                             "AMX Xeon, 5 on a 2-core EPYC)")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     parser.add_argument("--dtype", default="float32",
                         help="the server's dtype; float32 by default, since bf16 scores move by up "

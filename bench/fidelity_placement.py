@@ -19,7 +19,7 @@ The alternatives are not in the service, so the passes run here, in process, on 
 reference engine (`amr_sd.engine.hf`, float32, the embedded model): its append/guidance row matches
 `make fidelity`'s oracle row.
 
-    python -m bench.fidelity_placement [--problems 8] [--out build/bench]   (about 2 minutes)
+    python -m bench.fidelity_placement [--problems 8] [--out build/bench]   (about 3 minutes)
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ CLOSINGS = {"guidance": "Keep this guidance in mind while solving.",
             "exact": "Keep it in mind, and compute every step exactly."}
 PLACEMENTS = ("append", "prepend", "system", "assistant")
 TAU = 1.0
-_CORRECT = "Every step follows correctly from the one before it."
 
 
 def teacher_messages(messages: list[dict], kind: str, reflection: str, placement: str,
@@ -161,13 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tables", nargs="+", choices=("placement", "wording"),
                         default=["placement", "wording"])
     parser.add_argument("--seed", type=int, default=0,
-                        help="the chains' seed (0: make fidelity's chains; others: held-out chains)")
+                        help="the chains' seed (0: make fidelity's chains; others: held out)")
     args = parser.parse_args(argv)
     rows = run(args.out, args.problems, tuple(args.tables), args.seed)["rows"]
     cells = ("| {auroc} | {auroc_fault} | {auroc_departs} | {gate_rate} | {precision} | {lift} | "
              "{lift_departs} | {calibrated_lift} |")
-    head = (f"| AUROC wrong | AUROC slip | AUROC first wrong digit | gate rate | precision | lift | "
-            f"lift on first wrong digit | lift at {TARGET_GATE_RATE:.0%} |")
+    head = ("| AUROC wrong | AUROC slip | AUROC first wrong digit | gate rate | precision | lift "
+            f"| lift on first wrong digit | lift at {TARGET_GATE_RATE:.0%} |")
 
     def fmt(r):
         return cells.format(**{k: _fmt(r[k], ".1%" if k == "gate_rate" else
