@@ -174,14 +174,16 @@ def main(argv: list[str] | None = None) -> int:
                                for k in ("auroc", "auroc_fault", "auroc_departs", "gate_rate",
                                          "precision", "lift", "lift_departs", "calibrated_lift")})
 
-    print("| context | closing | placement " + head + "\n|---|---|---" + "|---" * 8 + "|")
-    for r in rows:
-        if r["table"] == "placement":
-            print(f"| {r['context']} | {r['closing']} | {r['placement']} " + fmt(r))
-    print("\n| critique | CIG against " + head + "\n|---|---" + "|---" * 8 + "|")
-    for r in rows:
-        if r["table"] == "wording":
-            print(f"| {r['context']} | {r['baseline']} " + fmt(r))
+    if "placement" in args.tables:
+        print("| context | closing | placement " + head + "\n|---|---|---" + "|---" * 8 + "|")
+        for r in rows:
+            if r["table"] == "placement":
+                print(f"| {r['context']} | {r['closing']} | {r['placement']} " + fmt(r))
+    if "wording" in args.tables:
+        print("\n| critique | CIG against " + head + "\n|---|---" + "|---" * 8 + "|")
+        for r in rows:
+            if r["table"] == "wording":
+                print(f"| {r['context']} | {r['baseline']} " + fmt(r))
     return 0
 
 
