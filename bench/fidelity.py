@@ -61,19 +61,18 @@ def _oracle(label: fidelity_data.Rollout) -> str:
             "numbers in that step, and every later step builds on it.")
 
 
+def _fault_line(label: fidelity_data.Rollout) -> str:
+    """The faulty step as the response wrote it ("Step 2: 12 * 3 = 39.")."""
+    return label.text.splitlines()[label.fault_step - 1]
+
+
 def _quote(label: fidelity_data.Rollout) -> str:
     """The oracle, quoting the faulty step as written (wrong value included, right value not):
     what a writer asked to quote the first wrong step would give at best."""
     if label.fault_step is None:
         return _oracle(label)
-    line = label.text.splitlines()[label.fault_step - 1]
-    return f'The first wrong step is "{line}" Its result is wrong, and every later step builds on it.'
-
-
-def _fault_line(label: fidelity_data.Rollout) -> tuple[int, str]:
-    """(step, its operation as written, "12 * 3"): the operands are right, only the result slips."""
-    line = label.text.splitlines()[label.fault_step - 1]
-    return label.fault_step, line.split(": ", 1)[1].split(" = ")[0]
+    return (f'The first wrong step is "{_fault_line(label)}" Its result is wrong, and every later '
+            "step builds on it.")
 
 
 def _value(label: fidelity_data.Rollout) -> str:
@@ -81,9 +80,9 @@ def _value(label: fidelity_data.Rollout) -> str:
     ("12 * 3 = 36"): "its result should be 36" moved the teacher far less (README)."""
     if label.fault_step is None:
         return _oracle(label)
-    step, operation = _fault_line(label)
-    return (f"The mistake is in step {step}: {operation} = {label.right_result}, and every later "
-            "step builds on it.")
+    operation = _fault_line(label).split(": ", 1)[1].split(" = ")[0]  # right operands, wrong result
+    return (f"The mistake is in step {label.fault_step}: {operation} = {label.right_result}, and "
+            "every later step builds on it.")
 
 
 def _with_overrides(groups: list[dict], labels, text) -> list[dict]:
