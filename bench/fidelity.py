@@ -66,6 +66,12 @@ def _fault_line(label: fidelity_data.Rollout) -> str:
     return label.text.splitlines()[label.fault_step - 1]
 
 
+def _fault_operation(label: fidelity_data.Rollout) -> str:
+    """The faulty step's operation as written ("12 * 3"): its operands are right, only the result
+    slips."""
+    return _fault_line(label).split(": ", 1)[1].split(" = ")[0]
+
+
 def _quote(label: fidelity_data.Rollout) -> str:
     """The oracle, quoting the faulty step as written (wrong value included, right value not):
     what a writer asked to quote the first wrong step would give at best."""
@@ -80,9 +86,8 @@ def _value(label: fidelity_data.Rollout) -> str:
     ("12 * 3 = 36"): "its result should be 36" moved the teacher far less (README)."""
     if label.fault_step is None:
         return _oracle(label)
-    operation = _fault_line(label).split(": ", 1)[1].split(" = ")[0]  # right operands, wrong result
-    return (f"The mistake is in step {label.fault_step}: {operation} = {label.right_result}, and "
-            "every later step builds on it.")
+    return (f"The mistake is in step {label.fault_step}: {_fault_operation(label)} = "
+            f"{label.right_result}, and every later step builds on it.")
 
 
 def _with_overrides(groups: list[dict], labels, text) -> list[dict]:

@@ -35,7 +35,7 @@ import numpy as np
 from amr_sd.algo.context import render_prompt, with_block
 from amr_sd.algo.reflection import CRITIQUE, HINT, closing_tag, opening_tag
 from bench import fidelity_data
-from bench.fidelity import OUT_DIR, TARGET_GATE_RATE, _fault_line, _oracle, _value
+from bench.fidelity import OUT_DIR, TARGET_GATE_RATE, _fault_operation, _oracle, _value
 from bench.fidelity_metrics import calibrated_gate, detection, gate_stats
 
 CLOSINGS = {"guidance": "Keep this guidance in mind while solving.",
@@ -72,10 +72,10 @@ def teacher_prompt(tokenizer, messages: list[dict], kind: str, reflection: str, 
 # Critique wordings (correct solutions get the oracle's hint in all of them).
 WORDINGS = {
     "oracle": _oracle,
-    "operation": lambda r: ("Step {}, {}, has a wrong result, and every later step builds on it."
-                            .format(*_fault_line(r))),
-    "recompute": lambda r: "Recompute step {} ({}) carefully: the attempt got it wrong.".format(
-        *_fault_line(r)),
+    "operation": lambda r: (f"Step {r.fault_step}, {_fault_operation(r)}, has a wrong result, and "
+                            "every later step builds on it."),
+    "recompute": lambda r: (f"Recompute step {r.fault_step} ({_fault_operation(r)}) carefully: the "
+                            "attempt got it wrong."),
     "should be": lambda r: ("The mistake is in step {}: its result should be {}, and every later "
                             "step builds on it.".format(r.fault_step, r.right_result)),
     "value": _value,

@@ -180,6 +180,26 @@ def test_placements_put_the_same_block_append_matching_the_service():
     assert messages == [{"role": "user", "content": "Compute 2 + 3."}]  # not changed in place
 
 
+def test_critiques_name_the_faulty_step_its_operation_and_its_right_value():
+    from bench.fidelity import _quote, _value
+    from bench.fidelity_placement import WORDINGS
+
+    ops = [("+", 5), ("*", 3), ("-", 4)]
+    solution = fd.write(fd.steps(7, ops, fault_step=2, offset=3), fd.steps(7, ops))  # 39 for 36
+    slip = fd.Rollout(token_ids=[], text=solution.text, correct=False, corrupted=[], fault=[],
+                      fault_step=2, departs=[], right_result=solution.right_result)
+    assert _quote(slip) == ('The first wrong step is "Step 2: 12 * 3 = 39." Its result is wrong, '
+                            "and every later step builds on it.")
+    assert _value(slip) == WORDINGS["value"](slip) == (
+        "The mistake is in step 2: 12 * 3 = 36, and every later step builds on it.")
+    assert WORDINGS["operation"](slip) == (
+        "Step 2, 12 * 3, has a wrong result, and every later step builds on it.")
+    assert WORDINGS["recompute"](slip) == (
+        "Recompute step 2 (12 * 3) carefully: the attempt got it wrong.")
+    assert WORDINGS["should be"](slip) == (
+        "The mistake is in step 2: its result should be 36, and every later step builds on it.")
+
+
 def test_the_assistant_placement_opens_the_response_turn_with_the_block(tokenizer):
     from amr_sd.algo.context import render_prompt
     from bench.fidelity_placement import teacher_prompt
