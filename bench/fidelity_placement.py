@@ -1,6 +1,6 @@
 """Teacher-block alternatives, measured on the fidelity chains before any default changes.
 
-The service has one teacher block (METHOD.md: appended to the last user message, closing "Keep
+The service has one teacher block (docs/method.md: appended to the last user message, closing "Keep
 this guidance in mind while solving.") and one CIG (teacher minus the bare student). This measures
 the alternatives the numbers would have to beat, on the same chains and metrics as `bench.fidelity`.
 Table 1, under the oracle and raw-feedback critiques:

@@ -59,6 +59,8 @@ class ScoringConfig(_Strict):
         1.0, ge=0, description="τ-: CIG margin (nats) below which a negative token gets no blame. (ours): 1.0.")
     kappa: float = Field(
         5.0, gt=0, le=100, description="κ: CIG is clipped to [-κ, κ] before the gate. Paper: 5.")
+    cig_correction: Literal["none", "student_trend"] = Field(
+        "none", description="(ours) \"student_trend\" removes, per rollout, CIG's linear trend on the student's logprob before the gate (docs/method.md \"Off-policy rollouts\"): for stale or replayed rollouts, where a token the policy would not write gets a positive CIG from any teacher block. \"none\" is the paper's CIG. Default: none (on fresh samples it changes nothing measurable).")
     gate_rate_target: float | None = Field(
         None, gt=0, lt=1, description="(ours) Calibrated gate: when set, τ+ and τ- are chosen per request so that about this share of each branch's gateable tokens is gated (τ+ the (1 - rate) quantile of the hints' CIG, τ- that of the critiques' -CIG, never below 0), replacing tau_pos and tau_neg. Streamed groups then all arrive once the whole request is scored. Default: null (fixed τ).")
 
@@ -83,6 +85,8 @@ class ScoringConfig(_Strict):
         2, ge=0, le=5, description="Extra attempts after a rejected reflection before falling back to GRPO. (ours): 2.")
     ngram_overlap: int = Field(
         8, ge=2, le=64, description="Reject a reflection sharing an n-gram of this many tokens with a peer, the reference or (for a hint) the rollout. (ours): 8.")
+    reflection_template: Literal["v1", "v2"] = Field(
+        "v2", description="(ours) Writer template version (docs/method.md \"Reflection templates\"). v2: a critique writes the first wrong step out as the accepted attempt computes it, shown where the two first differ; a hint writes out the step easiest to get wrong. v1: METHOD's templates (the kind of mistake, no values). Cached texts are kept per version. Default: v2.")
     allow_reference_in_writer: bool = Field(
         False, description="Show the reference solution to the reflection writer. (ours): false.")
 

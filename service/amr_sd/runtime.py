@@ -27,7 +27,6 @@ import orjson
 from amr_client.schemas import (PolicyStatus, PolicyUpdate, ScoredGroup, ScoreRequest, ScoreResponse,
                                 ScoringConfig)
 from amr_sd import mathcheck
-from amr_sd.algo.reflection import TEMPLATE_VERSION
 from amr_sd.api.admission import Admission
 from amr_sd.api.auth import check_bearer
 from amr_sd.api.idempotency import make_store, scoped_key
@@ -424,7 +423,7 @@ class Runtime:
             "engine": self.settings.engine,
             "max_model_len": engine.max_model_len, "vocab_size": engine.vocab_size,
             "engine_settings": engine.settings.describe(),
-            "template_version": TEMPLATE_VERSION, "cache": self.cache.name,
+            "template_version": ScoringConfig().reflection_template, "cache": self.cache.name,
             "score_cache": self.score_cache.name if self.score_cache is not None else "off",
             "limits": self.settings.limits(), "defaults": ScoringConfig().model_dump(),
         }

@@ -1,4 +1,4 @@
-"""The AMR-SD pipeline (METHOD.md): scoring requests in, scored groups out.
+"""The AMR-SD pipeline (docs/method.md): scoring requests in, scored groups out.
 
 The scorer owns ordering and batching; the maths lives in `algo/`, the engine behind
 `engine.base.Engine`. All engine work of a request is in flight at once: every rollout's
@@ -207,7 +207,7 @@ class Scorer:
         content = reflection.writer_prompt(
             w.kind, problem=problem, rollout_text=w.text, feedback=rollout.feedback,
             peer_text=peer_text if w.kind == reflection.CRITIQUE else None,
-            reference_solution=reference_solution)
+            reference_solution=reference_solution, template=cfg.reflection_template)
         w.writer_ids = render_prompt(tok, messages=[{"role": "user", "content": content}],
                                      prefill=reflection.opening_tag(w.kind))
         self._check_length(len(w.writer_ids), cfg.max_reflection_tokens, f"{w.path}",
@@ -339,7 +339,11 @@ class Scorer:
         cig_hat, bad = advantage.clipped_cig(w.teacher_logprobs, w.student_logprobs,
                                              kappa=cfg.kappa)
         tokens = np.asarray(w.rollout.token_ids, dtype=np.int64)
-        return cig_hat, bad, ~np.isin(tokens, self._special_ids)
+        gateable = ~np.isin(tokens, self._special_ids)
+        if cfg.cig_correction == "student_trend":
+            cig_hat = advantage.remove_student_trend(cig_hat, w.student_logprobs, gateable & ~bad,
+                                                     kappa=cfg.kappa)
+        return cig_hat, bad, gateable
 
     async def _reflect(self, run: "_Run", w: _Work) -> None:
         """Write, parse and filter one rollout's reflection with retries, then cache the record."""
@@ -377,7 +381,7 @@ class Scorer:
         on_top = {} if adapter is None else {"adapter": [adapter.label, adapter.path]}
         return reflection_key(
             model_id=self.engine.model_id, policy_version=self.engine.policy_version, **on_top,
-            template_version=reflection.TEMPLATE_VERSION, kind=w.kind,
+            template_version=cfg.reflection_template, kind=w.kind,
             writer_prompt_ids=w.writer_ids,
             generation={"max_tokens": cfg.max_reflection_tokens,
                         "temperature": cfg.reflection_temperature,
@@ -542,7 +546,7 @@ class Scorer:
         )
         return ScoreResponse(
             model=self.engine.model_id, policy_version=self.engine.policy_version,
-            template_version=reflection.TEMPLATE_VERSION, step=request.step,
+            template_version=plan.config.reflection_template, step=request.step,
             anneal_weight=plan.anneal_weight, groups=[group for group, _ in run.scored],
             stats=stats)
 

@@ -1,6 +1,6 @@
-"""Specification of amr_sd.algo.advantage, written from design/METHOD.md.
+"""Specification of amr_sd.algo.advantage, written from docs/method.md.
 
-Defaults everywhere follow METHOD.md's "Worked numbers": λ 0.2, γ 0.1, κ 5, τ 1,
+Defaults everywhere follow docs/method.md's "Worked numbers": λ 0.2, γ 0.1, κ 5, τ 1,
 linear schedule, T_decay 50.
 """
 
@@ -19,6 +19,7 @@ from amr_sd.algo.advantage import (
     combine,
     gate,
     grpo_advantages,
+    remove_student_trend,
 )
 
 LAMBDA = 0.2
@@ -531,3 +532,48 @@ def test_calibrated_tau_rejects_a_rate_outside_0_1(rate):
 
     with pytest.raises(ValueError, match="rate"):
         calibrated_tau(np.zeros(3), rate, positive=True)
+
+
+# --- remove_student_trend (ScoringConfig.cig_correction = "student_trend") -----------------------
+
+
+def test_student_trend_is_removed_and_the_mean_kept():
+    # Î = 2 - 0.5 s exactly: the trend is all there is, so Î becomes its mean, 2 - 0.5·mean(s).
+    s = np.array([-1.0, -3.0, -9.0, -2.0])
+    cig = 2.0 - 0.5 * s
+    out = remove_student_trend(cig, s, np.ones(4, bool))
+    np.testing.assert_allclose(out, np.full(4, cig.mean()))
+
+
+def test_student_trend_leaves_cig_uncorrelated_with_the_student():
+    rng = np.random.default_rng(0)
+    s = -rng.exponential(2.0, 200)
+    cig = np.clip(-0.6 * s + rng.normal(0, 0.5, 200), -5, 5)
+    out = remove_student_trend(cig, s, np.ones(200, bool))
+    assert abs(np.corrcoef(out, s)[0, 1]) < 1e-9
+    assert out.mean() == pytest.approx(cig.mean())
+
+
+def test_student_trend_ignores_masked_tokens_and_keeps_zero_cig_zero():
+    s = np.array([-1.0, -2.0, -4.0, -30.0])
+    mask = np.array([True, True, True, False])  # e.g. EOS: neither fitted nor changed
+    cig = np.array([0.5, 1.0, 2.0, 4.0])  # 0.5 + ... a trend of -0.5 per nat on the first three
+    out = remove_student_trend(cig, s, mask)
+    assert out[3] == 4.0
+    np.testing.assert_allclose(out[:3], np.full(3, cig[:3].mean()))
+    zeros = remove_student_trend(np.zeros(4), s, np.ones(4, bool))  # G4
+    assert np.array_equal(zeros, np.zeros(4))
+
+
+def test_student_trend_needs_three_tokens_and_a_varying_student():
+    cig = np.array([1.0, 2.0])
+    assert np.array_equal(remove_student_trend(cig, [-1.0, -2.0], [True, True]), cig)
+    flat = np.array([1.0, 2.0, 3.0])
+    assert np.array_equal(remove_student_trend(flat, [-1.0] * 3, [True] * 3), flat)
+
+
+def test_student_trend_stays_within_kappa():
+    s = np.array([-0.1, -0.2, -20.0])
+    cig = np.array([-5.0, -5.0, 5.0])
+    out = remove_student_trend(cig, s, np.ones(3, bool), kappa=5.0)
+    assert np.all(np.abs(out) <= 5.0)

@@ -1,4 +1,4 @@
-"""Specifications for amr_sd.algo.reflection: templates, parsing, leak filter (METHOD.md 3-5)."""
+"""Specifications for amr_sd.algo.reflection: templates, parsing, leak filter (docs/method.md 3-5)."""
 
 import hashlib
 import threading
@@ -12,11 +12,12 @@ from amr_sd.algo.reflection import (
     HINT,
     HINT_TEMPLATE,
     KINDS,
-    TEMPLATE_VERSION,
+    TEMPLATE_VERSIONS,
     RejectReason,
     closing_tag,
     contains_answer,
     extract_answer,
+    first_difference,
     leak_reason,
     opening_tag,
     parse_reflection,
@@ -53,28 +54,31 @@ def test_templates_ask_for_the_tagged_output_only():
     assert CRITIQUE_TEMPLATE.endswith("Output only: <critique>...</critique>")
 
 
-def test_template_text_is_pinned_to_its_version():
-    # Reflections are cached under TEMPLATE_VERSION: any text change must bump it (then update
-    # the digest here). Rendering covers the optional sections and the teacher block too.
+@pytest.mark.parametrize("version", TEMPLATE_VERSIONS)
+def test_template_text_is_pinned_to_its_version(version):
+    # Reflections are cached under their template version: any text change must add a version
+    # (then pin its digest here). Rendering covers the optional sections and the teacher block.
     rendered = "\x00".join(
         [
-            writer_prompt(HINT, problem="P", rollout_text="R", reference_solution="S"),
+            writer_prompt(HINT, problem="P", rollout_text="R", reference_solution="S",
+                          template=version),
             writer_prompt(
                 CRITIQUE,
                 problem="P",
-                rollout_text="R",
+                rollout_text="R" if version == "v1" else "R\nStep 2",
                 feedback="F",
-                peer_text="Q",
+                peer_text="Q" if version == "v1" else "R\nStep 3",  # v2 shows where they differ
                 reference_solution="S",
+                template=version,
             ),
             teacher_block(HINT, "H"),
         ]
     )
     digest = hashlib.sha256(rendered.encode()).hexdigest()[:16]
-    assert (TEMPLATE_VERSION, digest) == ("v1", PINNED_V1_DIGEST)
+    assert digest == PINNED_DIGESTS[version]
 
 
-PINNED_V1_DIGEST = "f939593b1060db9b"
+PINNED_DIGESTS = {"v1": "f939593b1060db9b", "v2": "a0373b3886ebbd58"}
 
 
 def test_hint_prompt_holds_problem_and_solution_in_template_order():
@@ -572,3 +576,54 @@ def test_module_has_no_engine_network_clock_or_logging_imports():
     source = open(rf.__file__).read()
     for banned in ("import logging", "import time", "import socket", "httpx", "vllm", "torch"):
         assert banned not in source
+
+
+# --- v2: the first wrong step written out right ----------------------------------------------------
+
+ATTEMPT = "Step 1: 12 + 30 = 42.\nStep 2: 42 * 4 = 178.\nStep 3: 178 - 20 = 158.\nThe answer is 158."
+PEER = "Step 1: 12 + 30 = 42.\n\nStep 2:  42 * 4 = 168.\nStep 3: 168 - 20 = 148.\nThe answer is 148."
+
+
+def test_first_difference_is_the_first_line_that_differs_beyond_layout():
+    # Blank lines and doubled spaces are layout: step 1 matches, step 2 is where they part.
+    assert first_difference(ATTEMPT, PEER) == ("Step 2: 42 * 4 = 178.", "Step 2: 42 * 4 = 168.")
+
+
+def test_first_difference_of_a_prefix_or_an_equal_text_is_none():
+    assert first_difference(ATTEMPT, ATTEMPT) is None
+    assert first_difference("Step 1: 12 + 30 = 42.", ATTEMPT) is None
+
+
+def test_v2_critique_prompt_shows_where_attempt_and_peer_first_differ():
+    prompt = writer_prompt(CRITIQUE, problem="P", rollout_text=ATTEMPT, feedback="F",
+                           peer_text=PEER, template="v2")
+    assert ("The first line where the two attempts differ:\n"
+            "Incorrect attempt: Step 2: 42 * 4 = 178.\n"
+            "Accepted attempt: Step 2: 42 * 4 = 168.\n") in prompt
+    assert prompt.index("An attempt that the verifier accepted") < prompt.index("first line where")
+    assert prompt.endswith("Output only: <critique>...</critique>")
+    assert "write it out correctly" in prompt and "Do NOT state the final answer" in prompt
+
+
+def test_v2_critique_without_a_peer_has_no_difference_section():
+    prompt = writer_prompt(CRITIQUE, problem="P", rollout_text=ATTEMPT, template="v2")
+    assert "first line where" not in prompt and "accepted:" not in prompt.lower()
+
+
+def test_v1_is_untouched_by_the_difference():
+    prompt = writer_prompt(CRITIQUE, problem="P", rollout_text=ATTEMPT, peer_text=PEER)
+    assert "first line where" not in prompt and prompt.endswith(CRITIQUE_TEMPLATE[-40:])
+
+
+def test_an_unknown_template_version_is_refused():
+    with pytest.raises(ValueError, match="template version 'v9'"):
+        writer_prompt(HINT, problem="P", rollout_text="R", template="v9")
+
+
+def test_an_intermediate_correction_passes_and_a_last_step_correction_is_the_answer():
+    # A v2 critique states the faulty step's right value: allowed while it is intermediate, refused
+    # when the faulty step is the last one, whose right value is the final answer (148).
+    middle = "Step 2 is wrong: Step 2: 42 * 4 = 168."
+    assert accept(middle, answers=["148"]) is None
+    last = "Step 3 is wrong: Step 3: 168 - 20 = 148."
+    assert accept(last, answers=["148"]) is RejectReason.CONTAINS_ANSWER

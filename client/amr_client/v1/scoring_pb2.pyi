@@ -95,7 +95,7 @@ class PolicyRef(_message.Message):
     def __init__(self, version: _Optional[str] = ..., lora_path: _Optional[str] = ..., lora_name: _Optional[str] = ...) -> None: ...
 
 class ScoringConfig(_message.Message):
-    __slots__ = ("success_threshold", "norm_by_std", "std_unbiased", "std_eps", "lambda_pos", "gamma_neg", "tau_pos", "tau_neg", "kappa", "schedule", "decay_steps", "warmup_steps", "exp_k", "max_reflection_tokens", "reflection_temperature", "retry_temperature", "max_retries", "ngram_overlap", "allow_reference_in_writer", "gate_rate_target")
+    __slots__ = ("success_threshold", "norm_by_std", "std_unbiased", "std_eps", "lambda_pos", "gamma_neg", "tau_pos", "tau_neg", "kappa", "schedule", "decay_steps", "warmup_steps", "exp_k", "max_reflection_tokens", "reflection_temperature", "retry_temperature", "max_retries", "ngram_overlap", "allow_reference_in_writer", "gate_rate_target", "reflection_template", "cig_correction")
     SUCCESS_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     NORM_BY_STD_FIELD_NUMBER: _ClassVar[int]
     STD_UNBIASED_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,8 @@ class ScoringConfig(_message.Message):
     NGRAM_OVERLAP_FIELD_NUMBER: _ClassVar[int]
     ALLOW_REFERENCE_IN_WRITER_FIELD_NUMBER: _ClassVar[int]
     GATE_RATE_TARGET_FIELD_NUMBER: _ClassVar[int]
+    REFLECTION_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    CIG_CORRECTION_FIELD_NUMBER: _ClassVar[int]
     success_threshold: float
     norm_by_std: bool
     std_unbiased: bool
@@ -136,7 +138,9 @@ class ScoringConfig(_message.Message):
     ngram_overlap: int
     allow_reference_in_writer: bool
     gate_rate_target: float
-    def __init__(self, success_threshold: _Optional[float] = ..., norm_by_std: _Optional[bool] = ..., std_unbiased: _Optional[bool] = ..., std_eps: _Optional[float] = ..., lambda_pos: _Optional[float] = ..., gamma_neg: _Optional[float] = ..., tau_pos: _Optional[float] = ..., tau_neg: _Optional[float] = ..., kappa: _Optional[float] = ..., schedule: _Optional[str] = ..., decay_steps: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., exp_k: _Optional[float] = ..., max_reflection_tokens: _Optional[int] = ..., reflection_temperature: _Optional[float] = ..., retry_temperature: _Optional[float] = ..., max_retries: _Optional[int] = ..., ngram_overlap: _Optional[int] = ..., allow_reference_in_writer: _Optional[bool] = ..., gate_rate_target: _Optional[float] = ...) -> None: ...
+    reflection_template: str
+    cig_correction: str
+    def __init__(self, success_threshold: _Optional[float] = ..., norm_by_std: _Optional[bool] = ..., std_unbiased: _Optional[bool] = ..., std_eps: _Optional[float] = ..., lambda_pos: _Optional[float] = ..., gamma_neg: _Optional[float] = ..., tau_pos: _Optional[float] = ..., tau_neg: _Optional[float] = ..., kappa: _Optional[float] = ..., schedule: _Optional[str] = ..., decay_steps: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., exp_k: _Optional[float] = ..., max_reflection_tokens: _Optional[int] = ..., reflection_temperature: _Optional[float] = ..., retry_temperature: _Optional[float] = ..., max_retries: _Optional[int] = ..., ngram_overlap: _Optional[int] = ..., allow_reference_in_writer: _Optional[bool] = ..., gate_rate_target: _Optional[float] = ..., reflection_template: _Optional[str] = ..., cig_correction: _Optional[str] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("model", "policy_version", "adapter", "template_version", "step", "anneal_weight", "groups", "stats")

@@ -1,10 +1,11 @@
 """Token-level AMR-SD advantages: pure numpy, arrays in, arrays out.
 
-Maps onto the pipeline in ``design/METHOD.md``:
+Maps onto the pipeline in ``docs/method.md``:
 
 - ``grpo_advantages``      step 1 (base advantage A_i), plus step 2's uniform-group and
                            single-rollout short-circuits (exact zeros).
 - ``clipped_cig``          step 7 (I_t = q_t - s_t, non-finite -> 0 and counted, clip to ±κ).
+- ``remove_student_trend`` (ours) step 7 for off-policy tokens (ScoringConfig.cig_correction).
 - ``gate``                 step 8 (asymmetric ReLU gate, special tokens never gated).
 - ``anneal_weight``        step 9 (w(u) that scales λ and γ into λ_eff and γ_eff).
 - ``combine``              step 10 (Â_t = A · (1 + Δ_t)).
@@ -104,6 +105,40 @@ def clipped_cig(
     cig[nonfinite] = 0.0
     cig_hat = np.clip(cig, -kappa, kappa)  # (T,)
     return cig_hat, nonfinite
+
+
+CIG_CORRECTIONS = ("none", "student_trend")
+
+
+def remove_student_trend(cig_hat, student_logprobs, mask, *, kappa: float = 5.0) -> np.ndarray:
+    """(ours) Î with its linear trend on the student's logprob within one rollout removed.
+
+    On a token the policy would almost never write (a stale or replayed rollout, a synthetic
+    corruption) any block in the teacher's context raises its logprob a little: a log-ratio on a
+    near-zero probability regresses to the mean, so CIG correlates with -s_t and comes out
+    positive exactly where a critique should make it negative. Fitting Î = a + b·s over the
+    rollout's `mask` tokens (gateable and finite) by least squares and keeping Î - b·(s - mean s)
+    removes that dependence and keeps the rollout's mean CIG. Tokens outside `mask` are unchanged;
+    with fewer than 3 tokens or a constant s nothing changes, and Î ≡ 0 stays 0 (G4). The result
+    is clipped to ±κ again. (T,) -> (T,).
+    """
+    cig_hat = np.asarray(cig_hat, dtype=np.float64)  # (T,)
+    s = np.asarray(student_logprobs, dtype=np.float64)  # (T,)
+    mask = np.asarray(mask, dtype=bool) & np.isfinite(s)  # (T,)
+    if cig_hat.shape != s.shape or mask.shape != s.shape:
+        raise ValueError(f"cig_hat {cig_hat.shape}, student_logprobs {s.shape} and mask "
+                         f"{mask.shape} must have one shape")
+    out = cig_hat.copy()
+    if mask.sum() < 3:
+        return out
+    s_fit, i_fit = s[mask], cig_hat[mask]
+    centred = s_fit - s_fit.mean()
+    spread = float(centred @ centred)
+    if spread == 0.0:
+        return out
+    slope = float(centred @ (i_fit - i_fit.mean())) / spread
+    out[mask] = np.clip(i_fit - slope * centred, -kappa, kappa)
+    return out
 
 
 def gate(

@@ -1,4 +1,4 @@
-"""Reflection templates and the leak/quality filter (METHOD.md steps 3-5).
+"""Reflection templates and the leak/quality filter (docs/method.md steps 3-5).
 
 Raw privileged context (a reference solution, an accepted peer, verifier feedback) over-conditions
 the teacher and leaks the answer, so AMR-SD puts a reflection bottleneck in between: the policy
@@ -18,9 +18,10 @@ import threading
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 
-# Part of the reflection cache key: bump it whenever any text below that the writer or the
-# teacher sees changes (templates, optional sections, teacher block).
-TEMPLATE_VERSION = "v1"
+# Part of the reflection cache key: add a version whenever any text below that the writer or the
+# teacher sees changes (templates, optional sections, teacher block); a cached text of one
+# version is never served for another. ScoringConfig.reflection_template picks one per request.
+TEMPLATE_VERSIONS = ("v1", "v2")
 # Also in the cache key: bump it whenever the filter's checks change, so a record the old filter
 # accepted is judged again.
 FILTER_VERSION = "2"
@@ -29,7 +30,7 @@ HINT = "hint"
 CRITIQUE = "critique"
 KINDS = (HINT, CRITIQUE)
 
-# METHOD.md "Reflection templates", verbatim. {reference_section} is the opt-in reference
+# docs/method.md "Reflection templates", verbatim. {reference_section} is the opt-in reference
 # (allow_reference_in_writer); it sits just before the instructions so they stay last.
 HINT_TEMPLATE = """\
 You solved the following problem correctly.
@@ -42,7 +43,7 @@ Write one short Socratic hint (at most 3 sentences) that would steer a student t
 that made this solution work. Phrase it as guidance or a question. Do NOT state the final answer,
 any final numeric value, or a complete derivation. Output only: <hint>...</hint>"""
 
-# The bracketed parts of METHOD.md's critique template become {feedback_section} and
+# The bracketed parts of docs/method.md's critique template become {feedback_section} and
 # {peer_section}: present only when the caller has the signal.
 CRITIQUE_TEMPLATE = """\
 The following attempt was checked by a verifier and is INCORRECT.
@@ -57,16 +58,53 @@ Identify the first step where the attempt goes wrong and explain, in at most 3 s
 of mistake it is and what to check instead. Do NOT state the final answer or any final numeric
 value, and do not copy the accepted attempt. Output only: <critique>...</critique>"""
 
+# v2 (ours, docs/method.md "Reflection templates"): on the policy's own mistakes a critique that
+# only names the faulty step left the teacher at chance (the same model cannot recompute the step
+# better than the student that slipped), and one that writes the step out right put the credit on
+# it (docs/fidelity.md). So v2 asks for that step written out as the accepted attempt computes it,
+# and shows the writer where the two attempts first differ. The hint, likewise, shows the step
+# the solution could most easily have got wrong, written as the solution writes it.
+HINT_TEMPLATE_V2 = """\
+You solved the following problem correctly.
+Problem:
+{problem}
+Your solution:
+{rollout_text}
+{reference_section}\
+Write one short hint (at most 2 sentences) for a student solving this problem: name the step \
+that is easiest to get wrong and write that one step out exactly as your solution writes it. Do \
+NOT state the final answer and do not copy any other step. Output only: <hint>...</hint>"""
+
+CRITIQUE_TEMPLATE_V2 = """\
+The following attempt was checked by a verifier and is INCORRECT.
+Problem:
+{problem}
+Incorrect attempt:
+{rollout_text}
+{feedback_section}\
+{peer_section}\
+{difference_section}\
+{reference_section}\
+Find the first step where the incorrect attempt goes wrong. Write a critique of at most 2 \
+sentences: name that step and write it out correctly, in the same form as the attempt writes its \
+steps (the accepted attempt shows how). Do NOT state the final answer and do not copy any other \
+step. Output only: <critique>...</critique>"""
+
+_DIFFERENCE_SECTION = ("The first line where the two attempts differ:\n"
+                       "Incorrect attempt: {attempt_line}\nAccepted attempt: {peer_line}\n")
+_TEMPLATES = {"v1": {HINT: HINT_TEMPLATE, CRITIQUE: CRITIQUE_TEMPLATE},
+              "v2": {HINT: HINT_TEMPLATE_V2, CRITIQUE: CRITIQUE_TEMPLATE_V2}}
+
 _FEEDBACK_SECTION = "Verifier feedback:\n{feedback}\n"
 _PEER_SECTION = "An attempt that the verifier accepted:\n{peer_text}\n"
 _REFERENCE_SECTION = "Reference solution:\n{reference_solution}\n"
 
-# METHOD.md "Teacher context block".
+# docs/method.md "Teacher context block".
 _TEACHER_BLOCK = "\n\n{opening}{reflection}{closing}\nKeep this guidance in mind while solving."
 
 
 class RejectReason(str, enum.Enum):
-    """Why a reflection was refused; recorded per attempt (METHOD.md step 5)."""
+    """Why a reflection was refused; recorded per attempt (docs/method.md step 5)."""
 
     MISSING_TAG = "missing_tag"
     UNTERMINATED = "unterminated"
@@ -147,6 +185,19 @@ def _given(value: str | None) -> bool:
     return value is not None and value.strip() != ""
 
 
+def first_difference(attempt: str, peer: str) -> tuple[str, str] | None:
+    """(ours) The first line where two solutions differ, as (attempt's line, peer's line).
+
+    Lines are compared with their whitespace collapsed and blank lines skipped, so layout alone
+    is no difference. None when one solution's lines are a prefix of the other's (no line of
+    both to show side by side).
+    """
+    def lines(text: str) -> list[str]:
+        return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+
+    return next(((a, b) for a, b in zip(lines(attempt), lines(peer)) if a != b), None)
+
+
 def writer_prompt(
     kind: str,
     *,
@@ -155,32 +206,44 @@ def writer_prompt(
     feedback: str | None = None,
     peer_text: str | None = None,
     reference_solution: str | None = None,
+    template: str = "v1",
 ) -> str:
-    """The user-message content for the reflection writer (METHOD.md step 4).
+    """The user-message content for the reflection writer (docs/method.md step 4).
 
     ``feedback`` and ``peer_text`` fill the critique's optional sections and are ignored for a
     hint, whose template has no place for them. A section is left out when its value is None or
     blank; ``peer_text`` goes through :func:`strip_think` first. ``reference_solution`` is added to
-    either kind; pass it only when ``allow_reference_in_writer`` is set.
+    either kind; pass it only when ``allow_reference_in_writer`` is set. ``template`` is a
+    version of :data:`TEMPLATE_VERSIONS` (docs/method.md's own, v1, unless named; the service passes
+    ScoringConfig.reflection_template); v2's critique also shows :func:`first_difference` of the
+    attempt and the peer.
     """
     _check_kind(kind)
+    if template not in _TEMPLATES:
+        raise ValueError(f"unknown template version {template!r}; use one of {TEMPLATE_VERSIONS}")
     reference_section = (
         _REFERENCE_SECTION.format(reference_solution=reference_solution)
         if _given(reference_solution)
         else ""
     )
     if kind == HINT:
-        return HINT_TEMPLATE.format(
+        return _TEMPLATES[template][HINT].format(
             problem=problem, rollout_text=rollout_text, reference_section=reference_section
         )
     peer = strip_think(peer_text) if peer_text is not None else None
-    return CRITIQUE_TEMPLATE.format(
+    fields = dict(
         problem=problem,
         rollout_text=rollout_text,
         feedback_section=_FEEDBACK_SECTION.format(feedback=feedback) if _given(feedback) else "",
         peer_section=_PEER_SECTION.format(peer_text=peer) if _given(peer) else "",
         reference_section=reference_section,
     )
+    if template == "v1":
+        return CRITIQUE_TEMPLATE.format(**fields)
+    difference = first_difference(strip_think(rollout_text), peer) if _given(peer) else None
+    fields["difference_section"] = "" if difference is None else _DIFFERENCE_SECTION.format(
+        attempt_line=difference[0], peer_line=difference[1])
+    return CRITIQUE_TEMPLATE_V2.format(**fields)
 
 
 def parse_reflection(kind: str, text: str) -> tuple[str | None, RejectReason | None]:
@@ -204,7 +267,7 @@ def parse_reflection(kind: str, text: str) -> tuple[str | None, RejectReason | N
 
 
 def teacher_block(kind: str, reflection: str) -> str:
-    """The text appended to the last user message of the teacher's prompt (METHOD.md step 6).
+    """The text appended to the last user message of the teacher's prompt (docs/method.md step 6).
 
     It carries the accepted reflection and nothing else (G5).
     """
@@ -311,7 +374,7 @@ def _contains_text(text: str, answer: str) -> bool:
 
 
 def contains_answer(text: str, answer: str) -> bool:
-    """True if ``text`` states ``answer`` (METHOD.md step 5).
+    """True if ``text`` states ``answer`` (docs/method.md step 5).
 
     A numeric answer matches any whole number in the text of equal value ("12.0", "1,000",
     never the "2" inside "12"); another answer matches as a whitespace- and case-normalised
@@ -380,7 +443,7 @@ def leak_reason(
     source_token_ids: Sequence[Sequence[int]] = (),
     ngram: int = 8,
 ) -> RejectReason | None:
-    """Why ``reflection`` must not reach the teacher, or None to accept it (METHOD.md step 5).
+    """Why ``reflection`` must not reach the teacher, or None to accept it (docs/method.md step 5).
 
     Checks in order: TOO_LONG, ANSWER_PHRASE, then the quality checks of
     :func:`quality_reason` (STRAY_TAG, META_TEXT, REPETITION), CONTAINS_ANSWER (the reference
