@@ -228,3 +228,112 @@ def test_detection_scores_the_slip_against_right_tokens_only():
     departs = fault.copy()
     assert detection(scores, wrong, fault, departs)["auroc_departs"] == pytest.approx(1.0)
     assert "auroc_departs" not in out
+
+
+# ---- auroc, vectorised ---------------------------------------------------------------------------
+
+def _auroc_loop(scores, labels):
+    """auroc as it was: average ranks filled in one Python iteration per run of equal scores."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    for a, b in zip(starts, ends):
+        ranks[order[a:b]] = (a + b + 1) / 2
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def test_vectorised_auroc_equals_the_loop_on_random_data_with_ties():
+    from bench import fidelity_metrics as fm
+
+    rng = np.random.default_rng(1)
+    for trial in range(50):
+        n = int(rng.integers(2, 400))
+        # Few distinct values (many ties), rounded floats, or all distinct.
+        scores = [rng.integers(0, 4, n).astype(float), np.round(rng.normal(size=n), 1),
+                  rng.normal(size=n)][trial % 3]
+        labels = rng.random(n) < rng.uniform(0.05, 0.95)
+        assert auroc(scores, labels) == _auroc_loop(scores, labels)
+        # The numpy fallback (used where scipy is not installed) ranks the same way.
+        loop_ranks = np.empty(n)
+        order = np.argsort(scores, kind="mergesort")
+        starts = np.r_[0, np.flatnonzero(np.diff(scores[order])) + 1]
+        for a, b in zip(starts, np.r_[starts[1:], n]):
+            loop_ranks[order[a:b]] = (a + b + 1) / 2
+        assert np.array_equal(fm._average_ranks(scores), loop_ranks)
+
+
+# ---- steps ---------------------------------------------------------------------------------------
+
+def test_step_sums_leave_out_tokens_outside_the_steps():
+    from bench.fidelity_metrics import step_sums
+
+    values = [5.0, -1.0, -2.0, 0.5, -3.0, 9.0]
+    step = [0, 1, 1, 2, 3, 0]  # a prompt-like token, steps 1 .. 3, then the answer line
+    # step 1: -1 - 2 = -3; step 2: 0.5; step 3: -3; the two step-0 tokens (5, 9) count nowhere
+    assert step_sums(values, step).tolist() == [-3.0, 0.5, -3.0]
+    assert step_sums([1.0, 2.0], [0, 3]).tolist() == [0.0, 0.0, 2.0]  # empty steps sum to 0
+    assert step_sums([1.0], [0]).tolist() == []
+
+
+def test_hit_at_1_takes_the_first_most_negative_step():
+    from bench.fidelity_metrics import hit_at_1
+
+    sums = np.array([-3.0, 0.5, -3.0])  # steps 1 and 3 tie at -3: argmin takes step 1
+    assert hit_at_1(sums, 1) and not hit_at_1(sums, 3) and not hit_at_1(sums, 2)
+    assert not hit_at_1(sums, -1) and not hit_at_1(sums, None) and not hit_at_1([], 1)
+
+
+def test_first_flagged_step():
+    from bench.fidelity_metrics import first_flagged_step
+
+    step = np.array([0, 1, 1, 2, 3, 3, 0])
+    assert first_flagged_step([1, 0, 0, 0, 1, 0, 1], step) == 3  # flags outside steps ignored
+    assert first_flagged_step([0, 0, 1, 1, 1, 0, 0], step) == 1
+    assert first_flagged_step([1, 0, 0, 0, 0, 0, 1], step) == -1
+
+
+def test_processbench_f1_on_hand_made_labels():
+    from bench.fidelity_metrics import processbench_f1
+
+    label = [2, 2, 4, -1, -1, -1, -1, 1]
+    pred = [2, 3, 4, -1, -1, 2, -1, -1]
+    out = processbench_f1(pred, label)
+    # erroneous: 2 of 4 found at the exact step (2, 4; not 3 for 2, not -1 for 1) -> 0.5
+    # correct: 3 of 4 left unflagged -> 0.75; F1 = 2 * 0.5 * 0.75 / 1.25 = 0.6
+    assert out["acc_error"] == pytest.approx(0.5) and out["acc_correct"] == pytest.approx(0.75)
+    assert out["f1"] == pytest.approx(0.6) and (out["n_error"], out["n_correct"]) == (4, 4)
+    assert processbench_f1([-1, -1], [2, 3])["f1"] is None  # no correct samples
+    assert processbench_f1([1, 1], [-1, 3])["f1"] == 0.0  # both accuracies 0
+
+
+def test_bootstrap_ci_resamples_items():
+    from bench.fidelity_metrics import bootstrap_ci
+
+    hits = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])  # mean 0.7
+    low, high = bootstrap_ci(len(hits), lambda idx: float(hits[idx].mean()), n_boot=2000)
+    assert low < 0.7 < high and 0.0 <= low and high <= 1.0
+    assert (low, high) == bootstrap_ci(len(hits), lambda idx: float(hits[idx].mean()),
+                                       n_boot=2000)  # seeded
+    # A constant statistic has a zero-width interval; a narrower level is inside a wider one.
+    assert bootstrap_ci(5, lambda idx: 2.0) == (2.0, 2.0)
+    narrow = bootstrap_ci(len(hits), lambda idx: float(hits[idx].mean()), level=0.5)
+    assert low <= narrow[0] <= narrow[1] <= high
+    # None (a side left empty in a resample) is skipped, not counted.
+    seen = []
+
+    def only_with_item_0(idx):
+        seen.append(0 in idx)
+        return 1.0 if 0 in idx else None
+
+    assert bootstrap_ci(3, only_with_item_0, n_boot=200) == (1.0, 1.0)
+    assert not all(seen)  # some resamples did leave item 0 out
+    assert bootstrap_ci(3, lambda idx: None) == (None, None)
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci(3, lambda idx: 1.0, level=1.0)
