@@ -84,7 +84,7 @@ class ScoringConfig(_Strict):
     max_retries: int = Field(
         2, ge=0, le=5, description="Extra attempts after a rejected reflection before falling back to GRPO. (ours): 2.")
     ngram_overlap: int = Field(
-        8, ge=2, le=64, description="Reject a reflection sharing an n-gram of this many tokens with a peer, the reference or (for a hint) the rollout. (ours): 8.")
+        8, ge=2, le=64, description="Reject a reflection sharing a run of this many words (letters and digits; punctuation and operators are not words) with a peer, the reference or (for a hint) the rollout. Words, not tokens: under a tokenizer that writes one digit per token one copied equation is 12 tokens. (ours): 8.")
     reflection_template: Literal["v1", "v2"] = Field(
         "v2", description="(ours) Writer template version (docs/method.md \"Reflection templates\"). v2: a critique writes the first wrong step out as the accepted attempt computes it, shown where the two first differ; a hint writes out the step easiest to get wrong. v1: METHOD's templates (the kind of mistake, no values). Cached texts are kept per version. Default: v2.")
     allow_reference_in_writer: bool = Field(

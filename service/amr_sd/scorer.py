@@ -57,7 +57,7 @@ class _Work:
     writer_ids: list[int] | None = None
     # What its reflection must not state or copy (the leak filter's inputs).
     leak_answers: list[str] = field(default_factory=list)
-    leak_sources: list[list[int]] = field(default_factory=list)
+    leak_sources: list[str] = field(default_factory=list)
     record: ReflectionRecord | None = None
     cache_key: str | None = None
     accepted_text: str | None = None
@@ -217,14 +217,14 @@ class Scorer:
         if ref and ref.answer:
             w.leak_answers.append(ref.answer)
         if ref and ref.solution:
-            w.leak_sources.append(tok.encode(ref.solution, add_special_tokens=False))
+            w.leak_sources.append(ref.solution)
         verified = [p for p in work if correct[p.index] and p.index != w.index]
         if w.kind == reflection.HINT:
             verified.append(w)  # a correct rollout is itself a verified solution
         for p in verified:
             if p.answer:
                 w.leak_answers.append(p.answer)
-            w.leak_sources.append(p.rollout.token_ids)
+            w.leak_sources.append(p.text)
 
     def _teacher_prompt(self, w: _Work, text: str) -> list[int]:
         block = reflection.teacher_block(w.kind, text)
@@ -400,7 +400,7 @@ class Scorer:
             reason = reflection.leak_reason(
                 text, reflection_token_ids=self.tokenizer.encode(text, add_special_tokens=False),
                 max_reflection_tokens=cfg.max_reflection_tokens, answers=w.leak_answers,
-                source_token_ids=w.leak_sources, ngram=cfg.ngram_overlap)
+                sources=w.leak_sources, ngram=cfg.ngram_overlap)
         if reason is None:
             record.accepted, record.reject_reason = True, None
             w.accepted_text = text

@@ -23,8 +23,8 @@ from decimal import Decimal, InvalidOperation
 # version is never served for another. ScoringConfig.reflection_template picks one per request.
 TEMPLATE_VERSIONS = ("v1", "v2")
 # Also in the cache key: bump it whenever the filter's checks change, so a record the old filter
-# accepted is judged again.
-FILTER_VERSION = "2"
+# accepted is judged again. 3: the copy check counts words, not tokens.
+FILTER_VERSION = "3"
 
 HINT = "hint"
 CRITIQUE = "critique"
@@ -85,13 +85,14 @@ Incorrect attempt:
 {peer_section}\
 {difference_section}\
 {reference_section}\
-Find the first step where the incorrect attempt goes wrong. Write a critique of at most 2 \
-sentences: name that step and write it out correctly, in the same form as the attempt writes its \
-steps (the accepted attempt shows how). Do NOT state the final answer and do not copy any other \
-step. Output only: <critique>...</critique>"""
+Find the first step where the incorrect attempt goes wrong, and write that one step out \
+correctly, as the accepted attempt computes it, in the form "Step N should be: <the corrected \
+step>". Do NOT repeat the incorrect version, do NOT state the final answer or use the word \
+"answer", and do not copy any other step. Output only: <critique>...</critique>"""
 
-_DIFFERENCE_SECTION = ("The first line where the two attempts differ:\n"
-                       "Incorrect attempt: {attempt_line}\nAccepted attempt: {peer_line}\n")
+_DIFFERENCE_SECTION = ("Where the two attempts first differ:\n"
+                       "The incorrect attempt writes: {attempt_line}\n"
+                       "The accepted attempt writes: {peer_line}\n")
 _TEMPLATES = {"v1": {HINT: HINT_TEMPLATE, CRITIQUE: CRITIQUE_TEMPLATE},
               "v2": {HINT: HINT_TEMPLATE_V2, CRITIQUE: CRITIQUE_TEMPLATE_V2}}
 
@@ -186,16 +187,27 @@ def _given(value: str | None) -> bool:
 
 
 def first_difference(attempt: str, peer: str) -> tuple[str, str] | None:
-    """(ours) The first line where two solutions differ, as (attempt's line, peer's line).
+    """(ours) Where an attempt's numbers first depart from a verified peer's, as (the attempt's
+    line, the peer's line) holding those numbers; None when they never do.
 
-    Lines are compared with their whitespace collapsed and blank lines skipped, so layout alone
-    is no difference. None when one solution's lines are a prefix of the other's (no line of
-    both to show side by side).
+    The two number streams are aligned (difflib) so that layout, wording and a restated operand
+    are not a difference: a number only one side writes is skipped, and the first number that
+    one side writes in place of another is where the attempt went wrong. A text diff would point
+    at the first line written differently, usually the first.
     """
-    def lines(text: str) -> list[str]:
-        return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    import difflib
 
-    return next(((a, b) for a, b in zip(lines(attempt), lines(peer)) if a != b), None)
+    def numbers(text: str) -> tuple[list[str], list[str]]:
+        lines = text.splitlines()
+        found = [(n, k) for k, line in enumerate(lines) for n in _numbers(line)]
+        return [n for n, _ in found], [" ".join(lines[k].split()) for _, k in found]
+
+    (a, a_lines), (b, b_lines) = numbers(attempt), numbers(peer)
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    for op, i, _, j, _ in matcher.get_opcodes():
+        if op == "replace":
+            return a_lines[i], b_lines[j]
+    return None
 
 
 def writer_prompt(
@@ -395,8 +407,16 @@ def contains_answer(text: str, answer: str) -> bool:
     return _math_verify_equal(answer, spans + _numbers(text))
 
 
-def shares_ngram(a: Sequence[int], b: Sequence[int], n: int = 8) -> bool:
-    """True if token-id sequences ``a`` and ``b`` have a common run of ``n`` tokens."""
+def words(text: str) -> list[str]:
+    """The words of ``text`` for the copy check: runs of letters and digits, lower-cased;
+    punctuation and operators are not words. Counted in words, not tokens, so that one equation
+    copied from a peer ("12 * 3 = 36": 3 words) is not a copied solution under a tokenizer that
+    writes one digit per token (12 tokens there)."""
+    return _WORD.findall(text.lower())
+
+
+def shares_ngram(a: Sequence, b: Sequence, n: int = 8) -> bool:
+    """True if sequences ``a`` and ``b`` (words, token ids) have a common run of ``n`` items."""
     if n < 1:
         raise ValueError(f"n-gram length must be >= 1, got {n}")
     if len(a) < n or len(b) < n:
@@ -440,17 +460,17 @@ def leak_reason(
     reflection_token_ids: Sequence[int],
     max_reflection_tokens: int,
     answers: Sequence[str] = (),
-    source_token_ids: Sequence[Sequence[int]] = (),
+    sources: Sequence[str] = (),
     ngram: int = 8,
 ) -> RejectReason | None:
     """Why ``reflection`` must not reach the teacher, or None to accept it (docs/method.md step 5).
 
     Checks in order: TOO_LONG, ANSWER_PHRASE, then the quality checks of
     :func:`quality_reason` (STRAY_TAG, META_TEXT, REPETITION), CONTAINS_ANSWER (the reference
-    answer and the correct peers' extracted answers), NGRAM_OVERLAP (``ngram`` tokens shared with
-    the token ids of the peer or reference the writer saw). ANSWER_PHRASE comes before the quality
-    checks so that a writer abandoned at an answer phrase gets the reason it would have got had
-    it decoded to the end.
+    answer and the correct peers' extracted answers), NGRAM_OVERLAP (a run of ``ngram`` words,
+    :func:`words`, shared with a peer or reference text the writer saw). ANSWER_PHRASE comes
+    before the quality checks so that a writer abandoned at an answer phrase gets the reason it
+    would have got had it decoded to the end.
     """
     if len(reflection_token_ids) > max_reflection_tokens:
         return RejectReason.TOO_LONG
@@ -461,6 +481,7 @@ def leak_reason(
         return quality
     if any(answer and contains_answer(reflection, answer) for answer in answers):
         return RejectReason.CONTAINS_ANSWER
-    if any(shares_ngram(reflection_token_ids, source, ngram) for source in source_token_ids):
+    mine = words(reflection)
+    if any(shares_ngram(mine, words(source), ngram) for source in sources):
         return RejectReason.NGRAM_OVERLAP
     return None
