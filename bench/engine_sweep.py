@@ -31,8 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from amr_sd.engine.models import EMBEDDED_MODEL as MODEL
-from bench import host, procs, report
+from bench import corpus, host, procs, report
 
 DTYPES = ("bfloat16", "float32")
 TOKEN_BUDGETS = (2048, 4096, 8192)
@@ -137,7 +136,7 @@ async def _run_child(config: Config, sizes: Sizes, floor_tok_s: float) -> dict:
 
         from amr_sd.engine.hf import HFEngine
 
-        engine = HFEngine(MODEL, dtype=config.dtype)
+        engine = HFEngine(corpus.model(), dtype=config.dtype)
         settings = {"dtype": config.dtype, "torch_threads": torch.get_num_threads()}
     else:
         from amr_sd.engine.base import EngineSettings
@@ -146,7 +145,7 @@ async def _run_child(config: Config, sizes: Sizes, floor_tok_s: float) -> dict:
         chosen = EngineSettings.for_device("cpu").with_overrides(
             dtype=config.dtype, cpu_threads_bind=config.bind,
             max_num_batched_tokens=config.max_num_batched_tokens)
-        engine = VLLMEngine.create(MODEL, chosen)
+        engine = VLLMEngine.create(corpus.model(), chosen)
         settings = chosen.describe()
     try:
         await engine.warmup()

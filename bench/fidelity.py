@@ -108,18 +108,25 @@ def _number_tokens(labels, tokenizer) -> list[list[np.ndarray]]:
 
 def _tokens(answer, labels, numbers) -> dict:
     """Flat per-token arrays over all rollouts, with the rollout's verdict beside each token."""
-    rows = {k: [] for k in ("cig", "gated", "adv", "base", "wrong", "fault", "departs", "failed",
-                            "number")}
+    from amr_sd.algo.advantage import clipped_cig, remove_student_trend
+
+    rows = {k: [] for k in ("cig", "trend", "gated", "adv", "base", "wrong", "fault", "departs",
+                            "failed", "number")}
     for scored, rollouts, group_numbers in zip(answer.groups, labels, numbers):
         for out, label, number in zip(scored.rollouts, rollouts, group_numbers):
             n = len(label.token_ids) - 1  # the closing EOS is never gated; leave it out
             if out.teacher_logprobs is None:
                 # No accepted reflection: no pass at all, exactly GRPO; its CIG counts as 0.
                 rows["cig"].append(np.zeros(n))
+                rows["trend"].append(np.zeros(n))
                 rows["gated"].append(np.zeros(n, bool))
             else:
-                rows["cig"].append(np.asarray(out.teacher_logprobs[:n], float)
-                                   - np.asarray(out.student_logprobs[:n], float))
+                teacher = np.asarray(out.teacher_logprobs[:n], float)
+                student = np.asarray(out.student_logprobs[:n], float)
+                rows["cig"].append(teacher - student)
+                # cig_correction="student_trend": the same pure function the service applies.
+                rows["trend"].append(remove_student_trend(clipped_cig(teacher, student)[0],
+                                                          student, np.ones(n, bool)))
                 rows["gated"].append(np.asarray(out.gated[:n], bool))
             rows["adv"].append(np.asarray(out.advantages[:n], float))
             rows["base"].append(np.full(n, out.base_advantage))
@@ -138,6 +145,7 @@ def _figures(t: dict, stats) -> dict:
     positive_cig = np.clip(t["cig"][c], 0, None)
     return {
         **detection(-t["cig"][f], t["wrong"][f], t["fault"][f], t["departs"][f]),
+        "student_trend": detection(-t["trend"][f], t["wrong"][f], t["fault"][f], t["departs"][f]),
         "lift_departs": gate_stats(t["gated"][first], t["departs"][first])["lift"],
         "calibrated": calibrated_gate(-t["cig"][f], t["wrong"][f], TARGET_GATE_RATE),
         "gate_precision": neg["precision"], "gate_recall": neg["recall"], "lift": neg["lift"],
@@ -157,20 +165,25 @@ def _figures(t: dict, stats) -> dict:
     }
 
 
-def run(out_dir: Path = OUT_DIR, problems: int = 8, dtype: str = "float32") -> dict:
-    from amr_client import AMRClient
+def run(out_dir: Path = OUT_DIR, problems: int = 8, dtype: str = "float32",
+        model: str | None = None) -> dict:
+    import httpx
 
-    tokenizer = corpus.load_tokenizer()
+    from amr_client import AMRClient
+    from amr_sd.engine.models import EMBEDDED_MODEL
+
+    model = model or EMBEDDED_MODEL
+    tokenizer = corpus.load_tokenizer(model)
     groups, labels = fidelity_data.make_groups(tokenizer, n_problems=problems, seed=0)
     numbers = _number_tokens(labels, tokenizer)
     port = procs.free_port()
     # No score cache: the null row compares the student pass of two requests, which the cache would
     # answer from the first request's pass.
     server = procs.ServerProcess(
-        "amr-sd-fidelity", [sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port),
-                            "--dtype", dtype],
+        f"amr-sd-fidelity-{model}", [sys.executable, "-m", "amr_sd.cli", "serve", "--port",
+                                     str(port), "--dtype", dtype, "--model", model],
         port=port, ready_path="/readyz", log_dir=out_dir,
-        env={**os.environ, **procs.NO_SCORE_CACHE})
+        env={**os.environ, **procs.NO_SCORE_CACHE, "AMR_REQUEST_TIMEOUT_S": "3600"})
     contexts = {
         "oracle": _with_overrides(groups, labels, lambda w, label: _oracle(label)),
         "quote": _with_overrides(groups, labels, lambda w, label: _quote(label)),
@@ -180,7 +193,8 @@ def run(out_dir: Path = OUT_DIR, problems: int = 8, dtype: str = "float32") -> d
     }
     results, answers = {}, {}
     with server:
-        with AMRClient(server.base_url, max_retries=0) as client:
+        with AMRClient(server.base_url, max_retries=0,
+                       timeout=httpx.Timeout(60.0, read=3600.0)) as client:
             for name, request in contexts.items():
                 t0 = time.monotonic()
                 answers[name] = client.score(request, step=0, returns=RETURNS)
@@ -202,12 +216,15 @@ def run(out_dir: Path = OUT_DIR, problems: int = 8, dtype: str = "float32") -> d
                                 for r, label in zip(g.rollouts, rollouts)])
     f = t["failed"]
     results["surprise"] = detection(surprise[f], t["wrong"][f], t["fault"][f], t["departs"][f])
-    results["data"] = {"dtype": dtype, "problems": len(groups),
+    # How likely the student found the slip: near zero for a synthetic corruption, the point of
+    # comparison with the policy's own slips (bench.fidelity_onpolicy).
+    results["surprise"]["student_logprob_first_digit"] = float(-surprise[f & t["departs"]].mean())
+    results["data"] = {"model": model, "dtype": dtype, "problems": len(groups),
                        "rollouts": sum(len(g["rollouts"]) for g in groups),
                        "wrong_tokens": int(sum(sum(r.corrupted) for rs in labels for r in rs)),
                        "response_tokens": int(sum(len(r.token_ids) for rs in labels for r in rs))}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "fidelity.json").write_text(json.dumps(results, indent=2))
+    (out_dir / f"fidelity-synthetic-{model}.json").write_text(json.dumps(results, indent=2))
     return results
 
 
@@ -219,18 +236,20 @@ def _fmt(v, spec=".2f") -> str:
 
 def table(results: dict) -> list[str]:
     d = results["data"]
-    lines = [f"{d['problems']} problems, {d['rollouts']} rollouts, {d['response_tokens']} response "
-             f"tokens, {d['wrong_tokens']} of them wrong numbers",
-             "| context | AUROC wrong | AUROC slip | AUROC first wrong digit | gate rate | "
+    lines = [f"{d['model']}, {d['dtype']}: {d['problems']} problems, {d['rollouts']} rollouts, "
+             f"{d['response_tokens']} response tokens, {d['wrong_tokens']} of them wrong numbers",
+             "| context | AUROC wrong | AUROC slip | AUROC first wrong digit | the same three with "
+             "cig_correction=student_trend | gate rate | "
              "precision | recall | lift | lift on first wrong digit | "
              f"lift at {TARGET_GATE_RATE:.0%} (τ) | mean Â/A wrong / other | acceptance | "
              "+CIG on numbers (correct) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in ("oracle", "quote", "value", "feedback", "self"):
         r = results[name]
-        amp, cal = r["amplification"], r["calibrated"]
+        amp, cal, trend = r["amplification"], r["calibrated"], r["student_trend"]
         lines.append(f"| {name} | {_fmt(r['auroc'])} | {_fmt(r['auroc_fault'])} | "
-                     f"{_fmt(r['auroc_departs'])} | "
+                     f"{_fmt(r['auroc_departs'])} | {_fmt(trend['auroc'])} / "
+                     f"{_fmt(trend['auroc_fault'])} / {_fmt(trend['auroc_departs'])} | "
                      f"{_fmt(r['gate_rate_failed'], '.1%')} | {_fmt(r['gate_precision'])} | "
                      f"{_fmt(r['gate_recall'])} | {_fmt(r['lift'], '.1f')} | "
                      f"{_fmt(r['lift_departs'], '.1f')} | "
@@ -240,10 +259,12 @@ def table(results: dict) -> list[str]:
                      f"{_fmt(r['correct']['positive_cig_on_numbers'], '.0%')} |")
     n = results["null"]
     lines.append(f"| null | max abs CIG {n['max_abs_cig']:.2e}, mean {n['mean_abs_cig']:.2e} over "
-                 f"{n['tokens']} tokens | | | | | | | | | | | |")
+                 f"{n['tokens']} tokens | | | | | | | | | | | | |")
     sur = results["surprise"]
     lines.append(f"| student's own -log p (no reflection) | {_fmt(sur['auroc'])} | "
-                 f"{_fmt(sur['auroc_fault'])} | {_fmt(sur['auroc_departs'])} | | | | | | | | | |")
+                 f"{_fmt(sur['auroc_fault'])} | {_fmt(sur['auroc_departs'])} | | | | | | | | | | |")
+    lines.append(f"student logprob at the first wrong digit: "
+                 f"{_fmt(sur['student_logprob_first_digit'])}")
     reasons = results["self"]["reject_reasons"]
     lines.append(f"self-written reject reasons: {reasons or 'none'}")
     return lines
@@ -259,8 +280,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the server's dtype; float32 by default, since bf16 scores move by up "
                              "to 0.3-0.4 nats with the batch on a bf16 CPU (README \"Engines\"), "
                              "the size of the effects measured here")
+    parser.add_argument("--model", help="embedded name or model folder (default: the embedded "
+                                         "default)")
     args = parser.parse_args(argv)
-    results = run(args.out, args.problems, args.dtype)
+    results = run(args.out, args.problems, args.dtype, args.model)
     print("\n".join(table(results)))
     return 0
 

@@ -166,10 +166,10 @@ def trl_command(port: int) -> tuple[list[str], dict]:
     import os
 
     from amr_sd.engine.base import EngineSettings
-    from amr_sd.engine.models import EMBEDDED_MODEL, resolve_model
+    from amr_sd.engine.models import resolve_model
 
     s = EngineSettings.for_device("cpu")
-    command = [sys.executable, "-m", "bench.trl_launcher", "--model", resolve_model(EMBEDDED_MODEL),
+    command = [sys.executable, "-m", "bench.trl_launcher", "--model", resolve_model(corpus.model()),
                "--host", "127.0.0.1", "--port", str(port), "--dtype", s.dtype,
                "--max_model_len", str(s.max_model_len), "--enforce_eager", "true",
                "--enable_prefix_caching", "false", "--log_level", "warning",

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from bench import corpus
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -135,7 +137,8 @@ def amr_server(log_dir: Path, *extra: str, env: dict[str, str] | None = None) ->
     """`amr-sd serve` on a free port with its defaults for this machine (and `env` on top of
     ours); ready on /readyz."""
     port = free_port()
-    command = [sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port), *extra]
+    command = [sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port), "--model",
+               corpus.model(), *extra]
     return ServerProcess("amr-sd", command, port=port, ready_path="/readyz", log_dir=log_dir,
                          env=None if env is None else {**os.environ, **env})
 

@@ -20,6 +20,8 @@ import json
 import time
 from pathlib import Path
 
+from bench import corpus
+
 
 def dependencies(calls: list[dict]) -> list[list[int]]:
     """For each call, the calls that had ended before it started (the ones it may have waited on)."""
@@ -71,7 +73,6 @@ async def replay(llm, calls: list[dict]) -> float:
 
 async def _main(args) -> dict:
     from amr_sd.engine.base import EngineSettings
-    from amr_sd.engine.models import EMBEDDED_MODEL
     from amr_sd.engine.vllm import VLLMEngine
 
     recording = json.loads(args.record.read_text())
@@ -81,7 +82,7 @@ async def _main(args) -> dict:
         dtype=used["dtype"], kv_cache_gib=used["kv_cache_gib"],
         max_num_batched_tokens=used["max_num_batched_tokens"],
         cpu_threads_bind=used["cpu_threads_bind"], prefix_caching=used.get("prefix_caching"))
-    engine = VLLMEngine.create(EMBEDDED_MODEL, settings)
+    engine = VLLMEngine.create(corpus.model(), settings)
     try:
         await engine.warmup()
         out = {}

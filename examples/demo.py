@@ -1,8 +1,8 @@
-"""`make demo`: start the service on the embedded model, score the example groups through
-AMRClient, show why tokens got their credit, print a summary, stop the service, and write the
-credit viewer (build/demo-view.html) for the scored batch.
+"""`make demo`: start the service on an embedded model, score the groups that model sampled
+itself through AMRClient, show why tokens got their credit and which tokens each critique blamed,
+print a summary, stop the service, and write the credit viewer (build/demo-view.html).
 
-    python examples/demo.py [--in examples/data/groups.jsonl] [--step 0] [--port 8000]
+    python examples/demo.py [--model smollm2-135m-instruct] [--in GROUPS.jsonl] [--step 0]
 """
 
 from __future__ import annotations
@@ -27,10 +27,31 @@ SCORED = Path("build/demo-scored.jsonl")
 VIEW = Path("build/demo-view.html")
 
 
-def start_server(port: int, log_path: Path) -> subprocess.Popen:
+def start_server(port: int, log_path: Path, model: str) -> subprocess.Popen:
     log = log_path.open("wb")
-    return subprocess.Popen([sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port),
+                             "--model", model], stdout=log, stderr=subprocess.STDOUT)
+
+
+def examples_for(model: str) -> Path:
+    """The example groups a model sampled itself: examples/data/groups.jsonl for the default,
+    groups-MODEL.jsonl for another embedded model."""
+    return Path("examples/data") / ("groups.jsonl" if model == EMBEDDED_MODEL
+                                    else f"groups-{model}.jsonl")
+
+
+def critiques(groups: list[dict], result, tok, limit: int = 6) -> None:
+    """Each accepted critique beside the tokens its gate blamed: does it name a real mistake?"""
+    print("\ncritiques the policy wrote, and the tokens their gate blamed:")
+    shown = 0
+    for group_in, group_out in zip(groups, result.groups):
+        for r_in, r_out in zip(group_in["rollouts"], group_out.rollouts):
+            rec = r_out.reflection
+            if r_out.base_advantage >= 0 or rec is None or not rec.accepted or shown >= limit:
+                continue
+            blamed = [tok.decode([t]) for t, g in zip(r_in["token_ids"], r_out.gated or []) if g]
+            print(f"  - {rec.text}\n    blamed: {' '.join(repr(b) for b in blamed) or 'none'}")
+            shown += 1
 
 
 def wait_ready(client: AMRClient, proc: subprocess.Popen, log_path: Path, timeout_s: float = 300) -> None:
@@ -43,16 +64,19 @@ def wait_ready(client: AMRClient, proc: subprocess.Popen, log_path: Path, timeou
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--in", dest="input", type=Path, default=Path("examples/data/groups.jsonl"))
+    parser.add_argument("--model", default=EMBEDDED_MODEL, help="an embedded model name")
+    parser.add_argument("--in", dest="input", type=Path,
+                        help="groups to score (default: the ones the model sampled itself)")
     parser.add_argument("--step", type=int, default=0)
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
+    args.input = args.input or examples_for(args.model)
     groups = [json.loads(line) for line in args.input.read_text().splitlines() if line.strip()]
 
     log_path = Path("build/demo-server.log")
     log_path.parent.mkdir(exist_ok=True)
     t0 = time.perf_counter()
-    proc = start_server(args.port, log_path)
+    proc = start_server(args.port, log_path, args.model)
     try:
         with AMRClient(f"http://127.0.0.1:{args.port}") as client:
             print(f"starting amr-sd on 127.0.0.1:{args.port} (log: {log_path}) ...", flush=True)
@@ -68,7 +92,7 @@ def main() -> None:
     if code != 0:
         sys.exit(f"the service exited with {code} on SIGTERM; its log: {log_path}")
 
-    tok = AutoTokenizer.from_pretrained(resolve_model(EMBEDDED_MODEL))
+    tok = AutoTokenizer.from_pretrained(resolve_model(args.model))
     colour = sys.stdout.isatty()
     shown = set()
     for group_in, group_out in zip(groups, result.groups):
@@ -79,6 +103,8 @@ def main() -> None:
                 label = "successful rollout" if kind == "hint" else "failed rollout"
                 show(label, r_in, r_out.model_dump(), tok, colour)
                 shown.add(kind)
+
+    critiques(groups, result, tok)
 
     s = result.stats
     rows = [

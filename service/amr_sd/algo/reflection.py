@@ -12,6 +12,7 @@ re-attaches both tags before calling :func:`parse_reflection`.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import re
 import threading
@@ -195,8 +196,6 @@ def first_difference(attempt: str, peer: str) -> tuple[str, str] | None:
     one side writes in place of another is where the attempt went wrong. A text diff would point
     at the first line written differently, usually the first.
     """
-    import difflib
-
     def numbers(text: str) -> tuple[list[str], list[str]]:
         lines = text.splitlines()
         found = [(n, k) for k, line in enumerate(lines) for n in _numbers(line)]
