@@ -60,7 +60,7 @@ class ScoringConfig(_Strict):
     kappa: float = Field(
         5.0, gt=0, le=100, description="κ: CIG is clipped to [-κ, κ] before the gate. Paper: 5.")
     cig_correction: Literal["none", "student_trend"] = Field(
-        "none", description="(ours) \"student_trend\" removes, per rollout, CIG's linear trend on the student's logprob before the gate (docs/method.md \"Off-policy rollouts\"): for stale or replayed rollouts, where a token the policy would not write gets a positive CIG from any teacher block. \"none\" is the paper's CIG. Default: none (on fresh samples it changes nothing measurable).")
+        "none", description="(ours) \"student_trend\" removes, per rollout, CIG's linear trend on the student's logprob before the gate (docs/method.md \"Off-policy rollouts\"): for stale or replayed rollouts, where a token the policy would not write gets a positive CIG from any teacher block. \"none\" is the paper's CIG. Default: none (on the policy's own fresh samples it lowered a correct critique's step localisation, docs/fidelity.md).")
     gate_rate_target: float | None = Field(
         None, gt=0, lt=1, description="(ours) Calibrated gate: when set, τ+ and τ- are chosen per request so that about this share of each branch's gateable tokens is gated (τ+ the (1 - rate) quantile of the hints' CIG, τ- that of the critiques' -CIG, never below 0), replacing tau_pos and tau_neg. Streamed groups then all arrive once the whole request is scored. Default: null (fixed τ).")
 
