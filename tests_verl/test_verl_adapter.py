@@ -38,7 +38,9 @@ PROMPT_LENGTH = 96
 RESPONSE_LENGTH = 64
 # Short reflections and no retries keep the service's engine work to seconds; with τ = 0 every
 # token an accepted reflection moves the right way gets credit, so Â varies along those rows.
-FAST = {"max_reflection_tokens": 64, "max_retries": 0, "tau_pos": 0.0, "tau_neg": 0.0}
+FAST = {"max_reflection_tokens": 64, "max_retries": 0, "tau_pos": 0.0, "tau_neg": 0.0,
+        # The recorded groups were chosen for v1: one greedy v1 reflection in each passes the filter.
+        "reflection_template": "v1"}
 
 # Two recorded groups of the embedded model on reasoning-gym chain_sum ("8 - 7 =" and "7 + 4 ="),
 # with their verifier's rewards and feedback. Their responses are short, and one greedy reflection

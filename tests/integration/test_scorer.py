@@ -201,3 +201,31 @@ def test_an_abandoned_generation_stops_at_once_and_leaves_no_engine_work(vllm_en
     # Greedy: the abandoned text is where the full one began, and vLLM holds nothing after it.
     assert full.token_ids[:len(cut.token_ids)] == cut.token_ids
     assert vllm_engine.unfinished_requests() == 0
+
+
+def test_student_trend_correction_is_the_pure_function_of_the_same_passes(engine, run,
+                                                                         example_groups):
+    # cig_correction changes CIG after both passes, never the passes: the corrected answer's
+    # cig is remove_student_trend of the plain answer's (float32 engine: passes repeat exactly).
+    from amr_sd.algo.advantage import remove_student_trend
+
+    groups = [{**g, "rollouts": [{**r, "reflection_override": "Check step 2 again."}
+                                 for r in g["rollouts"]]} for g in example_groups[:2]]
+    returns = {"return": {"cig": True, "logprobs": True}}
+    plain = run(Scorer(engine).score(request(groups, **returns)))
+    fixed = run(Scorer(engine).score(request(groups, config={"cig_correction": "student_trend"},
+                                             **returns)))
+    special = set(engine.tokenizer.all_special_ids)
+    changed = 0
+    for g_in, g_plain, g_fixed in zip(groups, plain.groups, fixed.groups):
+        for r_in, a, b in zip(g_in["rollouts"], g_plain.rollouts, g_fixed.rollouts):
+            if a.cig is None:
+                continue
+            assert b.student_logprobs == a.student_logprobs
+            assert b.teacher_logprobs == a.teacher_logprobs
+            gateable = np.array([t not in special for t in r_in["token_ids"]])
+            expected = remove_student_trend(a.cig, a.student_logprobs, gateable)
+            np.testing.assert_allclose(b.cig, expected, atol=1e-6)
+            assert np.all(np.sign(b.advantages) == np.sign(a.base_advantage))  # G1 holds
+            changed += not np.allclose(b.cig, a.cig)
+    assert changed  # the option did something
