@@ -25,6 +25,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from bench import fidelity_data
+
 OPS = ("+", "-", "*")
 N_STEPS = 5
 FORMAT_LINE = 'Write each step on its own line as "Step k: a op b = c.", then "The answer is N."'
@@ -62,12 +64,10 @@ def make_problem(rng: random.Random) -> tuple[int, list[tuple[str, int]]]:
 
 
 def question(start: int, ops: list[tuple[str, int]]) -> str:
-    """The chain as nested parentheses, then the exact format the checker reads."""
-    expression = str(start)
-    for op, value in ops:
-        expression = f"({expression} {op} {value})"
-    return (f"Compute {expression[1:-1] if ops else expression}, one operation at a time from the "
-            f"innermost parentheses.\n{FORMAT_LINE}")
+    """The synthetic bench's question, its last sentence replaced by the exact format the
+    checker reads."""
+    asked = fidelity_data.question(start, ops)
+    return asked[:asked.index(" Write each step")] + f"\n{FORMAT_LINE}"
 
 
 def truth(start: int, ops: list[tuple[str, int]]) -> list[int]:
