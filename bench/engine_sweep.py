@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import corpus, host, procs, report
+from bench import host, procs, report
 
 DTYPES = ("bfloat16", "float32")
 TOKEN_BUDGETS = (2048, 4096, 8192)

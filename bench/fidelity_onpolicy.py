@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import json
 import os
 import re
@@ -126,6 +125,8 @@ def build(problems: list[dict], tokenizer, max_correct: int = 2) -> tuple[list[d
         for i in located:
             i["labels"] = onpolicy_data.token_labels(tokenizer, i["token_ids"], i["text"],
                                                      i["check"])
+            # What a critique must state to correct the step: the right chain's value there.
+            i["right_value"] = onpolicy_data.truth(p["start"], p["ops"])[i["check"].first_wrong_step - 1]
             counts[f"scored {i['verdict']}"] += 1
             counts["fault at the last step"] += i["check"].first_wrong_step == len(p["ops"])
         if not located:
@@ -188,7 +189,6 @@ def rows(groups: list[dict], answer, correction: str) -> list[dict]:
             rec = r.reflection
             out.append({"item": item, "cig": cig, "gated": gated, "student": student,
                         "gateable": gateable, "labels": lab, "correct": item["correct"],
-                        "accepted": rec is None or rec.accepted or rec.source == "override",
                         "reflection": rec})
     return out
 
@@ -198,7 +198,7 @@ def figures(rs: list[dict], boot: int = 1000) -> dict:
     correct = [r for r in rs if r["correct"]]
 
     def pooled(sub, score_of):
-        first, number, after, before, s_first = [], [], [], [], []
+        first, number, after, before = [], [], [], []
         for r in sub:
             lab, keep = r["labels"], r["gateable"]
             score = score_of(r)
@@ -267,8 +267,7 @@ def reflections(rs: list[dict]) -> dict:
                     continue
                 k = check.first_wrong_step
                 name = re.search(rf"\bstep\s*{k}\b", rec.text, re.IGNORECASE) is not None
-                p = r["item"].get("problem_truth")
-                state = p is not None and _states(rec.text, p)
+                state = _states(rec.text, r["item"]["right_value"])
                 names, states, both = names + name, states + state, both + (name and state)
             accepted = sum(rec.accepted for rec in recs) or 1
             out[side].update(names_step=names / accepted, states_right_value=states / accepted,
@@ -312,12 +311,6 @@ def run(model: str, split: str = "heldout", out_dir: Path = OUT_DIR, dtype: str 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
     groups, counts = build(problems, tokenizer)
     groups = groups[:max_groups] if max_groups else groups
-    for g in groups:
-        for item in g["items"]:
-            if not item["correct"]:
-                k = item["check"].first_wrong_step
-                item["problem_truth"] = onpolicy_data.truth(g["problem"]["start"],
-                                                            g["problem"]["ops"])[k - 1]
     results = {"data": {"model": model, "split": split, "sampled": meta, "dtype": dtype,
                         "counts": counts, "groups": len(groups)}, "contexts": {}}
     if not groups:  # e.g. a model that never gets a chain right: nothing to compare a failure with
