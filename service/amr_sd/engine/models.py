@@ -83,11 +83,6 @@ def part_paths(model: EmbeddedModel) -> list[Path]:
     return paths
 
 
-def embedded_gguf_path() -> Path:
-    """The default model's GGUF file, as its package ships it."""
-    return part_paths(EMBEDDED[EMBEDDED_MODEL])[0]
-
-
 def join_parts(parts: list[Path], out: Path, *, size: int, sha256: str) -> None:
     """Concatenate `parts` into `out`, checking the total size and sha256 as it goes.
 
