@@ -260,7 +260,7 @@ def reflections(rs: list[dict]) -> dict:
         out[side] = {"n": len(recs), "acceptance": float(np.mean([rec.accepted for rec in recs])),
                      "reject_reasons": dict(reasons)}
         if side == "critique":
-            names = states = both = 0
+            names = states = both = repeats = 0
             for r in sub:
                 rec, check = r["reflection"], r["item"]["check"]
                 if rec is None or not rec.accepted or not rec.text:
@@ -269,9 +269,14 @@ def reflections(rs: list[dict]) -> dict:
                 name = re.search(rf"\bstep\s*{k}\b", rec.text, re.IGNORECASE) is not None
                 state = _states(rec.text, r["item"]["right_value"])
                 names, states, both = names + name, states + state, both + (name and state)
+                # The wrong number the attempt wrote there (an operation sign is not one).
+                written = r["item"]["text"][slice(*check.wrong_span)].replace("−", "-")
+                repeats += re.fullmatch(r"-?\d+", written) is not None and \
+                    int(written) != r["item"]["right_value"] and _states(rec.text, int(written))
             accepted = sum(rec.accepted for rec in recs) or 1
             out[side].update(names_step=names / accepted, states_right_value=states / accepted,
-                             names_and_states=both / accepted)
+                             names_and_states=both / accepted,
+                             repeats_wrong_value=repeats / accepted)
     return out
 
 
@@ -441,7 +446,8 @@ def table(results: dict) -> list[str]:
         for side, r in per.get("reflections", {}).items():
             extra = "" if side == "hint" else (
                 f", names the step {_fmt(r['names_step'], '.0%')}, states its right value "
-                f"{_fmt(r['states_right_value'], '.0%')}, both {_fmt(r['names_and_states'], '.0%')}")
+                f"{_fmt(r['states_right_value'], '.0%')}, both {_fmt(r['names_and_states'], '.0%')}, "
+                f"repeats the wrong value {_fmt(r.get('repeats_wrong_value'), '.0%')}")
             lines.append(f"{name} {side}s: {r['n']}, accepted {_fmt(r['acceptance'], '.0%')}, "
                          f"rejects {r['reject_reasons'] or 'none'}{extra}")
     return lines

@@ -58,6 +58,7 @@ class _Work:
     # What its reflection must not state or copy (the leak filter's inputs).
     leak_answers: list[str] = field(default_factory=list)
     leak_sources: list[str] = field(default_factory=list)
+    leak_mistakes: list[str] = field(default_factory=list)
     record: ReflectionRecord | None = None
     cache_key: str | None = None
     accepted_text: str | None = None
@@ -225,6 +226,11 @@ class Scorer:
             if p.answer:
                 w.leak_answers.append(p.answer)
             w.leak_sources.append(p.text)
+        # v2 asks a critique to write the faulty step out right; one that also restates the
+        # attempt's wrong value raises it in the teacher (docs/fidelity.md), so it is refused.
+        if w.kind == reflection.CRITIQUE and cfg.reflection_template == "v2" and peer_text:
+            w.leak_mistakes = reflection.mistaken_numbers(reflection.strip_think(w.text),
+                                                          peer_text)
 
     def _teacher_prompt(self, w: _Work, text: str) -> list[int]:
         block = reflection.teacher_block(w.kind, text)
@@ -387,7 +393,8 @@ class Scorer:
                         "temperature": cfg.reflection_temperature,
                         "retry_temperature": cfg.retry_temperature, "max_retries": cfg.max_retries},
             leak_filter={"answers": w.leak_answers, "sources": w.leak_sources,
-                         "ngram": cfg.ngram_overlap, "version": reflection.FILTER_VERSION})
+                         "mistakes": w.leak_mistakes, "ngram": cfg.ngram_overlap,
+                         "version": reflection.FILTER_VERSION})
 
     def _accept(self, w: _Work, output: str, cfg: ScoringConfig) -> bool:
         record = w.record
@@ -400,7 +407,7 @@ class Scorer:
             reason = reflection.leak_reason(
                 text, reflection_token_ids=self.tokenizer.encode(text, add_special_tokens=False),
                 max_reflection_tokens=cfg.max_reflection_tokens, answers=w.leak_answers,
-                sources=w.leak_sources, ngram=cfg.ngram_overlap)
+                sources=w.leak_sources, ngram=cfg.ngram_overlap, mistakes=w.leak_mistakes)
         if reason is None:
             record.accepted, record.reject_reason = True, None
             w.accepted_text = text

@@ -19,6 +19,7 @@ from amr_sd.algo.reflection import (
     extract_answer,
     first_difference,
     leak_reason,
+    mistaken_numbers,
     opening_tag,
     parse_reflection,
     quality_reason,
@@ -575,6 +576,7 @@ def test_reject_reasons_are_their_metric_strings():
         "stray_tag",
         "meta_text",
         "repetition",
+        "repeats_mistake",
     ]
     assert RejectReason.EMPTY == "empty"
 
@@ -643,3 +645,32 @@ def test_an_intermediate_correction_passes_and_a_last_step_correction_is_the_ans
     assert accept(middle, answers=["148"]) is None
     last = "Step 3 is wrong: Step 3: 168 - 20 = 148."
     assert accept(last, answers=["148"]) is RejectReason.CONTAINS_ANSWER
+
+
+def test_mistaken_numbers_are_the_departing_lines_numbers_the_peer_never_writes():
+    assert mistaken_numbers(ATTEMPT, PEER) == ["178"]
+    # A wrong operand copied from nowhere: the operand and the result it led to; "4" is the
+    # peer's too, so restating it is no mistake.
+    operand = "Step 1: 12 + 30 = 42.\nStep 2: 43 * 4 = 172.\nStep 3: 172 - 20 = 152."
+    assert mistaken_numbers(operand, PEER) == ["43", "172"]
+    # Negative and comma-grouped numbers compare by value.
+    assert mistaken_numbers("Step 1: 5 - 1,050 = -1,055", "Step 1: 5 - 1050 = -1045") == ["-1055"]
+
+
+def test_mistaken_numbers_of_an_attempt_that_never_departs_is_empty():
+    assert mistaken_numbers(ATTEMPT, ATTEMPT) == []
+    assert mistaken_numbers("Step 1: 12 + 30 = 42.", ATTEMPT) == []
+
+
+def test_a_critique_that_restates_the_wrong_value_is_refused():
+    mistakes = mistaken_numbers(ATTEMPT, PEER)
+    assert accept("Step 2 should be: 42 * 4 = 168.", mistakes=mistakes) is None
+    assert accept("Step 2 should be: 42 * 4 = 168, not 178.", mistakes=mistakes) is \
+        RejectReason.REPEATS_MISTAKE
+    # By value, as a whole number: "178.0" is the mistake, "1780" and "x178" are not.
+    assert accept("Step 2 gives 178.0, recheck it.", mistakes=mistakes) is \
+        RejectReason.REPEATS_MISTAKE
+    assert accept("Step 2: 42 * 4 = 168, and 1780 / 10 is another number.",
+                  mistakes=mistakes) is None
+    # Without mistakes (a hint, v1, no peer) the same text passes.
+    assert accept("Step 2 should be: 42 * 4 = 168, not 178.") is None

@@ -322,6 +322,49 @@ def test_an_abandoned_reflection_is_rejected_for_its_answer_phrase_and_retried(t
     assert answer.stats.reflections_generated == 6
 
 
+class RestatingWriter(NoCallEngine):
+    """A critic whose greedy critique corrects step 2 and also restates its wrong value, and
+    whose retries do not; hints are plain. Scoring returns zeros."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer)
+        self.critiques = 0
+
+    async def generate(self, prompts, params, adapter=None):
+        from amr_sd.engine.base import Generation
+
+        if "INCORRECT" in self.tokenizer.decode(prompts[0]):
+            self.critiques += 1
+            text = "Step 2 should be: 42 * 4 = 168, not 178." if params.seed is None else \
+                "Step 2 should be: 42 * 4 = 168."
+        else:
+            text = "Step 2 is the easiest to get wrong."
+        return [Generation(text + "</critique>", (), "stop") for _ in prompts]
+
+    async def score(self, sequences, start_indices, adapter=None):
+        import numpy as np
+
+        return [np.zeros(len(seq) - start) for seq, start in zip(sequences, start_indices)]
+
+
+@pytest.mark.parametrize("template, reasons", [("v2", ["repeats_mistake"]), ("v1", [])])
+def test_a_v2_critique_restating_the_attempts_wrong_value_is_refused_and_retried(
+        tokenizer, template, reasons):
+    attempt = "Step 1: 12 + 30 = 42.\nStep 2: 42 * 4 = 178.\nStep 3: 178 - 20 = 158."
+    peer = "Step 1: 12 + 30 = 42.\nStep 2: 42 * 4 = 168.\nStep 3: 168 - 20 = 148."
+    rollouts = [{"token_ids": tokenizer.encode(text, add_special_tokens=False), "reward": r}
+                for text, r in ((peer, 1.0), (attempt, 0.0))]
+    req = ScoreRequest.model_validate({
+        "step": 0, "config": {"reflection_template": template, "max_retries": 2},
+        "groups": [{"prompt": {"messages": MESSAGES}, "rollouts": rollouts}]})
+    engine = RestatingWriter(tokenizer)
+    critique = asyncio.run(Scorer(engine).score(req)).groups[0].rollouts[1].reflection
+    assert critique.accepted and critique.reject_reasons == reasons
+    assert critique.text == ("Step 2 should be: 42 * 4 = 168." if reasons else
+                             "Step 2 should be: 42 * 4 = 168, not 178.")
+    assert engine.critiques == 1 + len(reasons)
+
+
 class CigByKind(NoCallEngine):
     """Scores the student context 0 and the teacher +3 (hint) or -3 (critique) on the first
     `marked` response tokens: pure gate and stats logic, no model numerics."""

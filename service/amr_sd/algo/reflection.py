@@ -24,8 +24,8 @@ from decimal import Decimal, InvalidOperation
 # version is never served for another. ScoringConfig.reflection_template picks one per request.
 TEMPLATE_VERSIONS = ("v1", "v2")
 # Also in the cache key: bump it whenever the filter's checks change, so a record the old filter
-# accepted is judged again. 3: the copy check counts words, not tokens.
-FILTER_VERSION = "3"
+# accepted is judged again. 3: the copy check counts words, not tokens. 4: REPEATS_MISTAKE.
+FILTER_VERSION = "4"
 
 HINT = "hint"
 CRITIQUE = "critique"
@@ -118,6 +118,7 @@ class RejectReason(str, enum.Enum):
     STRAY_TAG = "stray_tag"
     META_TEXT = "meta_text"
     REPETITION = "repetition"
+    REPEATS_MISTAKE = "repeats_mistake"
 
 
 # Lower-cased, whitespace-collapsed phrases that announce an answer rather than guide toward it.
@@ -187,6 +188,24 @@ def _given(value: str | None) -> bool:
     return value is not None and value.strip() != ""
 
 
+def _first_departure(attempt: str, peer: str):
+    # Each text's numbers with the index and text of their line, the two number streams aligned
+    # (difflib), and the first place where one side writes other numbers than the other:
+    # (attempt, peer, i, j) with i, j the first differing positions, or None when they never do.
+    def numbers(text: str) -> list[tuple[str, int, str]]:
+        lines = text.splitlines()
+        return [(n, k, " ".join(line.split())) for k, line in enumerate(lines)
+                for n in _numbers(line)]
+
+    a, b = numbers(attempt), numbers(peer)
+    matcher = difflib.SequenceMatcher(None, [n for n, _, _ in a], [n for n, _, _ in b],
+                                      autojunk=False)
+    for op, i, _, j, _ in matcher.get_opcodes():
+        if op == "replace":
+            return a, b, i, j
+    return None
+
+
 def first_difference(attempt: str, peer: str) -> tuple[str, str] | None:
     """(ours) Where an attempt's numbers first depart from a verified peer's, as (the attempt's
     line, the peer's line) holding those numbers; None when they never do.
@@ -196,17 +215,27 @@ def first_difference(attempt: str, peer: str) -> tuple[str, str] | None:
     one side writes in place of another is where the attempt went wrong. A text diff would point
     at the first line written differently, usually the first.
     """
-    def numbers(text: str) -> tuple[list[str], list[str]]:
-        lines = text.splitlines()
-        found = [(n, k) for k, line in enumerate(lines) for n in _numbers(line)]
-        return [n for n, _ in found], [" ".join(lines[k].split()) for _, k in found]
+    found = _first_departure(attempt, peer)
+    if found is None:
+        return None
+    a, b, i, j = found
+    return a[i][2], b[j][2]
 
-    (a, a_lines), (b, b_lines) = numbers(attempt), numbers(peer)
-    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    for op, i, _, j, _ in matcher.get_opcodes():
-        if op == "replace":
-            return a_lines[i], b_lines[j]
-    return None
+
+def mistaken_numbers(attempt: str, peer: str) -> list[str]:
+    """(ours) The numbers of the attempt's line where it first departs from a verified peer
+    (:func:`first_difference`), from the departure on, that the peer writes nowhere: the
+    attempt's mistake, e.g. ["178"] for "42 * 4 = 178" against "42 * 4 = 168", ["43", "172"] for
+    a wrong operand "43 * 4 = 172". A critique that restates one puts the wrong value into the
+    teacher's context, which raises the very token the critique should lower (REPEATS_MISTAKE)."""
+    found = _first_departure(attempt, peer)
+    if found is None:
+        return []
+    a, b, i, _ = found
+    line = a[i][1]
+    peer_values = {Decimal(n) for n, _, _ in b}
+    wrong = [n for n, k, _ in a[i:] if k == line and Decimal(n) not in peer_values]
+    return list(dict.fromkeys(wrong))
 
 
 def writer_prompt(
@@ -461,13 +490,16 @@ def leak_reason(
     answers: Sequence[str] = (),
     sources: Sequence[str] = (),
     ngram: int = 8,
+    mistakes: Sequence[str] = (),
 ) -> RejectReason | None:
     """Why ``reflection`` must not reach the teacher, or None to accept it (docs/method.md step 5).
 
     Checks in order: TOO_LONG, ANSWER_PHRASE, then the quality checks of
     :func:`quality_reason` (STRAY_TAG, META_TEXT, REPETITION), CONTAINS_ANSWER (the reference
     answer and the correct peers' extracted answers), NGRAM_OVERLAP (a run of ``ngram`` words,
-    :func:`words`, shared with a peer or reference text the writer saw). ANSWER_PHRASE comes
+    :func:`words`, shared with a peer or reference text the writer saw), REPEATS_MISTAKE (a
+    number of ``mistakes``, :func:`mistaken_numbers`: the wrong value the critique was asked to
+    correct, not to repeat). ANSWER_PHRASE comes
     before the quality checks so that a writer abandoned at an answer phrase gets the reason it
     would have got had it decoded to the end.
     """
@@ -483,4 +515,7 @@ def leak_reason(
     mine = words(reflection)
     if any(shares_ngram(mine, words(source), ngram) for source in sources):
         return RejectReason.NGRAM_OVERLAP
+    wrong = {Decimal(n) for n in mistakes}
+    if wrong and any(Decimal(n) in wrong for n in _numbers(reflection)):
+        return RejectReason.REPEATS_MISTAKE
     return None
