@@ -321,3 +321,31 @@ def test_the_value_critique_writes_the_faulty_step_out_right():
     copied = od.solution(START, OPS).replace("42 * 4 = 168", "24 * 4 = 96")
     item = {"correct": False, "check": od.check(copied, START, OPS), "feedback": "F"}
     assert "42 * 4 = 168" in fo.overrides("value", problem, item)
+
+
+# ---- what the written critiques say -------------------------------------------------------------
+
+
+def test_critique_figures_count_naming_the_step_stating_its_value_and_repeating_the_mistake():
+    from amr_client.schemas import ReflectionRecord
+    from bench.fidelity_onpolicy import reflections
+
+    check = od.check(SLIP, START, OPS)
+    item = {"text": SLIP, "check": check, "right_value": 168}
+
+    def row(text, accepted=True, reasons=()):
+        record = ReflectionRecord(kind="critique", text=text, accepted=accepted,
+                                  reject_reasons=list(reasons))
+        return {"correct": False, "item": item, "reflection": record}
+
+    figures = reflections([
+        row("Step 2 should be: 42 * 4 = 168."),  # names, states
+        row("Step 2 should be: 42 * 4 = 168, not 158."),  # names, states, repeats
+        row("Step 3 should be: 148 - 20 = 128."),  # neither
+        row("Step 2: 42 * 4 = 158 is wrong.", accepted=False, reasons=["repeats_mistake"]),
+    ])["critique"]
+    assert figures["n"] == 4 and figures["acceptance"] == 0.75
+    assert figures["reject_reasons"] == {"repeats_mistake": 1}
+    assert figures["names_step"] == pytest.approx(2 / 3)
+    assert figures["states_right_value"] == pytest.approx(2 / 3)
+    assert figures["repeats_wrong_value"] == pytest.approx(1 / 3)
