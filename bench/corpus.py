@@ -96,6 +96,28 @@ def model() -> str:
     return os.environ.get("AMR_BENCH_MODEL", EMBEDDED_MODEL)
 
 
+def example_groups() -> list[dict]:
+    """The example groups for the measured model: the ones it sampled itself where they are
+    shipped (examples/data/groups-MODEL.jsonl); otherwise the embedded default's, whose token ids
+    are that model's, re-tokenised from their text for any other model."""
+    from amr_sd.engine.models import EMBEDDED_MODEL
+
+    def read(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    own = EXAMPLES.with_name(f"groups-{model()}.jsonl")
+    if model() == EMBEDDED_MODEL or not own.exists():
+        rows = read(EXAMPLES)
+        if model() != EMBEDDED_MODEL:
+            tok = load_tokenizer()
+            for g in rows:
+                g["prompt"].pop("prompt_token_ids", None)
+                for r in g["rollouts"]:
+                    r["token_ids"] = tok.encode(r["text"], add_special_tokens=False)
+        return rows
+    return read(own)
+
+
 def load_tokenizer(name: str | None = None):
     """A model's tokenizer (the measured model's unless named), without starting an engine."""
     from transformers import AutoTokenizer

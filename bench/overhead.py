@@ -31,7 +31,7 @@ from bench import corpus, procs
 
 def _workloads(quick: bool) -> dict:
     tok = corpus.load_tokenizer()
-    examples = [json.loads(line) for line in corpus.EXAMPLES.read_text().splitlines() if line.strip()]
+    examples = corpus.example_groups()
     # The size for (a) is 64 x 8 x 256; on 2 CPU cores that is ~10 minutes per side, so
     # the default run takes a quarter of it (same shape) and --quick less.
     n_groups, n_examples = (2, 4) if quick else (16, 12)
