@@ -1,6 +1,8 @@
-"""math-verify equivalence, bounded in time from any thread.
+"""math-verify equivalence, bounded in time from any thread: the leak filter's `equal`.
 
-math-verify bounds sympy (which can hang on inputs like 10^{10^{10}}) with signal.alarm, which
+The filter (amr_sd.algo.reflection) is pure and takes this check as a callable; the scorer passes
+:func:`equal`. math-verify is a dependency, not an option: :func:`require` fails start-up when it
+is missing, so the filter never runs without it. math-verify bounds sympy (which can hang on inputs like 10^{10^{10}}) with signal.alarm, which
 works only in a process's main thread. The scorer runs the leak filter in worker threads so the
 event loop keeps answering; there the check runs in a one-process pool instead, where it is that
 process's main thread, with a second bound on the whole call. A call past that bound kills the
@@ -14,8 +16,12 @@ import concurrent.futures
 import logging
 import multiprocessing
 import threading
+from collections.abc import Sequence
 
 log = logging.getLogger("amr_sd.mathcheck")
+
+# math_verify's own timeouts (signal.alarm) bound each parse and verify.
+PARSE_TIMEOUT_S = 1
 
 # math-verify's own timeouts are 1 s per parse/verify; this bounds a whole call, start-up of a
 # fresh worker (importing sympy, ~2 s) included.
@@ -61,9 +67,47 @@ def run_bounded(fn, *args, timeout_s: float = CALL_TIMEOUT_S):
         raise
 
 
-def equal_in_worker(answer: str, candidates: list[str]) -> bool:
-    from amr_sd.algo.reflection import math_equal
+def require() -> None:
+    """Fail at start-up, naming the fix, when math-verify cannot be imported."""
+    try:
+        import math_verify  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError("the leak filter needs math-verify (pip install 'math-verify>=0.9'); "
+                           f"importing it failed: {exc}") from exc
 
+
+def _as_math(text: str) -> str:
+    # math_verify.parse reads "\sqrt{2}" or "x^2+1" only inside math delimiters.
+    text = text.strip()
+    return text if text.startswith(("$", "\\(", "\\[")) else f"${text}$"
+
+
+def math_equal(answer: str, candidates: Sequence[str]) -> bool:
+    """The check itself, bounded by math_verify's signal timeouts: a main thread only. A parser
+    failure on odd input counts as "not equal"; a missing math-verify raises (see require)."""
+    from math_verify import parse, verify
+
+    try:
+        gold = parse(_as_math(answer), parsing_timeout=PARSE_TIMEOUT_S)
+        if not gold:
+            return False
+        for candidate in candidates:
+            target = parse(_as_math(candidate), parsing_timeout=PARSE_TIMEOUT_S)
+            if target and verify(gold, target, timeout_seconds=PARSE_TIMEOUT_S):
+                return True
+    except Exception:  # any parser failure: fall back to the text checks, never crash the filter
+        return False
+    return False
+
+
+def equal(answer: str, candidates: Sequence[str]) -> bool:
+    """math-verify equivalence of ``answer`` with any candidate, from any thread: in the main
+    thread directly; elsewhere (the scorer runs the filter in worker threads) in the worker
+    process, where a call past CALL_TIMEOUT_S counts as "not equal"."""
+    if not candidates:
+        return False
+    if threading.current_thread() is threading.main_thread():
+        return math_equal(answer, candidates)
     try:
         return run_bounded(math_equal, answer, list(candidates))
     except (TimeoutError, concurrent.futures.process.BrokenProcessPool):

@@ -32,6 +32,7 @@ from amr_client.schemas import (
     ScoringConfig,
     Timings,
 )
+from amr_sd import mathcheck
 from amr_sd.algo import advantage, reflection
 from amr_sd.algo.context import render_prompt, splice, with_block
 from amr_sd.cache import (ReflectionCache, pack_logprobs, reflection_key, score_context, score_key,
@@ -91,6 +92,7 @@ class Plan:
 class Scorer:
     def __init__(self, engine: Engine, defaults: ScoringConfig | None = None,
                  cache: ReflectionCache | None = None, score_cache: ReflectionCache | None = None):
+        mathcheck.require()  # the leak filter never runs without its equivalence check
         self.engine = engine
         self.defaults = defaults or ScoringConfig()
         self.cache = cache
@@ -407,7 +409,8 @@ class Scorer:
             reason = reflection.leak_reason(
                 text, reflection_token_ids=self.tokenizer.encode(text, add_special_tokens=False),
                 max_reflection_tokens=cfg.max_reflection_tokens, answers=w.leak_answers,
-                sources=w.leak_sources, ngram=cfg.ngram_overlap, mistakes=w.leak_mistakes)
+                sources=w.leak_sources, ngram=cfg.ngram_overlap, mistakes=w.leak_mistakes,
+                equal=mathcheck.equal)
         if reason is None:
             record.accepted, record.reject_reason = True, None
             w.accepted_text = text

@@ -5,6 +5,7 @@ import threading
 
 import pytest
 
+from amr_sd import mathcheck
 from amr_sd.algo import reflection as rf
 from amr_sd.algo.reflection import (
     CRITIQUE,
@@ -15,7 +16,6 @@ from amr_sd.algo.reflection import (
     TEMPLATE_VERSIONS,
     RejectReason,
     closing_tag,
-    contains_answer,
     extract_answer,
     first_difference,
     leak_reason,
@@ -36,7 +36,13 @@ CLEAN_HINT = "What happens to the sum if you pair the first term with the last o
 def accept(reflection, **kwargs):
     kwargs.setdefault("reflection_token_ids", [1, 2, 3])
     kwargs.setdefault("max_reflection_tokens", 128)
+    kwargs.setdefault("equal", mathcheck.equal)
     return leak_reason(reflection, **kwargs)
+
+
+def contains_answer(text, answer):
+    """The check as the service runs it: with math-verify's equivalence (amr_sd.mathcheck)."""
+    return rf.contains_answer(text, answer, mathcheck.equal)
 
 
 # --- templates and writer prompts ---------------------------------------------------------------
@@ -351,48 +357,11 @@ def test_blank_answer_never_matches():
     assert not contains_answer("anything 12", "  ")
 
 
-def test_math_verify_runs_outside_the_main_thread_in_a_worker_process():
-    # Its signal.alarm timeouts cannot run in a thread, so the check moves to a process's main
-    # thread (amr_sd.mathcheck) instead of being skipped.
-    results = {}
-
-    def check():
-        results["latex"] = contains_answer("It is $\\frac{1}{2}$.", "0.5")
-        results["number"] = contains_answer("It is 12.0.", "12")
-
-    worker = threading.Thread(target=check)
-    worker.start()
-    worker.join()
-    assert results == {"latex": True, "number": True}
-
-
-def test_a_check_past_its_bound_is_stopped_and_the_next_one_still_runs(caplog):
-    import time
-
-    from amr_sd import mathcheck
-
-    with pytest.raises(TimeoutError):
-        mathcheck.run_bounded(time.sleep, 30, timeout_s=3)
-    assert "worker was stopped" in caplog.text
-    assert mathcheck.run_bounded(abs, -2) == 2  # a fresh worker
-
-
-def test_missing_math_verify_falls_back_to_string_and_number_checks(monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "math_verify", None)  # makes the import raise ImportError
-    assert not contains_answer("It is $\\frac{1}{2}$.", "0.5")
-    assert contains_answer("It is 0.50.", "0.5")
-
-
-def test_math_verify_failure_falls_back_instead_of_raising(monkeypatch):
-    import math_verify
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("parser exploded")
-
-    monkeypatch.setattr(math_verify, "parse", broken)
-    assert not contains_answer("It is $\\frac{1}{2}$.", "0.5")
+def test_without_an_equivalence_check_only_numbers_and_text_match():
+    # The filter is pure: math-verify comes from its caller (the service passes mathcheck.equal).
+    assert not rf.contains_answer("It is $\\frac{1}{2}$.", "0.5")
+    assert rf.contains_answer("It is 0.50.", "0.5")
+    assert rf.contains_answer("It is $\\frac{1}{2}$.", "0.5", mathcheck.equal)
 
 
 # --- shares_ngram --------------------------------------------------------------------------------
@@ -583,7 +552,8 @@ def test_reject_reasons_are_their_metric_strings():
 
 def test_module_has_no_engine_network_clock_or_logging_imports():
     source = open(rf.__file__).read()
-    for banned in ("import logging", "import time", "import socket", "httpx", "vllm", "torch"):
+    for banned in ("import logging", "import time", "import socket", "httpx", "vllm", "torch",
+                   "import threading", "import amr_sd", "from amr_sd.mathcheck", "math_verify import"):
         assert banned not in source
 
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 import difflib
 import enum
 import re
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 
 # Part of the reflection cache key: add a version whenever any text below that the writer or the
@@ -150,8 +149,11 @@ _NUMBER = re.compile(
     r"(?:(?<![\w.)\]}])-)?(?<![\w.^])(?<!\^\{)(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 )
 _MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
-# math_verify's timeouts use signal.alarm; they bound sympy on inputs like 10^{10^{10}}.
-_MATH_VERIFY_TIMEOUT_S = 1
+
+# Whether ``answer`` is mathematically equal to any of ``candidates`` (math-verify). The filter
+# takes it from its caller, so this module stays pure: the service passes amr_sd.mathcheck.equal,
+# which bounds sympy in time from any thread.
+Equal = Callable[[str, Sequence[str]], bool]
 
 
 def _check_kind(kind: str) -> str:
@@ -358,45 +360,6 @@ def _as_decimal(text: str) -> Decimal | None:
         return None
 
 
-def _as_math(text: str) -> str:
-    # math_verify.parse reads "\sqrt{2}" or "x^2+1" only inside math delimiters.
-    text = text.strip()
-    return text if text.startswith(("$", "\\(", "\\[")) else f"${text}$"
-
-
-def _math_verify_equal(answer: str, candidates: Sequence[str]) -> bool:
-    """math_verify equivalence of ``answer`` with any candidate; False when it cannot run.
-
-    Its timeouts use signal.alarm, which works only in the main thread; from any other thread
-    the same check runs in a worker process (`amr_sd.mathcheck`), never unbounded and never
-    skipped (sympy can hang on 10^{10^{10}}).
-    """
-    if not candidates:
-        return False
-    if threading.current_thread() is not threading.main_thread():
-        from amr_sd.mathcheck import equal_in_worker
-
-        return equal_in_worker(answer, list(candidates))
-    return math_equal(answer, candidates)
-
-
-def math_equal(answer: str, candidates: Sequence[str]) -> bool:
-    """The check itself, bounded by math_verify's signal timeouts: main thread only."""
-    try:
-        from math_verify import parse, verify
-
-        gold = parse(_as_math(answer), parsing_timeout=_MATH_VERIFY_TIMEOUT_S)
-        if not gold:
-            return False
-        for candidate in candidates:
-            target = parse(_as_math(candidate), parsing_timeout=_MATH_VERIFY_TIMEOUT_S)
-            if target and verify(gold, target, timeout_seconds=_MATH_VERIFY_TIMEOUT_S):
-                return True
-    except Exception:  # ImportError, or any parser failure: fall back, never crash the filter.
-        return False
-    return False
-
-
 def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -413,13 +376,14 @@ def _contains_text(text: str, answer: str) -> bool:
     return re.search(left + re.escape(needle) + right, haystack, flags) is not None
 
 
-def contains_answer(text: str, answer: str) -> bool:
+def contains_answer(text: str, answer: str, equal: Equal | None = None) -> bool:
     """True if ``text`` states ``answer`` (docs/method.md step 5).
 
     A numeric answer matches any whole number in the text of equal value ("12.0", "1,000",
     never the "2" inside "12"); another answer matches as a whitespace- and case-normalised
-    substring. Both also match a ``$…$``/``\\(…\\)`` expression that math_verify finds equivalent
-    ("0.5" in "$\\frac{1}{2}$"), and a non-numeric answer a number that it finds equivalent.
+    substring. With ``equal`` (math-verify equivalence), both also match a ``$…$``/``\\(…\\)``
+    expression it finds equivalent ("0.5" in "$\\frac{1}{2}$"), and a non-numeric answer a number
+    that it finds equivalent.
     """
     answer = answer.strip()
     if not answer:
@@ -429,10 +393,11 @@ def contains_answer(text: str, answer: str) -> bool:
     if value is not None:
         if any(Decimal(number) == value for number in _numbers(text)):
             return True
-        return _math_verify_equal(answer, spans)
+        return equal is not None and bool(spans) and equal(answer, spans)
     if _contains_text(text, answer):
         return True
-    return _math_verify_equal(answer, spans + _numbers(text))
+    candidates = spans + _numbers(text)
+    return equal is not None and bool(candidates) and equal(answer, candidates)
 
 
 def words(text: str) -> list[str]:
@@ -491,12 +456,14 @@ def leak_reason(
     sources: Sequence[str] = (),
     ngram: int = 8,
     mistakes: Sequence[str] = (),
+    equal: Equal | None = None,
 ) -> RejectReason | None:
     """Why ``reflection`` must not reach the teacher, or None to accept it (docs/method.md step 5).
 
     Checks in order: TOO_LONG, ANSWER_PHRASE, then the quality checks of
     :func:`quality_reason` (STRAY_TAG, META_TEXT, REPETITION), CONTAINS_ANSWER (the reference
-    answer and the correct peers' extracted answers), NGRAM_OVERLAP (a run of ``ngram`` words,
+    answer and the correct peers' extracted answers, :func:`contains_answer` with ``equal``),
+    NGRAM_OVERLAP (a run of ``ngram`` words,
     :func:`words`, shared with a peer or reference text the writer saw), REPEATS_MISTAKE (a
     number of ``mistakes``, :func:`mistaken_numbers`: the wrong value the critique was asked to
     correct, not to repeat). ANSWER_PHRASE comes
@@ -510,7 +477,7 @@ def leak_reason(
     quality = quality_reason(reflection)
     if quality is not None:
         return quality
-    if any(answer and contains_answer(reflection, answer) for answer in answers):
+    if any(answer and contains_answer(reflection, answer, equal) for answer in answers):
         return RejectReason.CONTAINS_ANSWER
     mine = words(reflection)
     if any(shares_ngram(mine, words(source), ngram) for source in sources):
