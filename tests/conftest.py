@@ -33,14 +33,9 @@ from pathlib import Path
 import pytest
 
 from amr_sd.engine.models import EMBEDDED_MODEL
+from bench.procs import free_port
 
 REDIS_START_TIMEOUT_S = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pings(port: int) -> bool:
@@ -58,7 +53,7 @@ def redis_url(tmp_path_factory):
     if exe is None:
         pytest.fail("redis-server is not on PATH; `make setup` installs it "
                     "(apt-get install -y redis-server)", pytrace=False)
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     log = open(workdir / "redis.log", "wb")
     proc = subprocess.Popen(
@@ -91,7 +86,7 @@ class RedisServer:
 
     def __init__(self, exe: str, workdir):
         self.exe, self.workdir = exe, workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
 

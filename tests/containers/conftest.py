@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,12 +26,6 @@ import podman  # noqa: E402
 # A cold start imports torch and vLLM in three processes (~60 s here) and warms the engine.
 READY_TIMEOUT_S = 600
 EXAMPLES = podman.ROOT / "examples" / "data" / "groups.jsonl"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def example_groups(n: int) -> list[dict]:

@@ -16,7 +16,8 @@ import pytest
 from amr_client import AMRClient
 
 import podman
-from conftest import example_groups, free_port, wait_ready
+from bench.procs import free_port
+from conftest import example_groups, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from long_work import long_scoring
+from bench.procs import free_port
 
 
 pytestmark = pytest.mark.e2e
@@ -233,12 +233,6 @@ def test_a_killed_engine_makes_score_and_readyz_503_and_the_process_exit_3(watch
 # ---------------------------------------------------------------------------------------------
 # SIGTERM
 # ---------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def grpc_health(target: str) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +27,7 @@ from amr_sd.api.grpc_server import GrpcServer  # noqa: E402
 from amr_sd.api.http import create_app  # noqa: E402
 from amr_sd.config import Settings  # noqa: E402
 from amr_sd.runtime import Phase, Runtime  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.procs import free_port
 
 
 @pytest.fixture(scope="session")

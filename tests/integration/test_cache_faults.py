@@ -14,20 +14,15 @@ import time
 import pytest
 
 from amr_sd.cache import RedisCache, make_cache
+from bench.procs import free_port
 
 pytestmark = pytest.mark.integration
 
 RECORD = {"kind": "hint", "text": "Check the sign of the last step.", "accepted": True}
-def _free_port() -> int:
-    with socket.socket() as s:  # nothing listens on it once this block ends
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def dead_url():
     """A Redis URL where nothing listens."""
-    return f"redis://127.0.0.1:{_free_port()}/0"
+    return f"redis://127.0.0.1:{free_port()}/0"
 
 
 @pytest.fixture
@@ -114,7 +109,7 @@ def test_an_outage_logs_one_warning(dead_url, cache_log):
     ("redis://127.0.0.1:{port}/0?password=s3cret", "redis://127.0.0.1:{port}/0?password=***"),
 ], ids=["password", "user-and-password", "query"])
 def test_the_warning_hides_the_password(url, shown, cache_log):
-    port = _free_port()
+    port = free_port()
     run(lambda c: c.get_many(["k"]), RedisCache(url.format(port=port)))
     (warning,) = cache_log(logging.WARNING)
     assert f" at {shown.format(port=port)}: " in warning.getMessage()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import socket
 import subprocess
 import sys
 import textwrap
@@ -42,6 +41,7 @@ from amr_client.v1 import scoring_pb2 as pb
 from amr_client.v1 import scoring_pb2_grpc as pb_grpc
 from amr_sd.api.grpc_server import error_status
 from amr_sd.errors import Draining, InvalidRequest, Overloaded, PayloadTooLarge, PolicyMismatch
+from bench.procs import free_port
 
 REQUEST_ID = "req-fake-1"
 REWARD_FIELD = "groups[0].rollouts[0].reward"
@@ -173,12 +173,6 @@ def client(target, sleeps):
     with AMRGrpcClient(target, api_key="sk-test") as client:
         client._sleep = sleeps.append
         yield client
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def advantages_of(groups) -> list[list[list[float]]]:

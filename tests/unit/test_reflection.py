@@ -1,7 +1,6 @@
 """Specifications for amr_sd.algo.reflection: templates, parsing, leak filter (docs/method.md 3-5)."""
 
 import hashlib
-import threading
 
 import pytest
 
