@@ -23,7 +23,7 @@ new policy version makes them useless.
 
 A cache is an optimisation, never a dependency: when Redis is down, hung, full or goes away
 mid-run, `RedisCache` reads miss and writes are skipped, so scoring continues uncached (only
-slower). Each failed operation calls `on_error` (the HTTP layer counts `amr_sd_cache_errors_total`);
+slower). Each failed operation calls `on_error` (the runtime counts `amr_sd_cache_errors_total`);
 one warning is logged when an outage starts and one info line when Redis answers again. Short
 socket timeouts bound what a dead or hung Redis costs a request, and the client reconnects by
 itself once Redis is back.

@@ -1,4 +1,6 @@
-"""`amr-sd` command line: `amr-sd score` runs the scorer in-process on a JSONL file of groups."""
+"""`amr-sd` command line: `serve` (the HTTP and gRPC service), `score` (the scorer in-process on a
+JSONL file of groups), `view` (the credit viewer), `openapi` and `config-doc` (the documents
+generated from the schema)."""
 
 from __future__ import annotations
 

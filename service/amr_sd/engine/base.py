@@ -1,4 +1,4 @@
-"""The engine protocol: the only engine surface the scorer uses.
+"""The engine protocol: what the scorer, the policy manager and the runtime call on an engine.
 
 Two real implementations sit behind it: `vllm.VLLMEngine` (the service's engine) and
 `hf.HFEngine` (a plain transformers forward pass, the numeric reference).
