@@ -27,9 +27,9 @@ import orjson
 from amr_client.schemas import (PolicyStatus, PolicyUpdate, ScoredGroup, ScoreRequest, ScoreResponse,
                                 ScoringConfig)
 from amr_sd import mathcheck
-from amr_sd.api.admission import Admission
-from amr_sd.api.auth import check_bearer
-from amr_sd.api.idempotency import make_store, scoped_key
+from amr_sd.guards.admission import Admission
+from amr_sd.guards.auth import check_bearer
+from amr_sd.guards.idempotency import make_store, scoped_key
 from amr_sd.cache import make_cache
 from amr_sd.config import Settings
 from amr_sd.engine import create_engine

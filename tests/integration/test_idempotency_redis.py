@@ -5,7 +5,7 @@ import asyncio
 import pytest
 import redis
 
-from amr_sd.api.idempotency import RedisStore, Stored
+from amr_sd.guards.idempotency import RedisStore, Stored
 from amr_sd.errors import Conflict, InvalidRequest
 
 pytestmark = pytest.mark.integration

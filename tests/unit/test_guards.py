@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from amr_sd.api.admission import Admission
-from amr_sd.api.auth import check_bearer
+from amr_sd.guards.admission import Admission
+from amr_sd.guards.auth import check_bearer
 from amr_sd.api.http_common import request_timeout
-from amr_sd.api.idempotency import MemoryStore, Stored, scoped_key
+from amr_sd.guards.idempotency import MemoryStore, Stored, scoped_key
 from amr_sd.config import Settings
 from amr_sd.errors import Conflict, Forbidden, InvalidRequest, Overloaded, PayloadTooLarge, Unauthenticated
 

@@ -16,7 +16,7 @@ from amr_client.binary import MSGPACK, MSGPACK_ALIASES, encode_response
 from amr_client.schemas import (ScoreRequest, ScoreResponse, StreamedEnd, StreamedError,
                                 StreamedGroup)
 from amr_sd.api.http_common import NDJSON, RuntimeDep, errors, request_timeout
-from amr_sd.api.idempotency import fingerprint
+from amr_sd.guards.idempotency import fingerprint
 from amr_sd.errors import AmrError, NotAcceptable
 from amr_sd.runtime import Answer, Call, CallerGone, GroupStream, encode
 
