@@ -42,6 +42,10 @@ from amr_sd.scorer import Scorer
 log = logging.getLogger("amr_sd.runtime")
 
 HEALTH_INTERVAL_S = 1.0
+# What a request cut by the end of the drain timeout is answered, from either path (one answer or
+# a stream).
+DRAIN_ABORTED = ("the service stopped before this request finished (drain timeout); its engine "
+                 "work was aborted; retry (another replica)")
 # Final answers a retry would get again are stored for replay; the rest free the key.
 REPLAYABLE_STATUSES = {400, 401, 403, 404, 413, 422}
 
@@ -200,6 +204,10 @@ class Runtime:
         """The drain timeout ended: work still in flight is aborted and answered 503 draining."""
         self._stopping.set()
 
+    async def stopped(self) -> None:
+        """Returns once stop_in_flight() has been called: work in flight races it."""
+        await self._stopping.wait()
+
     async def close(self) -> None:
         self._set(ready=False)
         for task in self._tasks:
@@ -334,7 +342,7 @@ class Runtime:
         reached the engine, so its work is aborted by the time the error is answered."""
         task = asyncio.ensure_future(coro)
         gone = asyncio.ensure_future(call.gone()) if call.gone else None
-        stopping = asyncio.ensure_future(self._stopping.wait())
+        stopping = asyncio.ensure_future(self.stopped())
         waiters = {task, stopping} | ({gone} if gone else set())
         try:
             done, _ = await asyncio.wait(waiters, timeout=call.timeout_s,
@@ -355,8 +363,7 @@ class Runtime:
             self.metrics.client_disconnects.inc()
             raise CallerGone()
         if stopping in done:
-            raise Draining("the service stopped before this request finished (drain timeout); "
-                           "its engine work was aborted; retry (another replica)")
+            raise Draining(DRAIN_ABORTED)
         self.metrics.deadline_exceeded.inc()
         raise DeadlineExceeded(f"the deadline of {call.timeout_s:g} s passed; the request's engine "
                                "work was aborted")
@@ -473,44 +480,45 @@ class GroupStream:
     async def items(self) -> AsyncIterator[tuple[int, ScoredGroup] | ScoreResponse]:
         rt = self._runtime
         completed, failure = False, None
-        rt.in_flight += 1  # the transport stopped counting when the stream began; the drain waits
-        stopping = asyncio.ensure_future(rt._stopping.wait())
-        try:
-            while True:
-                getter = asyncio.ensure_future(self._groups.get())
-                done, _ = await asyncio.wait({getter, self._task, stopping}, timeout=self._idle_timeout_s,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    yield getter.result()
-                    continue
-                getter.cancel()
-                if stopping in done:
-                    raise Draining("the service stopped before this request finished (drain "
-                                   "timeout); its engine work was aborted; retry (another replica)")
-                if self._task not in done:
-                    rt.metrics.deadline_exceeded.inc()
-                    raise DeadlineExceeded(f"no group finished within {self._idle_timeout_s:g} s; "
-                                           "the request's engine work was aborted")
-                while not self._groups.empty():
-                    yield self._groups.get_nowait()
-                response = self._task.result()
-                completed = True
-                rt.metrics.observe_scoring(response.stats)
-                if self._claim.key is not None:
-                    await self._claim.keep(200, await asyncio.to_thread(encode, response))
-                yield response
-                return
-        except BaseException as exc:
-            failure = exc
-            rt.note(exc)
-            raise
-        finally:
-            stopping.cancel()
-            if not self._task.done():
-                self._task.cancel()  # deadline, error or caller gone: vLLM aborts the engine work
-                with contextlib.suppress(BaseException):
-                    await self._task
-            rt.admission.release(self._ticket, completed=completed)
-            rt.in_flight -= 1
-            if not completed:
-                await self._claim.settle(failure)
+        stopping = asyncio.ensure_future(rt.stopped())
+        # The transport stopped counting when the stream began; the drain waits for this.
+        with rt.tracking():
+            try:
+                while True:
+                    getter = asyncio.ensure_future(self._groups.get())
+                    done, _ = await asyncio.wait({getter, self._task, stopping},
+                                                 timeout=self._idle_timeout_s,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if getter in done:
+                        yield getter.result()
+                        continue
+                    getter.cancel()
+                    if stopping in done:
+                        raise Draining(DRAIN_ABORTED)
+                    if self._task not in done:
+                        rt.metrics.deadline_exceeded.inc()
+                        raise DeadlineExceeded(
+                            f"no group finished within {self._idle_timeout_s:g} s; the request's "
+                            "engine work was aborted")
+                    while not self._groups.empty():
+                        yield self._groups.get_nowait()
+                    response = self._task.result()
+                    completed = True
+                    rt.metrics.observe_scoring(response.stats)
+                    if self._claim.key is not None:
+                        await self._claim.keep(200, await asyncio.to_thread(encode, response))
+                    yield response
+                    return
+            except BaseException as exc:
+                failure = exc
+                rt.note(exc)
+                raise
+            finally:
+                stopping.cancel()
+                if not self._task.done():
+                    self._task.cancel()  # deadline, error or caller gone: vLLM aborts engine work
+                    with contextlib.suppress(BaseException):
+                        await self._task
+                rt.admission.release(self._ticket, completed=completed)
+                if not completed:
+                    await self._claim.settle(failure)
