@@ -7,11 +7,12 @@ only their send loop (as httpx's `BaseClient` and the Anthropic SDK's `_base_cli
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import uuid
-from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Annotated, Any, Literal, TypeVar
 
 import httpx
 from pydantic import Field, TypeAdapter, ValidationError
@@ -374,6 +375,78 @@ def next_retry_delay(error: APIConnectionError | APIStatusError, attempt: int,
         return None
     header = error.response.headers.get("retry-after") if isinstance(error, APIStatusError) else None
     return retry_delay(attempt, header)
+
+
+# The one retry loop of every client (HTTP and gRPC, sync and async, one answer or a stream): a
+# try raises APIConnectionError or APIStatusError (the transport's own errors mapped first);
+# next_retry_delay says whether and when to try again. A stream's retry sends the same
+# idempotency key, so the server replays what it had already sent and the assembler skips it.
+T = TypeVar("T")
+_FAILURES = (APIConnectionError, APIStatusError)
+
+
+def retried(attempt: Callable[[], T], max_retries: int, sleep: Callable[[float], None]) -> T:
+    """`attempt()`'s answer, retried after a retryable failure."""
+    tries = 0
+    while True:
+        try:
+            return attempt()
+        except _FAILURES as error:
+            delay = next_retry_delay(error, tries, max_retries)
+            if delay is None:
+                raise
+        sleep(delay)
+        tries += 1
+
+
+async def retried_async(attempt: Callable[[], Awaitable[T]], max_retries: int,
+                        sleep: Callable[[float], Awaitable[None]]) -> T:
+    """`retried` for a coroutine."""
+    tries = 0
+    while True:
+        try:
+            return await attempt()
+        except _FAILURES as error:
+            delay = next_retry_delay(error, tries, max_retries)
+            if delay is None:
+                raise
+        await sleep(delay)
+        tries += 1
+
+
+def retried_items(attempt: Callable[[], Iterator[T]], max_retries: int,
+                  sleep: Callable[[float], None]) -> Iterator[T]:
+    """The items of `attempt()`, a new try of the whole stream after a retryable failure."""
+    tries = 0
+    while True:
+        try:
+            yield from attempt()  # closing this generator closes the try's too
+            return
+        except _FAILURES as error:
+            delay = next_retry_delay(error, tries, max_retries)
+            if delay is None:
+                raise
+        sleep(delay)
+        tries += 1
+
+
+async def retried_aitems(attempt: Callable[[], AsyncIterator[T]], max_retries: int,
+                         sleep: Callable[[float], Awaitable[None]]) -> AsyncIterator[T]:
+    """`retried_items` for an async stream."""
+    tries = 0
+    while True:
+        try:
+            # aclosing: a caller leaving early closes the try at once (it cancels the request).
+            async with contextlib.aclosing(attempt()) as items:
+                async for item in items:
+                    yield item
+            return
+        except _FAILURES as error:
+            delay = next_retry_delay(error, tries, max_retries)
+            if delay is None:
+                raise
+        await sleep(delay)
+        tries += 1
 
 
 # --------------------------------------------------------------------------------------------

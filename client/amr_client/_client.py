@@ -36,14 +36,17 @@ from amr_client._base import (
     connection_error,
     make_status_error,
     new_idempotency_key,
-    next_retry_delay,
     parse_info,
     parse_policy_status,
     parse_ready,
     parse_score_response,
+    retried,
+    retried_aitems,
+    retried_async,
+    retried_items,
     retry_as_json,
 )
-from amr_client._exceptions import APIConnectionError, APIStatusError
+from amr_client._exceptions import APIStatusError
 from amr_client.results import ScoreResult
 from amr_client.streams import AsyncScoreStream, Progress, ScoreStream, progress_reporter
 from amr_client.schemas import Group, PolicyRef, PolicyStatus, ReturnSwitches, ScoringConfig
@@ -141,9 +144,8 @@ class AMRClient(BaseClient):
     def _stream_items(self, body: dict[str, Any], stream: ScoreStream):
         headers = build_headers(self.api_key, new_idempotency_key(), accept=NDJSON)
         assembler = StreamAssembler(len(body["groups"]))
-        attempt = 0
-        while True:
-            error: APIConnectionError | APIStatusError
+
+        def attempt():
             try:
                 with self._http.stream("POST", self._url(SCORE_PATH), headers=headers, json=body,
                                        timeout=self.timeout) as response:
@@ -155,16 +157,10 @@ class AMRClient(BaseClient):
                         if item is not None:
                             yield item
                     stream.result = assembler.result(response)
-                    return
             except httpx.TransportError as exc:
-                error = connection_error(exc)
-            except (APIConnectionError, APIStatusError) as exc:
-                error = exc
-            delay = next_retry_delay(error, attempt, self.max_retries)
-            if delay is None:
-                raise error
-            self._sleep(delay)
-            attempt += 1
+                raise connection_error(exc) from exc
+
+        return retried_items(attempt, self.max_retries, self._sleep)
 
     def info(self) -> dict[str, Any]:
         """`GET /v1/info`: model, model_path, policy_version, engine, limits, defaults."""
@@ -207,23 +203,17 @@ class AMRClient(BaseClient):
 
     def _send(self, method: str, path: str, headers: dict[str, str],
               body: dict[str, Any] | None = None) -> httpx.Response:
-        attempt = 0
-        while True:
-            error: APIConnectionError | APIStatusError
+        def attempt() -> httpx.Response:
             try:
                 response = self._http.request(method, self._url(path), headers=headers, json=body,
                                               timeout=self.timeout)
             except httpx.TransportError as exc:
-                error = connection_error(exc)
-            else:
-                if response.is_success:
-                    return response
-                error = make_status_error(response)
-            delay = next_retry_delay(error, attempt, self.max_retries)
-            if delay is None:
-                raise error
-            self._sleep(delay)
-            attempt += 1
+                raise connection_error(exc) from exc
+            if not response.is_success:
+                raise make_status_error(response)
+            return response
+
+        return retried(attempt, self.max_retries, self._sleep)
 
 
 class AsyncAMRClient(BaseClient):
@@ -276,12 +266,11 @@ class AsyncAMRClient(BaseClient):
         stream._items = self._stream_items(body, stream)
         return stream
 
-    async def _stream_items(self, body: dict[str, Any], stream: AsyncScoreStream):
+    def _stream_items(self, body: dict[str, Any], stream: AsyncScoreStream):
         headers = build_headers(self.api_key, new_idempotency_key(), accept=NDJSON)
         assembler = StreamAssembler(len(body["groups"]))
-        attempt = 0
-        while True:
-            error: APIConnectionError | APIStatusError
+
+        async def attempt():
             try:
                 async with self._http.stream("POST", self._url(SCORE_PATH), headers=headers,
                                              json=body, timeout=self.timeout) as response:
@@ -293,16 +282,10 @@ class AsyncAMRClient(BaseClient):
                         if item is not None:
                             yield item
                     stream.result = assembler.result(response)
-                    return
             except httpx.TransportError as exc:
-                error = connection_error(exc)
-            except (APIConnectionError, APIStatusError) as exc:
-                error = exc
-            delay = next_retry_delay(error, attempt, self.max_retries)
-            if delay is None:
-                raise error
-            await self._sleep(delay)
-            attempt += 1
+                raise connection_error(exc) from exc
+
+        return retried_aitems(attempt, self.max_retries, self._sleep)
 
     async def info(self) -> dict[str, Any]:
         """`GET /v1/info`: model, model_path, policy_version, engine, limits, defaults."""
@@ -342,20 +325,14 @@ class AsyncAMRClient(BaseClient):
 
     async def _send(self, method: str, path: str, headers: dict[str, str],
                     body: dict[str, Any] | None = None) -> httpx.Response:
-        attempt = 0
-        while True:
-            error: APIConnectionError | APIStatusError
+        async def attempt() -> httpx.Response:
             try:
                 response = await self._http.request(method, self._url(path), headers=headers,
                                                     json=body, timeout=self.timeout)
             except httpx.TransportError as exc:
-                error = connection_error(exc)
-            else:
-                if response.is_success:
-                    return response
-                error = make_status_error(response)
-            delay = next_retry_delay(error, attempt, self.max_retries)
-            if delay is None:
-                raise error
-            await self._sleep(delay)
-            attempt += 1
+                raise connection_error(exc) from exc
+            if not response.is_success:
+                raise make_status_error(response)
+            return response
+
+        return await retried_async(attempt, self.max_retries, self._sleep)

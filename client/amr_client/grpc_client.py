@@ -54,7 +54,10 @@ from amr_client._base import (
     check_max_retries,
     make_status_error,
     new_idempotency_key,
-    next_retry_delay,
+    retried,
+    retried_aitems,
+    retried_async,
+    retried_items,
 )
 from amr_client._exceptions import APIConnectionError, APIStatusError, APITimeoutError
 from amr_client.results import ScoreResult
@@ -401,9 +404,8 @@ class AMRGrpcClient(_BaseGrpcClient):
     def _stream_items(self, request: pb.ScoreRequest, n_groups: int, stream: ScoreStream):
         metadata = self._metadata(new_idempotency_key())
         collector = _GroupCollector(n_groups)
-        attempt = 0
-        while True:
-            error: APIConnectionError | APIStatusError
+
+        def attempt():
             call = self._stub.ScoreStream(request, metadata=metadata, timeout=self.timeout)
             try:
                 for message in call:
@@ -411,19 +413,13 @@ class AMRGrpcClient(_BaseGrpcClient):
                     if item is not None:
                         yield item
                 stream.result = collector.result(_request_id(call.initial_metadata()))
-                return
             except grpc.RpcError as exc:
-                error = rpc_error(exc)
-            except (APIConnectionError, APIStatusError) as exc:
-                error = exc
+                raise rpc_error(exc) from exc
             finally:
                 # A caller leaving the loop early must not leave the server scoring for nobody.
                 call.cancel()
-            delay = next_retry_delay(error, attempt, self.max_retries)
-            if delay is None:
-                raise error
-            self._sleep(delay)
-            attempt += 1
+
+        return retried_items(attempt, self.max_retries, self._sleep)
 
     def info(self) -> dict[str, Any]:
         """GetInfo: model, model_path, policy_version, engine, limits, defaults (absent: None)."""
@@ -469,18 +465,15 @@ class AMRGrpcClient(_BaseGrpcClient):
     def _unary(self, rpc, request, idempotency_key: str | None = None):
         """`(response, request_id)` of a unary call, retried as `AMRClient._send` retries."""
         metadata = self._metadata(idempotency_key)
-        attempt = 0
-        while True:
+
+        def attempt():
             try:
                 response, call = rpc.with_call(request, metadata=metadata, timeout=self.timeout)
                 return response, _request_id(call.initial_metadata())
             except grpc.RpcError as exc:
-                error = rpc_error(exc)
-            delay = next_retry_delay(error, attempt, self.max_retries)
-            if delay is None:
-                raise error
-            self._sleep(delay)
-            attempt += 1
+                raise rpc_error(exc) from exc
+
+        return retried(attempt, self.max_retries, self._sleep)
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,13 +545,11 @@ class AsyncAMRGrpcClient(_BaseGrpcClient):
         stream._items = self._stream_items(score_request(body), len(body["groups"]), stream)
         return stream
 
-    async def _stream_items(self, request: pb.ScoreRequest, n_groups: int,
-                            stream: AsyncScoreStream):
+    def _stream_items(self, request: pb.ScoreRequest, n_groups: int, stream: AsyncScoreStream):
         metadata = self._metadata(new_idempotency_key())
         collector = _GroupCollector(n_groups)
-        attempt = 0
-        while True:
-            error: APIConnectionError | APIStatusError
+
+        async def attempt():
             call = self._aio.open().stub.ScoreStream(request, metadata=metadata,
                                                      timeout=self.timeout)
             try:
@@ -567,18 +558,12 @@ class AsyncAMRGrpcClient(_BaseGrpcClient):
                     if item is not None:
                         yield item
                 stream.result = collector.result(_request_id(await call.initial_metadata()))
-                return
             except grpc.RpcError as exc:  # grpc.aio.AioRpcError
-                error = rpc_error(exc)
-            except (APIConnectionError, APIStatusError) as exc:
-                error = exc
+                raise rpc_error(exc) from exc
             finally:
                 call.cancel()  # see AMRGrpcClient._stream_items
-            delay = next_retry_delay(error, attempt, self.max_retries)
-            if delay is None:
-                raise error
-            await self._sleep(delay)
-            attempt += 1
+
+        return retried_aitems(attempt, self.max_retries, self._sleep)
 
     async def info(self) -> dict[str, Any]:
         """GetInfo; see `AMRGrpcClient.info`."""
@@ -620,17 +605,14 @@ class AsyncAMRGrpcClient(_BaseGrpcClient):
     async def _unary(self, method: str, request, idempotency_key: str | None = None):
         """`(response, request_id)` of a unary call, retried as `AsyncAMRClient._send` retries."""
         metadata = self._metadata(idempotency_key)
-        attempt = 0
-        while True:
+
+        async def attempt():
             try:
                 call = getattr(self._aio.open().stub, method)(request, metadata=metadata,
                                                               timeout=self.timeout)
                 response = await call
                 return response, _request_id(await call.initial_metadata())
             except grpc.RpcError as exc:
-                error = rpc_error(exc)
-            delay = next_retry_delay(error, attempt, self.max_retries)
-            if delay is None:
-                raise error
-            await self._sleep(delay)
-            attempt += 1
+                raise rpc_error(exc) from exc
+
+        return await retried_async(attempt, self.max_retries, self._sleep)
