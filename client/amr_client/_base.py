@@ -386,32 +386,22 @@ _FAILURES = (APIConnectionError, APIStatusError)
 
 
 def retried(attempt: Callable[[], T], max_retries: int, sleep: Callable[[float], None]) -> T:
-    """`attempt()`'s answer, retried after a retryable failure."""
-    tries = 0
-    while True:
-        try:
-            return attempt()
-        except _FAILURES as error:
-            delay = next_retry_delay(error, tries, max_retries)
-            if delay is None:
-                raise
-        sleep(delay)
-        tries += 1
+    """`attempt()`'s answer, retried after a retryable failure: a stream of one item."""
+    def once() -> Iterator[T]:
+        yield attempt()
+
+    with contextlib.closing(retried_items(once, max_retries, sleep)) as items:
+        return next(items)
 
 
 async def retried_async(attempt: Callable[[], Awaitable[T]], max_retries: int,
                         sleep: Callable[[float], Awaitable[None]]) -> T:
     """`retried` for a coroutine."""
-    tries = 0
-    while True:
-        try:
-            return await attempt()
-        except _FAILURES as error:
-            delay = next_retry_delay(error, tries, max_retries)
-            if delay is None:
-                raise
-        await sleep(delay)
-        tries += 1
+    async def once() -> AsyncIterator[T]:
+        yield await attempt()
+
+    async with contextlib.aclosing(retried_aitems(once, max_retries, sleep)) as items:
+        return await anext(items)
 
 
 def retried_items(attempt: Callable[[], Iterator[T]], max_retries: int,
