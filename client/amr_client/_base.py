@@ -212,11 +212,12 @@ def parse_score_response(response: httpx.Response) -> ScoreResult:
 
 
 class StreamAssembler:
-    """Reads the lines of a streamed score answer (`Accept: application/x-ndjson`).
+    """The groups of one streamed score answer, whatever the transport carried them.
 
-    `feed` returns each group the first time it arrives (a retried stream sends finished groups
-    again; they are not passed on twice), raises the error of an `error` line as the status error
-    a unary call would have raised, and `result` builds the same ScoreResult a unary call gives.
+    `add` returns each group the first time it arrives (a retried stream sends finished groups
+    again; they are not passed on twice), `finish` takes the end item, and `result` builds the
+    same ScoreResult a unary call gives. Each transport has a small decoder in front: `feed` reads
+    HTTP's NDJSON lines (`Accept: application/x-ndjson`); the gRPC client reads its messages.
     """
 
     def __init__(self, n_groups: int):
@@ -224,7 +225,31 @@ class StreamAssembler:
         self.groups: dict[int, ScoredGroup] = {}
         self.end: StreamedEnd | None = None
 
+    def wants(self, index: int) -> bool:
+        """Whether a group at `index` would be new (decoders skip parsing the rest)."""
+        return index not in self.groups and 0 <= index < self.n_groups
+
+    def add(self, index: int, group: ScoredGroup) -> tuple[int, ScoredGroup] | None:
+        if not self.wants(index):
+            return None
+        self.groups[index] = group
+        return index, group
+
+    def finish(self, end: StreamedEnd) -> None:
+        self.end = end
+
+    def result(self, request_id: str | None, request: httpx.Request | None = None) -> ScoreResult:
+        missing = [g for g in range(self.n_groups) if g not in self.groups]
+        if self.end is None or missing:
+            # A stream cut before its end: a retry (same idempotency key) picks it up.
+            raise APIConnectionError(f"the stream ended early ({len(missing)} groups missing)",
+                                     request=request)
+        fields = self.end.model_dump(exclude={"type"})
+        parsed = ScoreResponse(**fields, groups=[self.groups[g] for g in range(self.n_groups)])
+        return ScoreResult(parsed, request_id=request_id)
+
     def feed(self, line: bytes | str, response: httpx.Response) -> tuple[int, ScoredGroup] | None:
+        """One NDJSON line; an `error` line raises the status error a unary call would have."""
         try:
             item = _STREAM_LINE.validate_json(line)
         except ValidationError as exc:
@@ -238,22 +263,9 @@ class StreamAssembler:
                 item.status, headers=headers, request=response.request,
                 json={"error": item.error.model_dump(exclude_none=True)}))
         if isinstance(item, StreamedEnd):
-            self.end = item
+            self.finish(item)
             return None
-        if item.index in self.groups or not 0 <= item.index < self.n_groups:
-            return None
-        self.groups[item.index] = item.group
-        return item.index, item.group
-
-    def result(self, response: httpx.Response) -> ScoreResult:
-        missing = [g for g in range(self.n_groups) if g not in self.groups]
-        if self.end is None or missing:
-            # A stream cut before its end line: a retry (same Idempotency-Key) picks it up.
-            raise APIConnectionError(f"the stream ended early ({len(missing)} groups missing)",
-                                     request=response.request)
-        fields = self.end.model_dump(exclude={"type"})
-        parsed = ScoreResponse(**fields, groups=[self.groups[g] for g in range(self.n_groups)])
-        return ScoreResult(parsed, request_id=response.headers.get("x-request-id"))
+        return self.add(item.index, item.group)
 
 
 _STREAM_LINE: TypeAdapter = TypeAdapter(

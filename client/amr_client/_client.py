@@ -156,7 +156,8 @@ class AMRClient(BaseClient):
                         item = assembler.feed(line, response) if line else None
                         if item is not None:
                             yield item
-                    stream.result = assembler.result(response)
+                    stream.result = assembler.result(response.headers.get("x-request-id"),
+                                                    response.request)
             except httpx.TransportError as exc:
                 raise connection_error(exc) from exc
 
@@ -281,7 +282,8 @@ class AsyncAMRClient(BaseClient):
                         item = assembler.feed(line, response) if line else None
                         if item is not None:
                             yield item
-                    stream.result = assembler.result(response)
+                    stream.result = assembler.result(response.headers.get("x-request-id"),
+                                                    response.request)
             except httpx.TransportError as exc:
                 raise connection_error(exc) from exc
 

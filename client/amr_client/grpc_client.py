@@ -49,6 +49,7 @@ from amr_client._base import (
     DEFAULT_MAX_RETRIES,
     NOT_GIVEN,
     NotGiven,
+    StreamAssembler,
     build_policy_body,
     build_score_body,
     check_max_retries,
@@ -170,40 +171,15 @@ def _request_id(metadata) -> str | None:
     return None
 
 
-class _GroupCollector:
-    """The messages of a ScoreStream call, as `StreamAssembler` reads HTTP's NDJSON lines.
-
-    `feed` returns each group the first time it arrives (a retried stream sends finished groups
-    again; they are not passed on twice) and `result` builds the ScoreResult a unary call gives.
-    """
-
-    def __init__(self, n_groups: int):
-        self.n_groups = n_groups
-        self.groups: dict[int, ScoredGroup] = {}
-        self.end: StreamedEnd | None = None
-
-    def feed(self, message: pb.ScoreStreamMessage) -> tuple[int, ScoredGroup] | None:
-        kind = message.WhichOneof("kind")
-        if kind == "end":
-            self.end = _validate(StreamedEnd, to_dict(message.end))
-            return None
-        if kind != "group":  # a kind newer than this client: nothing it needs
-            return None
-        index = message.group.index
-        if index in self.groups or not 0 <= index < self.n_groups:
-            return None
-        group = _validate(ScoredGroup, to_dict(message.group.group))
-        self.groups[index] = group
-        return index, group
-
-    def result(self, request_id: str | None) -> ScoreResult:
-        missing = [g for g in range(self.n_groups) if g not in self.groups]
-        if self.end is None or missing:
-            # A stream cut before its end: a retry (same idempotency key) picks it up.
-            raise APIConnectionError(f"the stream ended early ({len(missing)} groups missing)")
-        fields = self.end.model_dump(exclude={"type"})
-        parsed = ScoreResponse(**fields, groups=[self.groups[g] for g in range(self.n_groups)])
-        return ScoreResult(parsed, request_id=request_id)
+def _feed(assembler: StreamAssembler, message: pb.ScoreStreamMessage):
+    """One ScoreStream message into the assembler the HTTP client uses for its NDJSON lines."""
+    kind = message.WhichOneof("kind")
+    if kind == "end":
+        assembler.finish(_validate(StreamedEnd, to_dict(message.end)))
+        return None
+    if kind != "group" or not assembler.wants(message.group.index):
+        return None  # a kind newer than this client, or a group already passed on
+    return assembler.add(message.group.index, _validate(ScoredGroup, to_dict(message.group.group)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,16 +379,16 @@ class AMRGrpcClient(_BaseGrpcClient):
 
     def _stream_items(self, request: pb.ScoreRequest, n_groups: int, stream: ScoreStream):
         metadata = self._metadata(new_idempotency_key())
-        collector = _GroupCollector(n_groups)
+        assembler = StreamAssembler(n_groups)
 
         def attempt():
             call = self._stub.ScoreStream(request, metadata=metadata, timeout=self.timeout)
             try:
                 for message in call:
-                    item = collector.feed(message)
+                    item = _feed(assembler, message)
                     if item is not None:
                         yield item
-                stream.result = collector.result(_request_id(call.initial_metadata()))
+                stream.result = assembler.result(_request_id(call.initial_metadata()))
             except grpc.RpcError as exc:
                 raise rpc_error(exc) from exc
             finally:
@@ -547,17 +523,17 @@ class AsyncAMRGrpcClient(_BaseGrpcClient):
 
     def _stream_items(self, request: pb.ScoreRequest, n_groups: int, stream: AsyncScoreStream):
         metadata = self._metadata(new_idempotency_key())
-        collector = _GroupCollector(n_groups)
+        assembler = StreamAssembler(n_groups)
 
         async def attempt():
             call = self._aio.open().stub.ScoreStream(request, metadata=metadata,
                                                      timeout=self.timeout)
             try:
                 async for message in call:
-                    item = collector.feed(message)
+                    item = _feed(assembler, message)
                     if item is not None:
                         yield item
-                stream.result = collector.result(_request_id(await call.initial_metadata()))
+                stream.result = assembler.result(_request_id(await call.initial_metadata()))
             except grpc.RpcError as exc:  # grpc.aio.AioRpcError
                 raise rpc_error(exc) from exc
             finally:
