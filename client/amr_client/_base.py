@@ -8,6 +8,7 @@ only their send loop (as httpx's `BaseClient` and the Anthropic SDK's `_base_cli
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import uuid
@@ -456,32 +457,45 @@ async def retried_aitems(attempt: Callable[[], AsyncIterator[T]], max_retries: i
 # --------------------------------------------------------------------------------------------
 
 
-class BaseClient:
-    """Settings of a client; the twins add the HTTP pool and the send loop."""
+class ClientOptions:
+    """What every client holds, over either transport: the API key, the timeout of one try and
+    the retries, beside the server's address (`_ADDRESS` names its attribute); `with_options`
+    copies them onto the same connection. A transport may take another form of timeout."""
+
+    _ADDRESS = "base_url"
+    _owns_connection = True  # False for a `with_options` copy: closing it leaves the pool open
+
+    @staticmethod
+    def _check_timeout(timeout):
+        return check_timeout(timeout)
+
+    def with_options(self, *, timeout: Any = NOT_GIVEN, max_retries: int | NotGiven = NOT_GIVEN):
+        """A copy with other settings that shares this client's connection pool or channel.
+
+        Closing the copy leaves the pool open; close the original when done.
+        """
+        clone = copy.copy(self)
+        if not isinstance(timeout, NotGiven):
+            clone.timeout = self._check_timeout(timeout)
+        if not isinstance(max_retries, NotGiven):
+            clone.max_retries = check_max_retries(max_retries)
+        clone._owns_connection = False
+        return clone
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self._ADDRESS}={getattr(self, self._ADDRESS)!r}, "
+                f"timeout={self.timeout!r}, max_retries={self.max_retries})")
+
+
+class BaseClient(ClientOptions):
+    """Settings of an HTTP client; the twins add the HTTP pool and the send loop."""
 
     def __init__(self, base_url: str, *, api_key: str | None, timeout: httpx.Timeout,
                  max_retries: int):
         self.base_url = check_base_url(base_url)
         self.api_key = api_key
-        self.timeout = check_timeout(timeout)
+        self.timeout = self._check_timeout(timeout)
         self.max_retries = check_max_retries(max_retries)
 
     def _url(self, path: str) -> str:
         return self.base_url + path
-
-    def with_options(self, *, timeout: httpx.Timeout | NotGiven = NOT_GIVEN,
-                     max_retries: int | NotGiven = NOT_GIVEN):
-        """A copy with other settings that shares this client's connection pool.
-
-        Closing the copy leaves the pool open; close the original when done.
-        """
-        copy = type(self)(
-            self.base_url, http_client=self._http, api_key=self.api_key,
-            timeout=self.timeout if isinstance(timeout, NotGiven) else timeout,
-            max_retries=self.max_retries if isinstance(max_retries, NotGiven) else max_retries)
-        copy._sleep = self._sleep
-        return copy
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(base_url={self.base_url!r}, timeout={self.timeout!r}, "
-                f"max_retries={self.max_retries})")

@@ -82,7 +82,7 @@ class AMRClient(BaseClient):
                  http_client: httpx.Client | None = None):
         super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
         _check_pool(transport, http_client, httpx.Client)
-        self._owns_http = http_client is None
+        self._owns_connection = http_client is None
         self._http = http_client if http_client is not None else httpx.Client(transport=transport)
         # Injectable so tests (and callers with their own scheduler) need not really sleep.
         self._sleep: Callable[[float], None] = time.sleep
@@ -193,7 +193,7 @@ class AMRClient(BaseClient):
 
     def close(self) -> None:
         """Close the connection pool, unless it was passed in as `http_client` or shared."""
-        if self._owns_http:
+        if self._owns_connection:
             self._http.close()
 
     def __enter__(self) -> AMRClient:
@@ -229,7 +229,7 @@ class AsyncAMRClient(BaseClient):
                  http_client: httpx.AsyncClient | None = None):
         super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
         _check_pool(transport, http_client, httpx.AsyncClient)
-        self._owns_http = http_client is None
+        self._owns_connection = http_client is None
         self._http = http_client if http_client is not None else httpx.AsyncClient(transport=transport)
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
@@ -316,7 +316,7 @@ class AsyncAMRClient(BaseClient):
 
     async def close(self) -> None:
         """Close the connection pool, unless it was passed in as `http_client` or shared."""
-        if self._owns_http:
+        if self._owns_connection:
             await self._http.aclose()
 
     async def __aenter__(self) -> AsyncAMRClient:

@@ -21,7 +21,6 @@ synthetic HTTP response and mapped by `make_status_error`, the one status -> exc
 from __future__ import annotations
 
 import asyncio
-import copy
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -47,8 +46,7 @@ except ImportError as exc:
 
 from amr_client._base import (
     DEFAULT_MAX_RETRIES,
-    NOT_GIVEN,
-    NotGiven,
+    ClientOptions,
     StreamAssembler,
     build_policy_body,
     build_score_body,
@@ -262,15 +260,21 @@ def _map_rpc_error(exc: grpc.RpcError) -> APIConnectionError | APIStatusError:
 # --------------------------------------------------------------------------------------------
 
 
-class _BaseGrpcClient:
-    """Settings of a client; the twins add the channel and the send loops."""
+class _BaseGrpcClient(ClientOptions):
+    """Settings of a gRPC client (the HTTP client's, with a target and a timeout in seconds);
+    the twins add the channel and the send loops."""
+
+    _ADDRESS = "target"
 
     def __init__(self, target: str, *, api_key: str | None, timeout: float, max_retries: int):
         self.target = check_target(target)
         self.api_key = check_api_key(api_key)
-        self.timeout = check_grpc_timeout(timeout)
+        self.timeout = self._check_timeout(timeout)
         self.max_retries = check_max_retries(max_retries)
-        self._owns_channel = True
+
+    @staticmethod
+    def _check_timeout(timeout):
+        return check_grpc_timeout(timeout)
 
     def _metadata(self, idempotency_key: str | None = None) -> tuple[tuple[str, str], ...]:
         metadata = []
@@ -279,24 +283,6 @@ class _BaseGrpcClient:
         if idempotency_key is not None:
             metadata.append(("idempotency-key", idempotency_key))
         return tuple(metadata)
-
-    def with_options(self, *, timeout: float | NotGiven = NOT_GIVEN,
-                     max_retries: int | NotGiven = NOT_GIVEN):
-        """A copy with other settings that shares this client's channel.
-
-        Closing the copy leaves the channel open; close the original when done.
-        """
-        clone = copy.copy(self)
-        if not isinstance(timeout, NotGiven):
-            clone.timeout = check_grpc_timeout(timeout)
-        if not isinstance(max_retries, NotGiven):
-            clone.max_retries = check_max_retries(max_retries)
-        clone._owns_channel = False
-        return clone
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(target={self.target!r}, timeout={self.timeout!r}, "
-                f"max_retries={self.max_retries})")
 
 
 def _ready_answer(response: health_pb2.HealthCheckResponse) -> bool:
@@ -429,7 +415,7 @@ class AMRGrpcClient(_BaseGrpcClient):
 
     def close(self) -> None:
         """Close the channel, unless this client is a `with_options` copy."""
-        if self._owns_channel:
+        if self._owns_connection:
             self._channel.close()
 
     def __enter__(self) -> AMRGrpcClient:
@@ -569,7 +555,7 @@ class AsyncAMRGrpcClient(_BaseGrpcClient):
 
     async def close(self) -> None:
         """Close the channel, unless this client is a `with_options` copy."""
-        if self._owns_channel:
+        if self._owns_connection:
             await self._aio.close()
 
     async def __aenter__(self) -> AsyncAMRGrpcClient:
