@@ -48,7 +48,7 @@ class ScoringConfig(_Strict):
     std_eps: float = Field(
         1e-6, ge=0, le=1, description="ε added to the std. (ours): 1e-6 as in verl; set 1e-4 to match TRL's GRPOTrainer exactly.")
 
-    # > Parameters that control the gate (METHOD step 8)
+    # > Parameters that control the gate (docs/method.md step 8)
     lambda_pos: float = Field(
         0.2, ge=0, le=10, description="λ: scale of the bonus on tokens a hint makes more likely (A_i > 0). Paper: 0.2.")
     gamma_neg: float = Field(
@@ -64,7 +64,7 @@ class ScoringConfig(_Strict):
     gate_rate_target: float | None = Field(
         None, gt=0, lt=1, description="(ours) Calibrated gate: when set, τ+ and τ- are chosen per request so that about this share of each branch's gateable tokens is gated (τ+ the (1 - rate) quantile of the hints' CIG, τ- that of the critiques' -CIG, never below 0), replacing tau_pos and tau_neg. Streamed groups then all arrive once the whole request is scored. Default: null (fixed τ).")
 
-    # > Parameters that control the anneal schedule (METHOD step 9)
+    # > Parameters that control the anneal schedule (docs/method.md step 9)
     schedule: Literal["linear", "cosine", "exponential", "constant"] = Field(
         "linear", description="Anneal weight w(u). Paper: linear (w = 1 - u); the others are (ours).")
     decay_steps: int = Field(
@@ -74,7 +74,7 @@ class ScoringConfig(_Strict):
     exp_k: float = Field(
         5.0, gt=0, le=100, description="Rate k of the exponential schedule e^(-k u). (ours): 5.")
 
-    # > Parameters that control reflection writing and filtering (METHOD steps 4-5)
+    # > Parameters that control reflection writing and filtering (docs/method.md steps 4-5)
     max_reflection_tokens: int = Field(
         128, ge=1, le=1024, description="Token budget of a reflection; a longer one is rejected. Paper: 128.")
     reflection_temperature: float = Field(

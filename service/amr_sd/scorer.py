@@ -163,7 +163,8 @@ class Scorer:
         described = False
         for w in work:
             scale = lambda_eff if w.base_advantage > 0 else gamma_eff
-            # Short-circuit (METHOD step 2): exact GRPO with no engine work when nothing can change.
+            # Short-circuit (docs/method.md step 2): exact GRPO with no engine work when nothing
+            # can change.
             if w.base_advantage == 0 or scale == 0:
                 continue
             w.kind = reflection.HINT if w.base_advantage > 0 else reflection.CRITIQUE

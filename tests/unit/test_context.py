@@ -1,4 +1,5 @@
-"""Specification of amr_sd.algo.context (METHOD step 6): student and teacher contexts in token ids.
+"""Specification of amr_sd.algo.context (docs/method.md step 6): student and teacher contexts in
+token ids.
 
 Rendering uses the embedded model's real tokenizer (SmolLM2 chat template), not a stand-in: the
 point is that our rendering agrees with the tokenizer's own.

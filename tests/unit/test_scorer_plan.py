@@ -1,7 +1,7 @@
 """Specification of the scorer's logic that needs no engine: short-circuits and plan errors.
 
 `NoCallEngine` holds the embedded model's real tokenizer and limits, and fails any engine call,
-so a passing short-circuit test proves METHOD step 2: exact GRPO with zero engine calls.
+so a passing short-circuit test proves docs/method.md step 2: exact GRPO with zero engine calls.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def assert_exact_grpo(response, rewards):
     assert response.stats.tokens_scored == 0
 
 
-# --- short-circuits (METHOD step 2, worked numbers 2 and 3) ------------------------------------
+# --- short-circuits (docs/method.md step 2, worked numbers 2 and 3) ----------------------------
 
 
 def test_step_50_with_linear_decay_50_returns_exact_grpo_without_engine_call(scorer):

@@ -176,7 +176,7 @@ def gate(
             raise ValueError(
                 f"never_gate must have the shape of cig_hat {cig_hat.shape}, got {mask.shape}"
             )
-        # EOS / chat markers are not the model's reasoning; METHOD step 8 (ours).
+        # EOS / chat markers are not the model's reasoning; docs/method.md step 8 (ours).
         delta = np.where(mask, 0.0, delta)
     return delta
 

@@ -1,4 +1,4 @@
-"""Token-level context building (METHOD step 6).
+"""Token-level context building (docs/method.md step 6).
 
 The response ids are never re-tokenised: each scoring sequence is `prompt ids + response ids`,
 and the engine scores from `start = len(prompt ids)`. Only prompts are rendered from text, with
