@@ -66,13 +66,15 @@ def main() -> None:
     from amr_sd.config import Settings
     from amr_sd.engine import create_engine
     from amr_sd.runtime import Runtime
+    from bench import corpus
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--record", type=Path, required=True)
     args = parser.parse_args()
 
-    settings = Settings(port=args.port)
+    # The measured model (python -m bench --model), as the replay's bare engine loads it.
+    settings = Settings(port=args.port, model=corpus.model())
     holder: dict = {}
 
     def factory(s):
