@@ -2,7 +2,9 @@
 
 The filter (amr_sd.algo.reflection) is pure and takes this check as a callable; the scorer passes
 :func:`equal`. math-verify is a dependency, not an option: :func:`require` fails start-up when it
-is missing, so the filter never runs without it. math-verify bounds sympy (which can hang on inputs like 10^{10^{10}}) with signal.alarm, which
+is missing, so the filter never runs without it.
+
+math-verify bounds sympy (which can hang on inputs like 10^{10^{10}}) with signal.alarm, which
 works only in a process's main thread. The scorer runs the leak filter in worker threads so the
 event loop keeps answering; there the check runs in a one-process pool instead, where it is that
 process's main thread, with a second bound on the whole call. A call past that bound kills the
