@@ -15,25 +15,16 @@ import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from amr_client.schemas import PolicyRef, PolicyStatus, PolicyUpdate
 from amr_sd.checkpoint import TensorIndex, check_adapter, check_checkpoint, read_index, resolve_under
-from amr_sd.engine.base import Adapter, Engine
+from amr_sd.engine.base import Adapter, Engine, Policy
 from amr_sd.errors import (DeadlineExceeded, EngineDead, InvalidRequest, PolicyMismatch,
                            PolicyReloading)
 
 log = logging.getLogger("amr_sd.policy")
 
 _MAX_CHECKED_ADAPTERS = 1024
-
-
-@dataclass(frozen=True)
-class Policy:
-    """What scores one request: the full-weight version, and the adapter on top, if any."""
-
-    version: str
-    adapter: Adapter | None = None
 
 
 class PolicyManager:
@@ -43,7 +34,7 @@ class PolicyManager:
         self.root = root
         self.wait_s = wait_s
         self.path = engine.model_path
-        engine.policy_version = version
+        self._version = version
         # A label names one set of weights for the life of the process: the reflection cache is
         # keyed by it, so reusing a label for other weights would replay stale reflections.
         self._labels = {version: self.path}
@@ -58,7 +49,7 @@ class PolicyManager:
 
     @property
     def version(self) -> str:
-        return self.engine.policy_version
+        return self._version
 
     @property
     def reloading(self) -> bool:
@@ -194,7 +185,7 @@ class PolicyManager:
                                      "restoring the previous ones failed too") from restore
                 raise InvalidRequest(f"the engine could not load the checkpoint ({exc}); version "
                                      f"{self.version!r} is still in service", field="path") from exc
-            self.engine.policy_version, self.path = version, folder
+            self._version, self.path = version, folder
             self._labels[version] = folder
             return time.perf_counter() - start
         finally:

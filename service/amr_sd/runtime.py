@@ -325,7 +325,7 @@ class Runtime:
 
         async def under_one_policy():
             async with self.policies.serving(request.policy) as policy:
-                return await scorer.score(request, policy.adapter)
+                return await scorer.score(request, policy)
 
         completed = False
         try:
@@ -387,7 +387,7 @@ class Runtime:
         async def score():
             async with self.policies.serving(request.policy) as policy:
                 entered.set_result(None)
-                return await scorer.score(request, policy.adapter,
+                return await scorer.score(request, policy,
                                           on_group=lambda g, group: groups.put((g, group)))
 
         task = asyncio.ensure_future(score())
@@ -426,7 +426,7 @@ class Runtime:
         engine = self._scorer().engine
         return {
             "model": engine.model_id, "model_path": engine.model_path,
-            "policy_version": engine.policy_version, "lora_enabled": bool(engine.max_lora_rank),
+            "policy_version": self.policies.version, "lora_enabled": bool(engine.max_lora_rank),
             "engine": self.settings.engine,
             "max_model_len": engine.max_model_len, "vocab_size": engine.vocab_size,
             "engine_settings": engine.settings.describe(),

@@ -37,7 +37,7 @@ from amr_sd.algo import advantage, reflection
 from amr_sd.algo.context import render_prompt, splice, with_block
 from amr_sd.cache import (ReflectionCache, pack_logprobs, reflection_key, score_context, score_key,
                           unpack_logprobs)
-from amr_sd.engine.base import Adapter, Engine, GenerationParams
+from amr_sd.engine.base import BASE_POLICY, Adapter, Engine, GenerationParams, Policy
 from amr_sd.errors import InvalidRequest, from_validation_error
 
 
@@ -243,10 +243,11 @@ class Scorer:
 
     # ---------------------------------------------------------------- engine phases
 
-    async def score(self, request: ScoreRequest, adapter: Adapter | None = None,
+    async def score(self, request: ScoreRequest, policy: Policy = BASE_POLICY,
                     on_group: Callable[[int, ScoredGroup], Awaitable[None]] | None = None
                     ) -> ScoreResponse:
-        """Score `request` with the engine's full weights, plus `adapter` if given.
+        """Score `request` with the engine's full weights (labelled `policy.version`), plus
+        `policy.adapter` if there is one.
 
         Every rollout writes its reflection (retries included) on its own, and a group is
         scored as soon as all of its reflections are settled, while other groups still write
@@ -256,12 +257,13 @@ class Scorer:
         a request cut short (deadline, disconnect, restart) writes only what was unfinished.
 
         `request.policy` is the caller's to resolve (`policy.PolicyManager.serving`): it
-        decides the adapter and holds the weights steady for the whole call.
+        decides `policy` and holds the weights steady for the whole call.
         """
+        adapter = policy.adapter
         t0 = time.perf_counter()
         # Chat templating and tokenisation of a large batch take seconds: off the event loop.
         plan = await asyncio.to_thread(self.plan, request)
-        run = _Run(plan, adapter, _Coalescer(functools.partial(self._score_sequences, adapter)))
+        run = _Run(plan, policy, _Coalescer(functools.partial(self._score_sequences, adapter)))
         await self._look_up(run)
         tasks = [asyncio.ensure_future(self._group(run, g, on_group)) for g in range(len(plan.groups))]
         try:
@@ -296,7 +298,7 @@ class Scorer:
                                             reject_reasons=[reflection.RejectReason.EMPTY.value])
         if self.cache is not None and pending:
             for w in pending:
-                w.cache_key = self._cache_key(w, cfg, run.adapter)
+                w.cache_key = self._cache_key(w, cfg, run.policy)
             hits = await self.cache.get_many([w.cache_key for w in pending])
             for w, hit in zip(pending, hits):
                 if hit is None:
@@ -383,13 +385,14 @@ class Scorer:
         if self.cache is not None:
             await self.cache.set_many({w.cache_key: w.record.model_dump(exclude={"cached"})})
 
-    def _cache_key(self, w: _Work, cfg: ScoringConfig, adapter: Adapter | None) -> str:
+    def _cache_key(self, w: _Work, cfg: ScoringConfig, policy: Policy) -> str:
         # Everything the final record depends on: the writer's input, how it decodes, and what
         # the filter compares against. A changed template, policy or setting misses the cache.
         # An adapter joins the key only when there is one: keys of plain requests stay as they were.
+        adapter = policy.adapter
         on_top = {} if adapter is None else {"adapter": [adapter.label, adapter.path]}
         return reflection_key(
-            model_id=self.engine.model_id, policy_version=self.engine.policy_version, **on_top,
+            model_id=self.engine.model_id, policy_version=policy.version, **on_top,
             template_version=cfg.reflection_template, kind=w.kind,
             writer_prompt_ids=w.writer_ids,
             generation={"max_tokens": cfg.max_reflection_tokens,
@@ -456,10 +459,9 @@ class Scorer:
         if self.score_cache is not None:
             adapter = run.adapter
             context = score_context(
-                model_id=self.engine.model_id, policy_version=self.engine.policy_version,
+                model_id=self.engine.model_id, policy_version=run.policy.version,
                 adapter=None if adapter is None else [adapter.label, adapter.path],
-                engine=type(self.engine).__name__,
-                dtype=str(getattr(self.engine.settings, "dtype", "")))
+                **self.engine.score_identity)
         passes = []
         for w in work:
             passes.append(_Pass(w, "teacher_logprobs",
@@ -556,7 +558,7 @@ class Scorer:
             positive=t.positive.stats(run.tau_pos), negative=t.negative.stats(run.tau_neg),
         )
         return ScoreResponse(
-            model=self.engine.model_id, policy_version=self.engine.policy_version,
+            model=self.engine.model_id, policy_version=run.policy.version,
             template_version=plan.config.reflection_template, step=request.step,
             anneal_weight=plan.anneal_weight, groups=[group for group, _ in run.scored],
             stats=stats)
@@ -632,7 +634,7 @@ class _Run:
     """One request in flight: its plan, counters, and the groups scored so far."""
 
     plan: Plan
-    adapter: Adapter | None
+    policy: Policy
     coalescer: "_Coalescer"
     generated: int = 0
     cached: int = 0
@@ -655,6 +657,10 @@ class _Run:
     @property
     def returns(self):
         return self.plan.returns
+
+    @property
+    def adapter(self) -> Adapter | None:
+        return self.policy.adapter
 
 
 class _Coalescer:

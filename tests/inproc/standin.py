@@ -14,12 +14,12 @@ from amr_sd.engine.base import EngineSettings, Generation
 class StandInEngine:
     model_id = "stand-in"
     model_path = "/nonexistent/stand-in"
-    policy_version = "base"
     max_lora_rank = 0
     lora_target_modules = ()
     max_model_len = 2048
     supports_seed = False
     settings = EngineSettings()
+    score_identity = {"engine": "StandInEngine", "dtype": "bfloat16"}
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer

@@ -18,7 +18,6 @@ from bench import corpus, peer_trl
 
 class RecordingEngine:
     model_id = "recording"
-    policy_version = "base"
     max_model_len = 2048
     supports_seed = False
     settings = EngineSettings()

@@ -44,7 +44,6 @@ class Engine:
 
     def __init__(self, model_path: str):
         self.model_path = model_path
-        self.policy_version = "base"
         self.loads: list[str] = []
         self.fail: set[str] = set()
         self.hold = False

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 from amr_client.schemas import ScoreRequest
 from amr_sd.cache import (SCORE_KEY_PREFIX, MemoryCache, pack_logprobs, score_context, score_key,
                           unpack_logprobs)
-from amr_sd.engine.base import EngineSettings
+from amr_sd.engine.base import EngineSettings, Policy
 from amr_sd.engine.models import materialize_embedded
 from amr_sd.scorer import Scorer
 
@@ -58,10 +58,10 @@ class CountingEngine:
     """Deterministic made-up logprobs; counts the passes that reach it."""
 
     model_id = "counting"
-    policy_version = "base"
     max_model_len = 1024
     supports_seed = False
     settings = EngineSettings(dtype="float32")
+    score_identity = {"engine": "CountingEngine", "dtype": "float32"}
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -115,8 +115,7 @@ def test_another_policy_version_scores_again(tokenizer):
     engine = CountingEngine(tokenizer)
     scorer = Scorer(engine, score_cache=MemoryCache())
     run(scorer, request(tokenizer))
-    engine.policy_version = "step-2"
-    again = run(scorer, request(tokenizer))
+    again = asyncio.run(scorer.score(request(tokenizer), Policy("step-2")))
     assert engine.passes == 16 and again.stats.scores_cached == 0
 
 

@@ -29,7 +29,6 @@ class NoCallEngine:
     """The engine surface the scorer reads, with every engine call failing the test."""
 
     model_id = "test"
-    policy_version = "base"
     vocab_size = VOCAB_SIZE
     max_model_len = MAX_MODEL_LEN
     supports_seed = False

@@ -44,10 +44,22 @@ class Adapter:
     path: str
 
 
+@dataclass(frozen=True)
+class Policy:
+    """What scores one request: the label of the full weights in service, and the adapter on top,
+    if any. The policy manager owns it and hands it to the scorer per request."""
+
+    version: str
+    adapter: Adapter | None = None
+
+
+# The weights an engine starts with, until a reload names others.
+BASE_POLICY = Policy("base")
+
+
 class Engine(Protocol):
     model_id: str
     model_path: str  # the folder the engine started on; reloads must match its architecture
-    policy_version: str  # the label of the full weights in service ("base" until a reload)
     max_lora_rank: int  # 0: this engine serves no LoRA adapters
     lora_target_modules: tuple[str, ...]  # the layer names adapters may change
     tokenizer: object  # a transformers tokenizer: chat template, vocab, special ids
@@ -55,6 +67,9 @@ class Engine(Protocol):
     max_model_len: int
     supports_seed: bool
     settings: "EngineSettings"  # what it was started with, and why
+    # What, besides the weights, makes its scores differ from another engine's on the same
+    # tokens: part of every score-cache key.
+    score_identity: dict[str, str]
 
     async def generate(
         self, prompts: Sequence[Sequence[int]], params: GenerationParams,

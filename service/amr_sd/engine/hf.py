@@ -26,7 +26,6 @@ class HFEngine:
         path = resolve_model(model)
         self.model_id = model
         self.model_path = path
-        self.policy_version = "base"
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self._dtype = getattr(torch, dtype)
         self._model = self._load(path)
@@ -34,6 +33,10 @@ class HFEngine:
         # The tighter of the asked length and the model's own context.
         limits = [n for n in (max_model_len, getattr(self._model.config, "max_position_embeddings", None)) if n]
         self.max_model_len = int(min(limits))
+
+    @property
+    def score_identity(self) -> dict[str, str]:
+        return {"engine": type(self).__name__, "dtype": str(self.settings.dtype)}
 
     def _load(self, path: str):
         from transformers import AutoModelForCausalLM

@@ -46,7 +46,6 @@ class VLLMEngine:
         self._prefix = uuid.uuid4().hex[:8]
         self.model_id = model_id
         self.model_path = model_path
-        self.policy_version = "base"
         self.tokenizer = tokenizer
         self.supports_seed = supports_seed
         self.max_lora_rank = max_lora_rank
@@ -58,6 +57,10 @@ class VLLMEngine:
         config = llm.model_config
         self.max_model_len = int(config.max_model_len)
         self.vocab_size = int(config.get_vocab_size())
+
+    @property
+    def score_identity(self) -> dict[str, str]:
+        return {"engine": type(self).__name__, "dtype": str(self.settings.dtype)}
 
     @classmethod
     def create(cls, model: str, settings: EngineSettings | None = None) -> "VLLMEngine":
