@@ -87,13 +87,13 @@ bench-quick: model
 # checked step by step, and synthetic slips (the off-policy stress case), each scored through a
 # real server under oracle / value / content-free / feedback / self-written / null reflections.
 fidelity: model
-	$(BIN)/python -m bench.fidelity --model $(MODEL)
-	$(BIN)/python -m bench.fidelity_onpolicy --model $(MODEL)
+	$(BIN)/python -m bench.fidelity.synthetic --model $(MODEL)
+	$(BIN)/python -m bench.fidelity.onpolicy --model $(MODEL)
 
 # Teacher-block placements, closings, critique wordings and a contrastive baseline, on the same
 # chains (transformers engine, ~3 min).
 fidelity-placement: setup
-	$(BIN)/python -m bench.fidelity_placement
+	$(BIN)/python -m bench.fidelity.placement
 
 # Train the embedded model with TRL's GRPOTrainer on AMR-SD advantages, next to plain GRPO.
 trl-example: setup
@@ -120,7 +120,7 @@ examples: model
 ifeq ($(MODEL),smollm2-135m-instruct)
 	$(BIN)/python examples/make_groups.py --out examples/data/groups.jsonl
 else
-	$(BIN)/python -m bench.fidelity_onpolicy --model $(MODEL) --write-demo examples/data/groups-$(MODEL).jsonl
+	$(BIN)/python -m bench.fidelity.onpolicy --model $(MODEL) --write-demo examples/data/groups-$(MODEL).jsonl
 endif
 
 clean:

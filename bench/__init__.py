@@ -1,20 +1,30 @@
-"""Speed benchmarks of amr-sd, run side by side so every figure has a baseline from the same run.
+"""Benchmarks of amr-sd: speed, run side by side so every figure has a baseline from the same run,
+and credit fidelity, where the credit lands.
 
-`python -m bench` runs every part and writes JSON and PNG files under `build/bench/`; `--quick`
-shrinks every size for a smoke run. Each part is also a module with a `run()` of its own:
+- `speed/`: `python -m bench` runs every part and writes JSON and PNG files under `build/bench/`;
+  `--quick` shrinks every size for a smoke run, `--only PART ...` picks parts. Each part is also a
+  module with a `run()` of its own. The parts, by their `--only` name, in the order they run:
 
-- `engine_sweep`: vLLM engine settings (dtype x thread binding x token budget) on the embedded
-  measured model, plus the transformers reference engine; is `EngineSettings.for_device` the best
-  choice?
-- `encoding`: the cost of the score response on the wire, JSON against compact binary forms.
-- `scaling`: a running `amr-sd serve` under growing requests: time, throughput, peak memory.
-- `peer_trl`: TRL's vLLM scoring server against amr-sd's scoring-only path on the same tokens.
-- `overhead`: the service against the same engine calls replayed on a bare engine; loop lag.
-- `transport`: HTTP against gRPC on the same batch.
-- `viewer`: the credit viewer's page-ready time for a large batch, beside parsing alone.
+  - `encoding` (`speed/encoding.py`): the cost of the score response on the wire, JSON against
+    compact binary forms.
+  - `viewer` (`speed/viewer.py`): the credit viewer's page-ready time for a large batch, beside
+    parsing alone.
+  - `engine` (`speed/engine_sweep.py`): vLLM engine settings (dtype x thread binding x token
+    budget) on the embedded measured model, plus the transformers reference engine; is
+    `EngineSettings.for_device` the best choice?
+  - `overhead` (`speed/overhead.py`, with `recorder.py` and `replay.py`): the service against the
+    same engine calls replayed on a bare engine; loop lag.
+  - `scaling` (`speed/scaling.py`): a running `amr-sd serve` under growing requests: time,
+    throughput, peak memory.
+  - `transport` (`speed/transport.py`): HTTP against gRPC on the same batch.
+  - `peer` (`speed/peer_trl.py`, with `trl_launcher.py`): TRL's vLLM scoring server against
+    amr-sd's scoring-only path on the same tokens.
 
-`make fidelity` runs the credit-fidelity benchmarks (`fidelity`, `fidelity_onpolicy`), which
-measure where the credit lands, not speed (docs/fidelity.md).
+- `fidelity/`: `make fidelity` (`fidelity.onpolicy`, `fidelity.synthetic`) and `make
+  fidelity-placement` (`fidelity.placement`) measure where the credit lands, not speed
+  (docs/fidelity.md).
+- `common/`: what both share: server processes (`procs`), the machine (`host`), the token
+  sequences scored (`corpus`), tables, JSON and plots (`report`).
 
 Numbers from a shared or busy machine are noisy: every part records the load average it saw.
 """

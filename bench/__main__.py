@@ -1,10 +1,11 @@
 """`python -m bench [--quick] [--only PART ...] [--model NAME]`: every benchmark, one run, one report.
 
 Parts run one after another, never side by side: on a small CPU two engines at once would
-measure each other. The engine sweep goes first (no server running), then the service-overhead
-part (a recording server, then the replay on a bare engine), then one `amr-sd serve` serves both
-the scaling part, the HTTP-vs-gRPC comparison and amr-sd's side of the TRL comparison; the TRL server starts after amr-sd has
-answered its share. A part that fails is recorded and the rest still run.
+measure each other. The two parts without an engine (encoding, viewer) go first, then the engine
+sweep (no server running), then the service-overhead part (a recording server, then the replay on
+a bare engine), then one `amr-sd serve` serves the scaling part, the HTTP-vs-gRPC comparison and
+amr-sd's side of the TRL comparison; the TRL server starts after amr-sd has answered its share. A
+part that fails is recorded and the rest still run.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import traceback
 from pathlib import Path
 
 from amr_sd.engine.models import EMBEDDED_MODEL
-from bench import (OUT_DIR, corpus, encoding, engine_sweep, host, overhead, peer_trl, procs, report,
-                   scaling, transport, viewer)
+from bench import OUT_DIR
+from bench.common import corpus, host, procs, report
+from bench.speed import encoding, engine_sweep, overhead, peer_trl, scaling, transport, viewer
 
 PARTS = ("encoding", "viewer", "engine", "overhead", "scaling", "transport", "peer")
 

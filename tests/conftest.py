@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from amr_sd.engine.models import EMBEDDED_MODEL
-from bench.procs import free_port
+from bench.common.procs import free_port
 
 REDIS_START_TIMEOUT_S = 10.0
 

@@ -16,7 +16,7 @@ import pytest
 from amr_client import AMRClient
 
 import podman
-from bench.procs import free_port
+from bench.common.procs import free_port
 from conftest import example_groups, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

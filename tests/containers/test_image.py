@@ -11,7 +11,7 @@ import pytest
 from amr_client import AMRClient
 
 import podman
-from bench.procs import free_port
+from bench.common.procs import free_port
 from conftest import container_state, example_groups, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from bench.procs import free_port
+from bench.common.procs import free_port
 
 START_TIMEOUT_S = 240
 

@@ -27,7 +27,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from long_work import long_scoring
-from bench.procs import free_port
+from bench.common.procs import free_port
 
 
 pytestmark = pytest.mark.e2e

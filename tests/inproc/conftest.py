@@ -27,7 +27,7 @@ from amr_sd.api.grpc_server import GrpcServer  # noqa: E402
 from amr_sd.api.http import create_app  # noqa: E402
 from amr_sd.config import Settings  # noqa: E402
 from amr_sd.runtime import Phase, Runtime  # noqa: E402
-from bench.procs import free_port
+from bench.common.procs import free_port
 
 
 @pytest.fixture(scope="session")

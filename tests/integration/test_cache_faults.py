@@ -14,7 +14,7 @@ import time
 import pytest
 
 from amr_sd.cache import RedisCache, make_cache
-from bench.procs import free_port
+from bench.common.procs import free_port
 
 pytestmark = pytest.mark.integration
 

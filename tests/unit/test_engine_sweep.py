@@ -2,8 +2,8 @@
 
 from dataclasses import asdict
 
-from bench import engine_sweep
-from bench.engine_sweep import FULL, Config
+from bench.speed import engine_sweep
+from bench.speed.engine_sweep import FULL, Config
 
 
 def result(config: Config, score: float, gen: float | None = None) -> dict:

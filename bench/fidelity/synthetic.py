@@ -1,6 +1,6 @@
 """`make fidelity`: does the credit land on the wrong tokens?
 
-Arithmetic chains with one slip at a known step (`bench.fidelity_data`: the slip propagates, and
+Arithmetic chains with one slip at a known step (`bench.fidelity.chains`: the slip propagates, and
 every token of every wrong number is labelled) are scored through a real `amr-sd serve` on the
 embedded model, over HTTP with AMRClient, under several teacher contexts:
 
@@ -28,7 +28,7 @@ on correct rollouts, the share of +CIG mass and of gated tokens that falls on nu
 Beside them, the student's own surprise (-log p with no reflection) as a detector: what the model
 already knows without a teacher.
 
-    python -m bench.fidelity [--problems 8] [--out build/bench] [--dtype float32]
+    python -m bench.fidelity.synthetic [--problems 8] [--out build/bench] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -44,35 +44,36 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import corpus, fidelity_data, procs
-from bench.fidelity_metrics import amplification, calibrated_gate, detection, gate_stats
+from bench import OUT_DIR
+from bench.common import corpus, procs
+from bench.fidelity import chains
+from bench.fidelity.metrics import amplification, calibrated_gate, detection, gate_stats
 
-OUT_DIR = Path("build/bench")
 RETURNS = {"cig": True, "logprobs": True, "reflections": True}
 # The gate rate a calibrated tau would aim for (users are told 5-15 %).
 TARGET_GATE_RATE = 0.10
 _NUMBER = re.compile(r"^\s*-?\d+\s*$")
 
 
-def _oracle(label: fidelity_data.Rollout) -> str:
+def _oracle(label: chains.Rollout) -> str:
     if label.fault_step is None:
         return "Every step follows correctly from the one before it."
     return (f"The mistake is in step {label.fault_step}: its result does not follow from the "
             "numbers in that step, and every later step builds on it.")
 
 
-def _fault_line(label: fidelity_data.Rollout) -> str:
+def _fault_line(label: chains.Rollout) -> str:
     """The faulty step as the response wrote it ("Step 2: 12 * 3 = 39.")."""
     return label.text.splitlines()[label.fault_step - 1]
 
 
-def _fault_operation(label: fidelity_data.Rollout) -> str:
+def _fault_operation(label: chains.Rollout) -> str:
     """The faulty step's operation as written ("12 * 3"): its operands are right, only the result
     slips."""
     return _fault_line(label).split(": ", 1)[1].split(" = ")[0]
 
 
-def _quote(label: fidelity_data.Rollout) -> str:
+def _quote(label: chains.Rollout) -> str:
     """The oracle, quoting the faulty step as written (wrong value included, right value not):
     what a writer asked to quote the first wrong step would give at best."""
     if label.fault_step is None:
@@ -81,7 +82,7 @@ def _quote(label: fidelity_data.Rollout) -> str:
             "step builds on it.")
 
 
-def _value(label: fidelity_data.Rollout) -> str:
+def _value(label: chains.Rollout) -> str:
     """The oracle with the faulty step written out right. Written as the response writes a step
     ("12 * 3 = 36"): "its result should be 36" moved the teacher far less (README)."""
     if label.fault_step is None:
@@ -174,7 +175,7 @@ def run(out_dir: Path = OUT_DIR, problems: int = 8, dtype: str = "float32",
 
     model = model or EMBEDDED_MODEL
     tokenizer = corpus.load_tokenizer(model)
-    groups, labels = fidelity_data.make_groups(tokenizer, n_problems=problems, seed=0)
+    groups, labels = chains.make_groups(tokenizer, n_problems=problems, seed=0)
     numbers = _number_tokens(labels, tokenizer)
     port = procs.free_port()
     # No score cache: the null row compares the student pass of two requests, which the cache would
@@ -217,7 +218,7 @@ def run(out_dir: Path = OUT_DIR, problems: int = 8, dtype: str = "float32",
     f = t["failed"]
     results["surprise"] = detection(surprise[f], t["wrong"][f], t["fault"][f], t["departs"][f])
     # How likely the student found the slip: near zero for a synthetic corruption, the point of
-    # comparison with the policy's own slips (bench.fidelity_onpolicy).
+    # comparison with the policy's own slips (bench.fidelity.onpolicy).
     results["surprise"]["student_logprob_first_digit"] = float(-surprise[f & t["departs"]].mean())
     results["data"] = {"model": model, "dtype": dtype, "problems": len(groups),
                        "rollouts": sum(len(g["rollouts"]) for g in groups),

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import corpus, host, procs, report
+from bench.common import corpus, host, procs, report
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,16 @@
 """What the service costs on top of its engine, whether it keeps the engine busy, and loop lag.
 
-One `amr-sd serve` with a recording engine (`bench.recorder`) answers three workloads through
-`AMRClient` over HTTP:
+One `amr-sd serve` with a recording engine (`bench.speed.recorder`) answers three workloads
+through `AMRClient` over HTTP:
   (a) scoring only: synthetic groups whose rollouts bring their reflection (`reflection_override`);
   (b) the example groups, reflections written by the model;
   (c) (b) again: its reflections come from the reflection cache and its scoring passes from the
       score cache (same tokens, same policy version), so the engine has nothing to do.
-Then `bench.replay` runs exactly the engine calls each workload made on a bare AsyncLLM with the
-same settings, keeping their order and concurrency. service wall / replay wall is the service's
-overhead (target <= 1.10). Engine utilisation during (b) is the time the engine would need at the
-sweep's best batched speed for the work it did, over the wall time (target >= 80 %). The work is
-every position computed: whole scored sequences (prompt, reflection and response: prompt
+Then `bench.speed.replay` runs exactly the engine calls each workload made on a bare AsyncLLM
+with the same settings, keeping their order and concurrency. service wall / replay wall is the
+service's overhead (target <= 1.10). Engine utilisation during (b) is the time the engine would
+need at the sweep's best batched speed for the work it did, over the wall time (target >= 80 %).
+The work is every position computed: whole scored sequences (prompt, reflection and response: prompt
 logprobs compute them all) and writer prompts at the prefill rate, generated tokens at the decode
 rate. A writer prompt counts once: its retries read it from vLLM's prefix cache.
 Event-loop lag is how late a 10 ms timer fired in the server during (b) (target p99 < 50 ms).
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import corpus, procs
+from bench.common import corpus, procs
 
 
 def _workloads(quick: bool) -> dict:
@@ -62,7 +62,7 @@ def run(out_dir: Path, quick: bool = False, best: dict | None = None) -> dict:
                                          out_dir / "overhead-replay.json")
     port = procs.free_port()
     server = procs.ServerProcess(
-        "amr-sd-recording", [sys.executable, "-m", "bench.recorder", "--port", str(port),
+        "amr-sd-recording", [sys.executable, "-m", "bench.speed.recorder", "--port", str(port),
                              "--record", str(record)],
         port=port, ready_path="/readyz", log_dir=out_dir)
     windows, results = {}, {}
@@ -81,7 +81,7 @@ def run(out_dir: Path, quick: bool = False, best: dict | None = None) -> dict:
                                  "reflections_cached": s.reflections_cached,
                                  "scores_cached": s.scores_cached}
     windows_path.write_text(json.dumps(windows))
-    subprocess.run([sys.executable, "-m", "bench.replay", str(record), "--windows",
+    subprocess.run([sys.executable, "-m", "bench.speed.replay", str(record), "--windows",
                     str(windows_path), "--out", str(replay_path)], check=True)
     replayed = json.loads(replay_path.read_text())
     recording = json.loads(record.read_text())

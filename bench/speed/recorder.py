@@ -1,13 +1,13 @@
 """`amr-sd serve` with every engine call recorded, and the event loop's lag sampled.
 
-    python -m bench.recorder --port P --record calls.json
+    python -m bench.speed.recorder --port P --record calls.json
 
 The server is the real one (`create_app`, `DrainingServer`, the default engine for this machine);
 only the engine is wrapped, and the wrapper adds nothing but two clock reads and a list append per
 call. On SIGTERM it drains as usual and then writes the recording: each call's kind, token ids,
 parameters and wall-clock start and end, plus one lag sample per 10 ms tick (how late a 10 ms
-sleep woke up), so `bench.overhead` can replay the calls on a bare AsyncLLM and read the lag of
-each workload's window.
+sleep woke up), so `bench.speed.overhead` can replay the calls on a bare AsyncLLM and read the
+lag of each workload's window.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main() -> None:
     from amr_sd.config import Settings
     from amr_sd.engine import create_engine
     from amr_sd.runtime import Runtime
-    from bench import corpus
+    from bench.common import corpus
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)

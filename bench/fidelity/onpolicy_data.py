@@ -1,8 +1,8 @@
 """A model's own arithmetic solutions, checked step by step: the on-policy fidelity data.
 
-fidelity_data writes a slip into a correct solution by hand, so its faults are the ones we chose
-and its text is the one we wrote. Here the model samples its own solutions to chains hard enough
-to get wrong (five operations, two-digit operands, products by up to 19), and a checker reads
+`bench.fidelity.chains` writes a slip into a correct solution by hand, so its faults are the ones
+we chose and its text is the one we wrote. Here the model samples its own solutions to chains hard
+enough to get wrong (five operations, two-digit operands, products by up to 19), and a checker reads
 each sample back to find where it went wrong. The credit then has to land on a fault the model
 made itself, in text the model wrote itself, which is the case training sees.
 
@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from bench import fidelity_data
+from bench.fidelity import chains
 
 OPS = ("+", "-", "*")
 N_STEPS = 5
@@ -66,7 +66,7 @@ def make_problem(rng: random.Random) -> tuple[int, list[tuple[str, int]]]:
 def question(start: int, ops: list[tuple[str, int]]) -> str:
     """The synthetic bench's question, its last sentence replaced by the exact format the
     checker reads."""
-    asked = fidelity_data.question(start, ops)
+    asked = chains.question(start, ops)
     return asked[:asked.index(" Write each step")] + f"\n{FORMAT_LINE}"
 
 

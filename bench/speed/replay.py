@@ -1,6 +1,6 @@
 """Replay recorded engine calls on a bare vLLM `AsyncLLM`: the service's work without the service.
 
-    python -m bench.replay calls.json --windows windows.json --out replay.json
+    python -m bench.speed.replay calls.json --windows windows.json --out replay.json
 
 The engine is started with exactly the settings the recorded server reported, and driven with
 the same requests `VLLMEngine` sends (same token ids and sampling parameters; each generation
@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from bench import corpus
+from bench.common import corpus
 
 
 def dependencies(calls: list[dict]) -> list[list[int]]:

@@ -23,7 +23,7 @@ import grpc
 import httpx
 import orjson
 
-from bench import corpus, report
+from bench.common import corpus, report
 
 SIZES = {"transport only": (64, 8, 256, 10_000), "scoring only": (64, 2, 16, 0)}
 # transport -> the answer type asked for (gRPC has its own packed protobuf answer)

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import host, report
+from bench.common import host, report
 
 DEMO_SCORED = Path("build/demo-scored.jsonl")
 CHROMIUM = "/usr/bin/chromium"

@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import host, procs, report
+from bench.common import host, procs, report
 
 DTYPES = ("bfloat16", "float32")
 TOKEN_BUDGETS = (2048, 4096, 8192)
@@ -127,7 +127,7 @@ async def measure_generation(engine, prompts: list[list[int]], max_tokens: int) 
 
 
 async def _run_child(config: Config, sizes: Sizes, floor_tok_s: float) -> dict:
-    from bench import corpus
+    from bench.common import corpus
 
     load_before = host.load()
     began = time.perf_counter()
@@ -173,9 +173,9 @@ def run_config(config: Config, sizes: Sizes, log_dir: Path, floor_tok_s: float =
     slug = config.label.replace(" ", "_").replace("=", "-").replace(",", "_")
     result_path, log_path = log_dir / f"{slug}.json", log_dir / f"{slug}.log"
     result_path.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "bench.engine_sweep", "--child", json.dumps(asdict(config)),
-               "--sizes", json.dumps(asdict(sizes)), "--floor", str(floor_tok_s),
-               "--result", str(result_path)]
+    command = [sys.executable, "-m", "bench.speed.engine_sweep",
+               "--child", json.dumps(asdict(config)), "--sizes", json.dumps(asdict(sizes)),
+               "--floor", str(floor_tok_s), "--result", str(result_path)]
     env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_OMP_THREADS_BIND"}
     began = time.monotonic()
     with open(log_path, "wb") as log:

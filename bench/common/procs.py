@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import corpus
+from bench.common import corpus
 
 
 def free_port() -> int:

@@ -12,8 +12,9 @@ import json
 import os
 from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data" / "groups.jsonl"
-FALLBACK_TEXT = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "data" / "groups.jsonl"
+FALLBACK_TEXT = ROOT / "README.md"
 
 # The prompt every synthetic group asks; its answer is irrelevant to speed.
 PROMPT = {"messages": [{"role": "user", "content": "What is 17 + 25? Think step by step."}]}

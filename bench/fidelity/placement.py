@@ -2,8 +2,8 @@
 
 The service has one teacher block (docs/method.md: appended to the last user message, closing "Keep
 this guidance in mind while solving.") and one CIG (teacher minus the bare student). This measures
-the alternatives the numbers would have to beat, on the same chains and metrics as `bench.fidelity`.
-Table 1, under the oracle and raw-feedback critiques:
+the alternatives the numbers would have to beat, on the same chains and metrics as
+`bench.fidelity.synthetic`. Table 1, under the oracle and raw-feedback critiques:
 
   placement  append (the service's), prepend (the block before the problem, same user turn),
              system (the reflection in a system turn before the user's), assistant (the block
@@ -19,7 +19,7 @@ The alternatives are not in the service, so the passes run here, in process, on 
 reference engine (`amr_sd.engine.hf`, float32, the embedded model): its append/guidance row matches
 `make fidelity`'s oracle row.
 
-    python -m bench.fidelity_placement [--problems 8] [--out build/bench]   (about 3 minutes)
+    python -m bench.fidelity.placement [--problems 8] [--out build/bench]   (about 3 minutes)
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ import numpy as np
 
 from amr_sd.algo.context import render_prompt, with_block
 from amr_sd.algo.reflection import CRITIQUE, HINT, closing_tag, opening_tag
-from bench import fidelity_data
-from bench.fidelity import OUT_DIR, TARGET_GATE_RATE, _fault_operation, _oracle, _value
-from bench.fidelity_metrics import calibrated_gate, detection, gate_stats
+from bench import OUT_DIR
+from bench.fidelity import chains
+from bench.fidelity.metrics import calibrated_gate, detection, gate_stats
+from bench.fidelity.synthetic import TARGET_GATE_RATE, _fault_operation, _oracle, _value
 
 CLOSINGS = {"guidance": "Keep this guidance in mind while solving.",
             "exact": "Keep it in mind, and compute every step exactly."}
@@ -100,7 +101,7 @@ def run(out_dir: Path = OUT_DIR, problems: int = 8,
 
     engine = HFEngine(EMBEDDED_MODEL, dtype="float32")
     tok = engine.tokenizer
-    groups, labels = fidelity_data.make_groups(tok, n_problems=problems, seed=seed)
+    groups, labels = chains.make_groups(tok, n_problems=problems, seed=seed)
     rollouts = [(g, r, wire) for g, rs in zip(groups, labels)
                 for r, wire in zip(rs, g["rollouts"])]
 

@@ -1,0 +1,1 @@
+"""Speed benchmarks, the parts of `python -m bench` (listed in `bench`'s docstring)."""
