@@ -1,45 +1,35 @@
-"""What `AMRClient` and `AsyncAMRClient` share: everything except sending bytes and sleeping.
+"""What every client shares: everything except sending bytes.
 
-Building the request body and headers, parsing responses, mapping a status to its exception and
-deciding whether and how long to wait before a retry all live here, so the two twins repeat
-only their send loop (as httpx's `BaseClient` and the Anthropic SDK's `_base_client.py` do).
+Building the request body and headers, parsing responses, turning an answer into its exception
+and assembling a streamed answer all live here (when to retry lives in `_retries.py`), with the
+client classes every transport builds on: `BaseClient` (settings, `with_options`) and its
+blocking and async halves (`SyncBaseClient`, `AsyncBaseClient`). `AMRClient` and `AMRGrpcClient`
+then add only their send paths (as httpx's `BaseClient` and the Anthropic SDK's
+`_base_client.py` do).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
-import math
-import random
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 import httpx
 from pydantic import Field, TypeAdapter, ValidationError
 
-from amr_client._exceptions import (
-    APIConnectionError,
-    APIStatusError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    ConflictError,
-    GatewayTimeoutError,
-    InternalServerError,
-    NotFoundError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    PolicyMismatchError,
-    RateLimitError,
-    ServiceUnavailableError,
-    UnprocessableEntityError,
-)
+from amr_client._exceptions import (APIConnectionError, APIStatusError, APITimeoutError,
+                                    status_error)
+from amr_client._retries import raised_as
 from amr_client.binary import MSGPACK, decode_response
 from amr_client.results import ScoreResult
 from amr_client.schemas import (Group, PolicyRef, PolicyStatus, PolicyUpdate, ReturnSwitches,
                                 ScoredGroup, ScoreRequest, ScoreResponse, ScoringConfig, StreamedEnd,
                                 StreamedError, StreamedGroup)
+from amr_client.streams import AsyncScoreStream, Progress, ScoreStream, progress_reporter
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 # Scoring a large batch on a CPU engine takes minutes, so reads may wait long; an unreachable
@@ -47,37 +37,10 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
 DEFAULT_MAX_RETRIES = 2
 
-# Retry-After above this is capped, so a misconfigured server cannot park a trainer for hours.
-MAX_RETRY_AFTER_S = 60.0
-INITIAL_RETRY_DELAY_S = 0.5
-MAX_RETRY_DELAY_S = 8.0
-RETRY_JITTER = 0.25
-
-# Transient by nature: request timeout, the first try of this Idempotency-Key still running (409:
-# a later retry gets its answer), our own queue full, server errors, proxies in between. Every
-# other 4xx means the same request will fail again.
-RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
-# ...except these error types, which the same request meets again.
-FINAL_ERROR_TYPES = frozenset({"policy_mismatch"})
-
 SCORE_PATH = "/v1/score"
 INFO_PATH = "/v1/info"
 POLICY_PATH = "/v1/policy"
 READY_PATH = "/readyz"
-
-_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
-    400: BadRequestError,
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    409: ConflictError,
-    413: PayloadTooLargeError,
-    422: UnprocessableEntityError,
-    429: RateLimitError,
-    500: InternalServerError,
-    503: ServiceUnavailableError,
-    504: GatewayTimeoutError,
-}
 
 
 class NotGiven:
@@ -251,6 +214,8 @@ class StreamAssembler:
 
     def feed(self, line: bytes | str, response: httpx.Response) -> tuple[int, ScoredGroup] | None:
         """One NDJSON line; an `error` line raises the status error a unary call would have."""
+        if not line:  # a blank line between items carries nothing
+            return None
         try:
             item = _STREAM_LINE.validate_json(line)
         except ValidationError as exc:
@@ -260,9 +225,9 @@ class StreamAssembler:
             headers = {"x-request-id": response.headers.get("x-request-id", "")}
             if item.retry_after_s is not None:
                 headers["retry-after"] = f"{item.retry_after_s:g}"
-            raise make_status_error(httpx.Response(
-                item.status, headers=headers, request=response.request,
-                json={"error": item.error.model_dump(exclude_none=True)}))
+            # No HTTP response carries this status (the stream's own was 200), as over gRPC.
+            raise status_error(item.status, {"error": item.error.model_dump(exclude_none=True)},
+                               headers=headers, reason=httpx.codes.get_reason_phrase(item.status))
         if isinstance(item, StreamedEnd):
             self.finish(item)
             return None
@@ -306,20 +271,20 @@ def _body_of(response: httpx.Response) -> Any:
 
 
 def make_status_error(response: httpx.Response) -> APIStatusError:
-    """The exception for a 4xx/5xx response: the only status -> class map."""
-    body = _body_of(response)
-    envelope = body.get("error") if isinstance(body, dict) else None
-    if isinstance(envelope, dict):
-        message = str(envelope.get("message") or response.reason_phrase)
-        kind = envelope.get("type")
-        field = envelope.get("field")
-    else:
-        message = (body if isinstance(body, str) else "") or response.reason_phrase or "error"
-        kind = field = None
-    cls = _STATUS_ERRORS.get(response.status_code, APIStatusError)
-    if response.status_code == 409 and kind == "policy_mismatch":
-        cls = PolicyMismatchError
-    return cls(message, response=response, body=body, type=kind, field=field)
+    """The exception for a 4xx/5xx HTTP response."""
+    return status_error(response.status_code, _body_of(response), headers=response.headers,
+                        reason=response.reason_phrase, response=response)
+
+
+def raise_for_status(response: httpx.Response) -> httpx.Response:
+    if not response.is_success:
+        raise make_status_error(response)
+    return response
+
+
+def http_errors() -> contextlib.AbstractContextManager[None]:
+    """Raises httpx's transport errors as the client's connection errors (retried)."""
+    return raised_as(httpx.TransportError, connection_error)
 
 
 def connection_error(exc: httpx.TransportError) -> APIConnectionError:
@@ -340,134 +305,19 @@ def _request_of(exc: httpx.TransportError) -> httpx.Request | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Retries
+# What every client is: settings, then the blocking or the async half
 # --------------------------------------------------------------------------------------------
 
 
-def should_retry(error: int | BaseException) -> bool:
-    """Whether a failed try may succeed if repeated: a status code or the exception raised."""
-    if isinstance(error, (APIConnectionError, httpx.TransportError)):
-        return True
-    if isinstance(error, APIStatusError):
-        return error.status_code in RETRYABLE_STATUS and error.type not in FINAL_ERROR_TYPES
-    if isinstance(error, int) and not isinstance(error, bool):
-        return error in RETRYABLE_STATUS
-    return False
-
-
-def parse_retry_after(header: str | None) -> float | None:
-    """Seconds from a `Retry-After: <seconds>` header; None when absent or not a number."""
-    if header is None:
-        return None
-    try:
-        seconds = float(header)
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-def retry_delay(attempt: int, retry_after_header: str | None = None,
-                rng: random.Random | None = None) -> float:
-    """Seconds to wait after failed try number `attempt` (0 = the first try).
-
-    The server's Retry-After wins (capped at 60 s); otherwise 0.5 s * 2**attempt, capped at
-    8 s, times a jitter in [0.75, 1.25] so many trainers do not retry in lockstep.
-    """
-    retry_after = parse_retry_after(retry_after_header)
-    if retry_after is not None:
-        return min(retry_after, MAX_RETRY_AFTER_S)
-    backoff = min(INITIAL_RETRY_DELAY_S * 2.0 ** attempt, MAX_RETRY_DELAY_S)
-    jitter = (rng or random).uniform(1.0 - RETRY_JITTER, 1.0 + RETRY_JITTER)
-    return backoff * jitter
-
-
-def next_retry_delay(error: APIConnectionError | APIStatusError, attempt: int,
-                     max_retries: int) -> float | None:
-    """Seconds to sleep before retrying after try `attempt` failed with `error`, or None to raise."""
-    if attempt >= max_retries or not should_retry(error):
-        return None
-    header = error.response.headers.get("retry-after") if isinstance(error, APIStatusError) else None
-    return retry_delay(attempt, header)
-
-
-# The one retry loop of every client (HTTP and gRPC, sync and async, one answer or a stream): a
-# try raises APIConnectionError or APIStatusError (the transport's own errors mapped first);
-# next_retry_delay says whether and when to try again. A stream's retry sends the same
-# idempotency key, so the server replays what it had already sent and the assembler skips it.
-T = TypeVar("T")
-_FAILURES = (APIConnectionError, APIStatusError)
-
-
-def retried(attempt: Callable[[], T], max_retries: int, sleep: Callable[[float], None]) -> T:
-    """`attempt()`'s answer, retried after a retryable failure: a stream of one item."""
-    def once() -> Iterator[T]:
-        yield attempt()
-
-    with contextlib.closing(retried_items(once, max_retries, sleep)) as items:
-        return next(items)
-
-
-async def retried_async(attempt: Callable[[], Awaitable[T]], max_retries: int,
-                        sleep: Callable[[float], Awaitable[None]]) -> T:
-    """`retried` for a coroutine."""
-    async def once() -> AsyncIterator[T]:
-        yield await attempt()
-
-    async with contextlib.aclosing(retried_aitems(once, max_retries, sleep)) as items:
-        return await anext(items)
-
-
-def retried_items(attempt: Callable[[], Iterator[T]], max_retries: int,
-                  sleep: Callable[[float], None]) -> Iterator[T]:
-    """The items of `attempt()`, a new try of the whole stream after a retryable failure."""
-    tries = 0
-    while True:
-        try:
-            yield from attempt()  # closing this generator closes the try's too
-            return
-        except _FAILURES as error:
-            delay = next_retry_delay(error, tries, max_retries)
-            if delay is None:
-                raise
-        sleep(delay)
-        tries += 1
-
-
-async def retried_aitems(attempt: Callable[[], AsyncIterator[T]], max_retries: int,
-                         sleep: Callable[[float], Awaitable[None]]) -> AsyncIterator[T]:
-    """`retried_items` for an async stream."""
-    tries = 0
-    while True:
-        try:
-            # aclosing: a caller leaving early closes the try at once (it cancels the request).
-            async with contextlib.aclosing(attempt()) as items:
-                async for item in items:
-                    yield item
-            return
-        except _FAILURES as error:
-            delay = next_retry_delay(error, tries, max_retries)
-            if delay is None:
-                raise
-        await sleep(delay)
-        tries += 1
-
-
-# --------------------------------------------------------------------------------------------
-# Client state shared by the twins
-# --------------------------------------------------------------------------------------------
-
-
-class ClientOptions:
-    """What every client holds, over either transport: the API key, the timeout of one try and
-    the retries, beside the server's address (`_ADDRESS` names its attribute); `with_options`
-    copies them onto the same connection. A transport may take another form of timeout."""
+class BaseClient:
+    """What every client holds, over either transport: the server's address (`_ADDRESS` names
+    its attribute), the API key, the timeout of one try and the retries; `with_options` copies
+    them onto the same connection. Each transport checks its own form of timeout
+    (`_check_timeout`): an httpx.Timeout over HTTP, seconds over gRPC."""
 
     _ADDRESS = "base_url"
     _owns_connection = True  # False for a `with_options` copy: closing it leaves the pool open
-
-    @staticmethod
-    def _check_timeout(timeout):
-        return check_timeout(timeout)
+    _check_timeout = staticmethod(check_timeout)
 
     def with_options(self, *, timeout: Any = NOT_GIVEN, max_retries: int | NotGiven = NOT_GIVEN):
         """A copy with other settings that shares this client's connection pool or channel.
@@ -486,16 +336,91 @@ class ClientOptions:
         return (f"{type(self).__name__}({self._ADDRESS}={getattr(self, self._ADDRESS)!r}, "
                 f"timeout={self.timeout!r}, max_retries={self.max_retries})")
 
+    def _stream(self, body: dict[str, Any]):
+        """The stream of one score call, sent when first iterated; `_stream_items(body, stream)`
+        is each transport's retried items (it sets `stream.result` at the end)."""
+        stream = self._Stream()
+        stream._items = self._stream_items(body, stream)
+        return stream
 
-class BaseClient(ClientOptions):
-    """Settings of an HTTP client; the twins add the HTTP pool and the send loop."""
 
-    def __init__(self, base_url: str, *, api_key: str | None, timeout: httpx.Timeout,
-                 max_retries: int):
-        self.base_url = check_base_url(base_url)
-        self.api_key = api_key
-        self.timeout = self._check_timeout(timeout)
-        self.max_retries = check_max_retries(max_retries)
+Client = TypeVar("Client", bound=BaseClient)
 
-    def _url(self, path: str) -> str:
-        return self.base_url + path
+
+class SyncBaseClient(BaseClient):
+    """The blocking half of every client: streams iterated with `for`, `score(progress=...)`,
+    the retry sleep and the context manager."""
+
+    _Stream = ScoreStream
+    # Injectable so tests (and callers with their own scheduler) need not really sleep.
+    _sleep: Callable[[float], None] = staticmethod(time.sleep)
+
+    def score_stream(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
+                     config: ScoringConfig | Mapping[str, Any] | None = None,
+                     returns: ReturnSwitches | Mapping[str, Any] | None = None,
+                     policy: PolicyRef | Mapping[str, Any] | None = None) -> ScoreStream:
+        """Like `score`, but each group arrives as soon as it is scored:
+
+            stream = client.score_stream(groups, step=step)
+            for index, group in stream:      # completion order; index = position in `groups`
+                ...
+            result = stream.result           # the same ScoreResult `score` returns
+
+        Retried like `score` (same idempotency key); a group is never passed on twice.
+        """
+        return self._stream(build_score_body(groups, step=step, config=config, returns=returns,
+                                             policy=policy))
+
+    def _score_with_progress(self, body: dict[str, Any], progress: Progress) -> ScoreResult:
+        # Streamed, so a long batch never has to fit one deadline as a whole.
+        stream = self._stream(body)
+        with progress_reporter(progress, len(body["groups"])) as tick:
+            for _ in stream:
+                tick()
+        return stream.result
+
+    def close(self) -> None:
+        """Close the connection pool or channel, unless it was passed in (`http_client`) or
+        this client is a `with_options` copy."""
+        if self._owns_connection:
+            self._close_connection()
+
+    def __enter__(self: Client) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncBaseClient(BaseClient):
+    """The async half of every client: `SyncBaseClient` with `async for` and `await`."""
+
+    _Stream = AsyncScoreStream
+    _sleep: Callable[[float], Awaitable[None]] = staticmethod(asyncio.sleep)
+
+    def score_stream(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
+                     config: ScoringConfig | Mapping[str, Any] | None = None,
+                     returns: ReturnSwitches | Mapping[str, Any] | None = None,
+                     policy: PolicyRef | Mapping[str, Any] | None = None) -> AsyncScoreStream:
+        """The blocking client's `score_stream`, iterated with `async for`; `.result` after the
+        loop."""
+        return self._stream(build_score_body(groups, step=step, config=config, returns=returns,
+                                             policy=policy))
+
+    async def _score_with_progress(self, body: dict[str, Any], progress: Progress) -> ScoreResult:
+        stream = self._stream(body)
+        with progress_reporter(progress, len(body["groups"])) as tick:
+            async for _ in stream:
+                tick()
+        return stream.result
+
+    async def close(self) -> None:
+        """See `SyncBaseClient.close`."""
+        if self._owns_connection:
+            await self._close_connection()
+
+    async def __aenter__(self: Client) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

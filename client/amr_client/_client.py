@@ -1,7 +1,7 @@
 """`AMRClient` and `AsyncAMRClient`: the same methods, blocking and async.
 
-Both only send requests and sleep between retries; building bodies, parsing responses, mapping
-statuses to exceptions and retry decisions live in `_base.py`.
+Both only send requests; building bodies, parsing responses, mapping statuses to exceptions,
+streams, `with_options` and closing live in `_base.py`, retries in `_retries.py`.
 
     with AMRClient("http://scorer:8000") as client:
         result = client.score(groups, step=global_step)
@@ -10,9 +10,7 @@ statuses to exceptions and retry decisions live in `_base.py`.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -26,44 +24,60 @@ from amr_client._base import (
     POLICY_PATH,
     READY_PATH,
     SCORE_PATH,
+    AsyncBaseClient,
     BaseClient,
     Encoding,
     StreamAssembler,
+    SyncBaseClient,
     answer_type,
     build_headers,
     build_policy_body,
     build_score_body,
-    connection_error,
+    check_base_url,
+    check_max_retries,
+    http_errors,
     make_status_error,
     new_idempotency_key,
     parse_info,
     parse_policy_status,
     parse_ready,
     parse_score_response,
-    retried,
-    retried_aitems,
-    retried_async,
-    retried_items,
+    raise_for_status,
     retry_as_json,
 )
 from amr_client._exceptions import APIStatusError
+from amr_client._retries import retried, retried_aitems, retried_async, retried_items
 from amr_client.results import ScoreResult
-from amr_client.streams import AsyncScoreStream, Progress, ScoreStream, progress_reporter
+from amr_client.streams import AsyncScoreStream, Progress, ScoreStream
 from amr_client.schemas import Group, PolicyRef, PolicyStatus, ReturnSwitches, ScoringConfig
 
 __all__ = ["AMRClient", "AsyncAMRClient"]
 
 
-def _check_pool(transport: Any, http_client: Any, expected: type) -> None:
-    if transport is not None and http_client is not None:
-        raise ValueError("pass either transport= or http_client=, not both "
-                         "(set the transport on your http_client instead)")
-    if http_client is not None and not isinstance(http_client, expected):
-        raise TypeError(f"http_client must be an {expected.__module__}.{expected.__name__}, "
-                        f"got {type(http_client).__name__}")
+class _HttpClient(BaseClient):
+    """Settings of an HTTP client (a base URL, an httpx.Timeout) and its pool: `http_client`, or
+    a `pool_class` made here on `transport` (and closed by `close`)."""
+
+    def __init__(self, base_url: str, *, api_key: str | None, timeout: httpx.Timeout,
+                 max_retries: int, transport: Any, http_client: Any, pool_class: type):
+        self.base_url = check_base_url(base_url)
+        self.api_key = api_key
+        self.timeout = self._check_timeout(timeout)
+        self.max_retries = check_max_retries(max_retries)
+        if transport is not None and http_client is not None:
+            raise ValueError("pass either transport= or http_client=, not both "
+                             "(set the transport on your http_client instead)")
+        if http_client is not None and not isinstance(http_client, pool_class):
+            expected = f"{pool_class.__module__}.{pool_class.__name__}"
+            raise TypeError(f"http_client must be an {expected}, got {type(http_client).__name__}")
+        self._owns_connection = http_client is None
+        self._http = http_client if http_client is not None else pool_class(transport=transport)
+
+    def _url(self, path: str) -> str:
+        return self.base_url + path
 
 
-class AMRClient(BaseClient):
+class AMRClient(_HttpClient, SyncBaseClient):
     """Blocking client of an amr-sd server.
 
     Args:
@@ -80,12 +94,8 @@ class AMRClient(BaseClient):
                  timeout: httpx.Timeout = DEFAULT_TIMEOUT, max_retries: int = DEFAULT_MAX_RETRIES,
                  transport: httpx.BaseTransport | None = None,
                  http_client: httpx.Client | None = None):
-        super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
-        _check_pool(transport, http_client, httpx.Client)
-        self._owns_connection = http_client is None
-        self._http = http_client if http_client is not None else httpx.Client(transport=transport)
-        # Injectable so tests (and callers with their own scheduler) need not really sleep.
-        self._sleep: Callable[[float], None] = time.sleep
+        super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
+                         transport=transport, http_client=http_client, pool_class=httpx.Client)
 
     def score(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
               config: ScoringConfig | Mapping[str, Any] | None = None,
@@ -107,11 +117,7 @@ class AMRClient(BaseClient):
         """
         body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
         if progress:
-            stream = self._stream(body)
-            with progress_reporter(progress, len(body["groups"])) as tick:
-                for _ in stream:
-                    tick()
-            return stream.result
+            return self._score_with_progress(body, progress)
         headers = build_headers(self.api_key, new_idempotency_key(), accept=answer_type(body, encoding))
         try:
             return parse_score_response(self._send("POST", SCORE_PATH, headers, body))
@@ -120,46 +126,21 @@ class AMRClient(BaseClient):
                 raise
         return parse_score_response(self._send("POST", SCORE_PATH, headers, body))
 
-    def score_stream(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
-                     config: ScoringConfig | Mapping[str, Any] | None = None,
-                     returns: ReturnSwitches | Mapping[str, Any] | None = None,
-                     policy: PolicyRef | Mapping[str, Any] | None = None) -> ScoreStream:
-        """Like `score`, but each group arrives as soon as it is scored:
-
-            stream = client.score_stream(groups, step=step)
-            for index, group in stream:      # completion order; index = position in `groups`
-                ...
-            result = stream.result           # the same ScoreResult `score` returns
-
-        Retried like `score` (same Idempotency-Key); a group is never passed on twice.
-        """
-        return self._stream(build_score_body(groups, step=step, config=config, returns=returns,
-                                             policy=policy))
-
-    def _stream(self, body: dict[str, Any]) -> ScoreStream:
-        stream = ScoreStream()
-        stream._items = self._stream_items(body, stream)
-        return stream
-
     def _stream_items(self, body: dict[str, Any], stream: ScoreStream):
         headers = build_headers(self.api_key, new_idempotency_key(), accept=NDJSON)
         assembler = StreamAssembler(len(body["groups"]))
 
         def attempt():
-            try:
-                with self._http.stream("POST", self._url(SCORE_PATH), headers=headers, json=body,
-                                       timeout=self.timeout) as response:
-                    if not response.is_success:
-                        response.read()
-                        raise make_status_error(response)
-                    for line in response.iter_lines():
-                        item = assembler.feed(line, response) if line else None
-                        if item is not None:
-                            yield item
-                    stream.result = assembler.result(response.headers.get("x-request-id"),
-                                                    response.request)
-            except httpx.TransportError as exc:
-                raise connection_error(exc) from exc
+            with http_errors(), self._http.stream("POST", self._url(SCORE_PATH), headers=headers,
+                                                  json=body, timeout=self.timeout) as response:
+                if not response.is_success:
+                    response.read()
+                    raise make_status_error(response)
+                for line in response.iter_lines():
+                    if (item := assembler.feed(line, response)) is not None:
+                        yield item
+                stream.result = assembler.result(response.headers.get("x-request-id"),
+                                                 response.request)
 
         return retried_items(attempt, self.max_retries, self._sleep)
 
@@ -191,33 +172,21 @@ class AMRClient(BaseClient):
             return False
         return parse_ready(response)
 
-    def close(self) -> None:
-        """Close the connection pool, unless it was passed in as `http_client` or shared."""
-        if self._owns_connection:
-            self._http.close()
-
-    def __enter__(self) -> AMRClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def _close_connection(self) -> None:
+        self._http.close()
 
     def _send(self, method: str, path: str, headers: dict[str, str],
               body: dict[str, Any] | None = None) -> httpx.Response:
         def attempt() -> httpx.Response:
-            try:
+            with http_errors():
                 response = self._http.request(method, self._url(path), headers=headers, json=body,
                                               timeout=self.timeout)
-            except httpx.TransportError as exc:
-                raise connection_error(exc) from exc
-            if not response.is_success:
-                raise make_status_error(response)
-            return response
+            return raise_for_status(response)
 
         return retried(attempt, self.max_retries, self._sleep)
 
 
-class AsyncAMRClient(BaseClient):
+class AsyncAMRClient(_HttpClient, AsyncBaseClient):
     """Async client of an amr-sd server; the same arguments and methods as `AMRClient`.
 
     `http_client` must be an httpx.AsyncClient and `transport` an httpx.AsyncBaseTransport.
@@ -227,11 +196,8 @@ class AsyncAMRClient(BaseClient):
                  timeout: httpx.Timeout = DEFAULT_TIMEOUT, max_retries: int = DEFAULT_MAX_RETRIES,
                  transport: httpx.AsyncBaseTransport | None = None,
                  http_client: httpx.AsyncClient | None = None):
-        super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
-        _check_pool(transport, http_client, httpx.AsyncClient)
-        self._owns_connection = http_client is None
-        self._http = http_client if http_client is not None else httpx.AsyncClient(transport=transport)
-        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
+                         transport=transport, http_client=http_client, pool_class=httpx.AsyncClient)
 
     async def score(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
                     config: ScoringConfig | Mapping[str, Any] | None = None,
@@ -241,11 +207,7 @@ class AsyncAMRClient(BaseClient):
         """Score `groups` at trainer step `step`; see `AMRClient.score` (`progress`, `encoding`)."""
         body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
         if progress:
-            stream = self._stream(body)
-            with progress_reporter(progress, len(body["groups"])) as tick:
-                async for _ in stream:
-                    tick()
-            return stream.result
+            return await self._score_with_progress(body, progress)
         headers = build_headers(self.api_key, new_idempotency_key(), accept=answer_type(body, encoding))
         try:
             return parse_score_response(await self._send("POST", SCORE_PATH, headers, body))
@@ -254,38 +216,22 @@ class AsyncAMRClient(BaseClient):
                 raise
         return parse_score_response(await self._send("POST", SCORE_PATH, headers, body))
 
-    def score_stream(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
-                     config: ScoringConfig | Mapping[str, Any] | None = None,
-                     returns: ReturnSwitches | Mapping[str, Any] | None = None,
-                     policy: PolicyRef | Mapping[str, Any] | None = None) -> AsyncScoreStream:
-        """`AMRClient.score_stream`, iterated with `async for`; `.result` after the loop."""
-        return self._stream(build_score_body(groups, step=step, config=config, returns=returns,
-                                             policy=policy))
-
-    def _stream(self, body: dict[str, Any]) -> AsyncScoreStream:
-        stream = AsyncScoreStream()
-        stream._items = self._stream_items(body, stream)
-        return stream
-
     def _stream_items(self, body: dict[str, Any], stream: AsyncScoreStream):
         headers = build_headers(self.api_key, new_idempotency_key(), accept=NDJSON)
         assembler = StreamAssembler(len(body["groups"]))
 
         async def attempt():
-            try:
+            with http_errors():
                 async with self._http.stream("POST", self._url(SCORE_PATH), headers=headers,
                                              json=body, timeout=self.timeout) as response:
                     if not response.is_success:
                         await response.aread()
                         raise make_status_error(response)
                     async for line in response.aiter_lines():
-                        item = assembler.feed(line, response) if line else None
-                        if item is not None:
+                        if (item := assembler.feed(line, response)) is not None:
                             yield item
                     stream.result = assembler.result(response.headers.get("x-request-id"),
-                                                    response.request)
-            except httpx.TransportError as exc:
-                raise connection_error(exc) from exc
+                                                     response.request)
 
         return retried_aitems(attempt, self.max_retries, self._sleep)
 
@@ -314,27 +260,15 @@ class AsyncAMRClient(BaseClient):
             return False
         return parse_ready(response)
 
-    async def close(self) -> None:
-        """Close the connection pool, unless it was passed in as `http_client` or shared."""
-        if self._owns_connection:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> AsyncAMRClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+    async def _close_connection(self) -> None:
+        await self._http.aclose()
 
     async def _send(self, method: str, path: str, headers: dict[str, str],
                     body: dict[str, Any] | None = None) -> httpx.Response:
         async def attempt() -> httpx.Response:
-            try:
+            with http_errors():
                 response = await self._http.request(method, self._url(path), headers=headers,
                                                     json=body, timeout=self.timeout)
-            except httpx.TransportError as exc:
-                raise connection_error(exc) from exc
-            if not response.is_success:
-                raise make_status_error(response)
-            return response
+            return raise_for_status(response)
 
         return await retried_async(attempt, self.max_retries, self._sleep)

@@ -4,7 +4,7 @@
     ├── APIConnectionError            the request never got an HTTP answer (refused, reset, DNS...)
     │   └── APITimeoutError           ... because a connect/read/write/pool timeout passed
     └── APIStatusError                the server answered 4xx/5xx: status_code, request_id, body,
-        │                             message, type, field (from {"error": {type, message, field}})
+        │                             headers, message, type, field (from {"error": {...}})
         ├── BadRequestError           400
         ├── AuthenticationError       401
         ├── PermissionDeniedError     403
@@ -17,15 +17,21 @@
         ├── ServiceUnavailableError   503  not ready, draining or engine failure (Retry-After)
         └── GatewayTimeoutError       504  the server's deadline passed
 
-Any other status raises `APIStatusError` itself. Client-side validation of a request raises
-pydantic's `ValidationError` unchanged (the same error the server would turn into a 422).
+Any other status raises `APIStatusError` itself; `status_error` is the one status -> class map,
+over either transport. Client-side validation of a request raises pydantic's `ValidationError`
+unchanged (the same error the server would turn into a 422).
+
+Over gRPC the same classes are raised: the server's error details name the HTTP status (see
+docs/grpc.md), so `status_code` and `type` are the ones HTTP would give; `response` is None.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:  # only HTTP errors carry httpx objects; the classes themselves need no httpx
+    import httpx
 
 __all__ = [
     "AMRError", "APIConnectionError", "APITimeoutError", "APIStatusError",
@@ -57,18 +63,29 @@ class APITimeoutError(APIConnectionError):
 
 class APIStatusError(AMRError):
     """The server answered with a 4xx or 5xx status (or a 2xx whose body breaks the contract,
-    with `type` "invalid_response").
+    with `type` "invalid_response"), over HTTP or gRPC.
 
+    `status_code` is the HTTP status (over gRPC, the one the server's error details name);
     `body` is the parsed JSON body (or the text when it is not JSON); `message`, `type` and
-    `field` come from the server's `{"error": {...}}` envelope; `request_id` is the server's
-    `X-Request-ID`, the id to quote when reporting a problem.
+    `field` come from the server's `{"error": {...}}` envelope; `headers` are the answer's
+    headers (over gRPC, `x-request-id` and a `retry-after` from the status details, lower-case
+    names); `request_id` is the server's `X-Request-ID`, the id to quote when reporting a
+    problem. `response` is the httpx.Response over HTTP (for an error line of a stream, the
+    stream's own response), None over gRPC.
     """
 
-    def __init__(self, message: str, *, response: httpx.Response, body: Any,
+    def __init__(self, message: str, *, body: Any, response: httpx.Response | None = None,
+                 status_code: int | None = None, headers: Mapping[str, str] | None = None,
                  type: str | None = None, field: str | None = None):
+        if response is not None:  # an HTTP answer: what is not given is read from it
+            status_code = response.status_code if status_code is None else status_code
+            headers = response.headers if headers is None else headers
+        if status_code is None:
+            raise TypeError("APIStatusError needs the status_code (or the HTTP response)")
         self.response = response
-        self.status_code = response.status_code
-        self.request_id = response.headers.get("x-request-id")
+        self.status_code = status_code
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
+        self.request_id = self.headers.get("x-request-id")
         self.body = body
         self.message = message
         self.type = type
@@ -131,3 +148,40 @@ class ServiceUnavailableError(APIStatusError):
 
 class GatewayTimeoutError(APIStatusError):
     """504: the server's own deadline passed and it aborted the work."""
+
+
+_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+    500: InternalServerError,
+    503: ServiceUnavailableError,
+    504: GatewayTimeoutError,
+}
+
+
+def status_error(status_code: int, body: Any, *, headers: Mapping[str, str] | None = None,
+                 reason: str = "", response: httpx.Response | None = None) -> APIStatusError:
+    """The exception for a 4xx/5xx answer over either transport: the only status -> class map.
+
+    `body` is the answer's parsed body, amr-sd's `{"error": {type, message, field}}` or whatever
+    a proxy sent; `reason` is the status line's phrase, the message when the body gives none.
+    """
+    envelope = body.get("error") if isinstance(body, dict) else None
+    if isinstance(envelope, dict):
+        message = str(envelope.get("message") or reason)
+        kind = envelope.get("type")
+        field = envelope.get("field")
+    else:
+        message = (body if isinstance(body, str) else "") or reason or "error"
+        kind = field = None
+    cls = _STATUS_ERRORS.get(status_code, APIStatusError)
+    if status_code == 409 and kind == "policy_mismatch":
+        cls = PolicyMismatchError
+    return cls(message, status_code=status_code, headers=headers, response=response, body=body,
+               type=kind, field=field)

@@ -1,7 +1,9 @@
 """`AMRGrpcClient` and `AsyncAMRGrpcClient`: the HTTP clients' methods over gRPC (amr_sd.v1).
 
-Same arguments, results, exceptions and retries as `AMRClient` / `AsyncAMRClient`; only the
-transport differs. Needs the gRPC extra: `pip install "amr-sd[grpc]"`.
+Same methods, results, exceptions and retries as `AMRClient` / `AsyncAMRClient`, on the same
+base classes; only the transport differs, and with it two arguments: `target` is a gRPC address
+(host:port), and `timeout` is the deadline of one try in seconds (gRPC has one deadline per call,
+not httpx's connect and read limits). Needs the gRPC extra: `pip install "amr-sd[grpc]"`.
 
     from amr_client import AMRGrpcClient
 
@@ -14,19 +16,18 @@ transport differs. Needs the gRPC extra: `pip install "amr-sd[grpc]"`.
 
 Requests are built and validated by the same code as over HTTP (`build_score_body`), then
 converted to protobuf by `grpc_codec`; answers are validated by the same pydantic models. A gRPC
-error from the server carries its HTTP status in a google.rpc.ErrorInfo, so it is turned into a
-synthetic HTTP response and mapped by `make_status_error`, the one status -> exception map.
+error from the server carries its HTTP status in a google.rpc.ErrorInfo, so it raises the class
+the HTTP client raises for that status (`status_error`, the one status -> exception map), with
+`response` None.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import math
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ValidationError
 
 try:
@@ -46,23 +47,22 @@ except ImportError as exc:
 
 from amr_client._base import (
     DEFAULT_MAX_RETRIES,
-    ClientOptions,
+    AsyncBaseClient,
+    BaseClient,
     StreamAssembler,
+    SyncBaseClient,
     build_policy_body,
     build_score_body,
     check_max_retries,
-    make_status_error,
     new_idempotency_key,
-    retried,
-    retried_aitems,
-    retried_async,
-    retried_items,
 )
-from amr_client._exceptions import APIConnectionError, APIStatusError, APITimeoutError
+from amr_client._exceptions import APIConnectionError, APIStatusError, APITimeoutError, status_error
+from amr_client._retries import (raised_as, retried, retried_aitems, retried_async,
+                                 retried_items)
 from amr_client.results import ScoreResult
 from amr_client.schemas import (Group, PolicyRef, PolicyStatus, ReturnSwitches, ScoredGroup,
                                 ScoreResponse, ScoringConfig, StreamedEnd)
-from amr_client.streams import AsyncScoreStream, Progress, ScoreStream, progress_reporter
+from amr_client.streams import AsyncScoreStream, Progress, ScoreStream
 
 __all__ = ["AMRGrpcClient", "AsyncAMRGrpcClient"]
 
@@ -157,9 +157,13 @@ def _validate(model: type[BaseModel], data: dict[str, Any], request_id: str | No
     except ValidationError as exc:
         # As over HTTP: a successful answer that breaks the contract is a version mismatch.
         headers = {"x-request-id": request_id} if request_id else {}
-        raise APIStatusError(f"response is not a {model.__name__}: {exc}",
-                             response=httpx.Response(200, headers=headers), body=data,
-                             type="invalid_response") from exc
+        raise APIStatusError(f"response is not a {model.__name__}: {exc}", status_code=200,
+                             headers=headers, body=data, type="invalid_response") from exc
+
+
+def _score_result(response: pb.ScoreResponse, request_id: str | None) -> ScoreResult:
+    return ScoreResult(_validate(ScoreResponse, to_dict(response), request_id),
+                       request_id=request_id)
 
 
 def _request_id(metadata) -> str | None:
@@ -211,6 +215,11 @@ def rpc_error(exc: grpc.RpcError) -> APIConnectionError | APIStatusError:
     return error
 
 
+def rpc_errors() -> contextlib.AbstractContextManager[None]:
+    """Raises a failed call (grpc.aio's too) as the exception `rpc_error` gives."""
+    return raised_as(grpc.RpcError, rpc_error)
+
+
 def _ask(exc: grpc.RpcError, method: str):
     """`exc.<method>()`, or None: every RpcError a stub raises is also a grpc.Call, but
     grpc.RpcError itself promises none of the Call methods."""
@@ -250,31 +259,27 @@ def _map_rpc_error(exc: grpc.RpcError) -> APIConnectionError | APIStatusError:
         envelope = {"type": f"grpc_{code.name.lower()}", "message": message}
     if request_id:
         headers["x-request-id"] = request_id
-    # APIStatusError reads status, headers and body from an HTTP response, so the gRPC status
-    # is given as the response the HTTP API would have sent.
-    return make_status_error(httpx.Response(http_status, headers=headers, json={"error": envelope}))
+    # The body and headers the HTTP API would have sent, so both transports raise alike.
+    return status_error(http_status, {"error": envelope}, headers=headers)
 
 
 # --------------------------------------------------------------------------------------------
-# Client state shared by the twins
+# Settings shared by the twins
 # --------------------------------------------------------------------------------------------
 
 
-class _BaseGrpcClient(ClientOptions):
+class _GrpcClient(BaseClient):
     """Settings of a gRPC client (the HTTP client's, with a target and a timeout in seconds);
-    the twins add the channel and the send loops."""
+    the twins add the channel and the send paths."""
 
     _ADDRESS = "target"
+    _check_timeout = staticmethod(check_grpc_timeout)
 
     def __init__(self, target: str, *, api_key: str | None, timeout: float, max_retries: int):
         self.target = check_target(target)
         self.api_key = check_api_key(api_key)
         self.timeout = self._check_timeout(timeout)
         self.max_retries = check_max_retries(max_retries)
-
-    @staticmethod
-    def _check_timeout(timeout):
-        return check_grpc_timeout(timeout)
 
     def _metadata(self, idempotency_key: str | None = None) -> tuple[tuple[str, str], ...]:
         metadata = []
@@ -302,7 +307,7 @@ def _ready_failure(exc: grpc.RpcError) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-class AMRGrpcClient(_BaseGrpcClient):
+class AMRGrpcClient(_GrpcClient, SyncBaseClient):
     """Blocking gRPC client of an amr-sd server; the methods of `AMRClient`.
 
     Args:
@@ -318,8 +323,6 @@ class AMRGrpcClient(_BaseGrpcClient):
         self._channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.ScoringStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
-        # Injectable so tests (and callers with their own scheduler) need not really sleep.
-        self._sleep: Callable[[float], None] = time.sleep
 
     def score(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
               config: ScoringConfig | Mapping[str, Any] | None = None,
@@ -332,51 +335,23 @@ class AMRGrpcClient(_BaseGrpcClient):
         """
         body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
         if progress:
-            stream = self._stream(body)
-            with progress_reporter(progress, len(body["groups"])) as tick:
-                for _ in stream:
-                    tick()
-            return stream.result
-        response, request_id = self._unary(self._stub.Score, score_request(body),
-                                           new_idempotency_key())
-        return ScoreResult(_validate(ScoreResponse, to_dict(response), request_id),
-                           request_id=request_id)
+            return self._score_with_progress(body, progress)
+        return _score_result(*self._unary(self._stub.Score, score_request(body),
+                                          new_idempotency_key()))
 
-    def score_stream(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
-                     config: ScoringConfig | Mapping[str, Any] | None = None,
-                     returns: ReturnSwitches | Mapping[str, Any] | None = None,
-                     policy: PolicyRef | Mapping[str, Any] | None = None) -> ScoreStream:
-        """Like `score`, but each group arrives as soon as it is scored:
-
-            stream = client.score_stream(groups, step=step)
-            for index, group in stream:      # completion order; index = position in `groups`
-                ...
-            result = stream.result           # the same ScoreResult `score` returns
-
-        Retried like `score` (same idempotency key); a group is never passed on twice.
-        """
-        return self._stream(build_score_body(groups, step=step, config=config, returns=returns,
-                                             policy=policy))
-
-    def _stream(self, body: dict[str, Any]) -> ScoreStream:
-        stream = ScoreStream()
-        stream._items = self._stream_items(score_request(body), len(body["groups"]), stream)
-        return stream
-
-    def _stream_items(self, request: pb.ScoreRequest, n_groups: int, stream: ScoreStream):
+    def _stream_items(self, body: dict[str, Any], stream: ScoreStream):
+        request = score_request(body)
         metadata = self._metadata(new_idempotency_key())
-        assembler = StreamAssembler(n_groups)
+        assembler = StreamAssembler(len(body["groups"]))
 
         def attempt():
             call = self._stub.ScoreStream(request, metadata=metadata, timeout=self.timeout)
             try:
-                for message in call:
-                    item = _feed(assembler, message)
-                    if item is not None:
-                        yield item
-                stream.result = assembler.result(_request_id(call.initial_metadata()))
-            except grpc.RpcError as exc:
-                raise rpc_error(exc) from exc
+                with rpc_errors():
+                    for message in call:
+                        if (item := _feed(assembler, message)) is not None:
+                            yield item
+                    stream.result = assembler.result(_request_id(call.initial_metadata()))
             finally:
                 # A caller leaving the loop early must not leave the server scoring for nobody.
                 call.cancel()
@@ -413,27 +388,17 @@ class AMRGrpcClient(_BaseGrpcClient):
             return _ready_failure(exc)
         return _ready_answer(response)
 
-    def close(self) -> None:
-        """Close the channel, unless this client is a `with_options` copy."""
-        if self._owns_connection:
-            self._channel.close()
-
-    def __enter__(self) -> AMRGrpcClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def _close_connection(self) -> None:
+        self._channel.close()
 
     def _unary(self, rpc, request, idempotency_key: str | None = None):
         """`(response, request_id)` of a unary call, retried as `AMRClient._send` retries."""
         metadata = self._metadata(idempotency_key)
 
         def attempt():
-            try:
+            with rpc_errors():
                 response, call = rpc.with_call(request, metadata=metadata, timeout=self.timeout)
                 return response, _request_id(call.initial_metadata())
-            except grpc.RpcError as exc:
-                raise rpc_error(exc) from exc
 
         return retried(attempt, self.max_retries, self._sleep)
 
@@ -465,7 +430,7 @@ class _AioChannel:
             await channel.close()
 
 
-class AsyncAMRGrpcClient(_BaseGrpcClient):
+class AsyncAMRGrpcClient(_GrpcClient, AsyncBaseClient):
     """Async gRPC client of an amr-sd server; the arguments of `AMRGrpcClient`, the methods of
     `AsyncAMRClient`. Use it on one event loop: its channel binds to the loop of its first call.
     """
@@ -474,7 +439,6 @@ class AsyncAMRGrpcClient(_BaseGrpcClient):
                  timeout: float = DEFAULT_TIMEOUT_S, max_retries: int = DEFAULT_MAX_RETRIES):
         super().__init__(target, api_key=api_key, timeout=timeout, max_retries=max_retries)
         self._aio = _AioChannel(self.target)  # shared with `with_options` copies
-        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def score(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
                     config: ScoringConfig | Mapping[str, Any] | None = None,
@@ -484,44 +448,24 @@ class AsyncAMRGrpcClient(_BaseGrpcClient):
         """Score `groups` at trainer step `step`; see `AMRClient.score` (`progress` too)."""
         body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
         if progress:
-            stream = self._stream(body)
-            with progress_reporter(progress, len(body["groups"])) as tick:
-                async for _ in stream:
-                    tick()
-            return stream.result
-        response, request_id = await self._unary("Score", score_request(body),
-                                                 new_idempotency_key())
-        return ScoreResult(_validate(ScoreResponse, to_dict(response), request_id),
-                           request_id=request_id)
+            return await self._score_with_progress(body, progress)
+        return _score_result(*await self._unary("Score", score_request(body),
+                                                 new_idempotency_key()))
 
-    def score_stream(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
-                     config: ScoringConfig | Mapping[str, Any] | None = None,
-                     returns: ReturnSwitches | Mapping[str, Any] | None = None,
-                     policy: PolicyRef | Mapping[str, Any] | None = None) -> AsyncScoreStream:
-        """`AMRGrpcClient.score_stream`, iterated with `async for`; `.result` after the loop."""
-        return self._stream(build_score_body(groups, step=step, config=config, returns=returns,
-                                             policy=policy))
-
-    def _stream(self, body: dict[str, Any]) -> AsyncScoreStream:
-        stream = AsyncScoreStream()
-        stream._items = self._stream_items(score_request(body), len(body["groups"]), stream)
-        return stream
-
-    def _stream_items(self, request: pb.ScoreRequest, n_groups: int, stream: AsyncScoreStream):
+    def _stream_items(self, body: dict[str, Any], stream: AsyncScoreStream):
+        request = score_request(body)
         metadata = self._metadata(new_idempotency_key())
-        assembler = StreamAssembler(n_groups)
+        assembler = StreamAssembler(len(body["groups"]))
 
         async def attempt():
             call = self._aio.open().stub.ScoreStream(request, metadata=metadata,
                                                      timeout=self.timeout)
             try:
-                async for message in call:
-                    item = _feed(assembler, message)
-                    if item is not None:
-                        yield item
-                stream.result = assembler.result(_request_id(await call.initial_metadata()))
-            except grpc.RpcError as exc:  # grpc.aio.AioRpcError
-                raise rpc_error(exc) from exc
+                with rpc_errors():
+                    async for message in call:
+                        if (item := _feed(assembler, message)) is not None:
+                            yield item
+                    stream.result = assembler.result(_request_id(await call.initial_metadata()))
             finally:
                 call.cancel()  # see AMRGrpcClient._stream_items
 
@@ -553,28 +497,18 @@ class AsyncAMRGrpcClient(_BaseGrpcClient):
             return _ready_failure(exc)
         return _ready_answer(response)
 
-    async def close(self) -> None:
-        """Close the channel, unless this client is a `with_options` copy."""
-        if self._owns_connection:
-            await self._aio.close()
-
-    async def __aenter__(self) -> AsyncAMRGrpcClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+    async def _close_connection(self) -> None:
+        await self._aio.close()
 
     async def _unary(self, method: str, request, idempotency_key: str | None = None):
         """`(response, request_id)` of a unary call, retried as `AsyncAMRClient._send` retries."""
         metadata = self._metadata(idempotency_key)
 
         async def attempt():
-            try:
+            with rpc_errors():
                 call = getattr(self._aio.open().stub, method)(request, metadata=metadata,
                                                               timeout=self.timeout)
                 response = await call
                 return response, _request_id(await call.initial_metadata())
-            except grpc.RpcError as exc:
-                raise rpc_error(exc) from exc
 
         return await retried_async(attempt, self.max_retries, self._sleep)

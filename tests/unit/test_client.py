@@ -41,7 +41,9 @@ from amr_client import (
     ServiceUnavailableError,
     UnprocessableEntityError,
 )
-from amr_client._base import build_score_body, retry_delay, should_retry
+from amr_client._base import build_score_body
+from amr_client._exceptions import status_error
+from amr_client._retries import next_retry_delay, retry_delay, should_retry
 
 BASE_URL = "http://scorer.test"
 
@@ -231,6 +233,25 @@ def test_non_json_error_body_is_kept_as_text():
     assert exc.value.status_code == 502
     assert exc.value.body == exc.value.message == "<html>Bad Gateway</html>"
     assert exc.value.field is None and exc.value.request_id is None
+
+
+def test_an_http_error_keeps_its_response_and_its_headers():
+    response = error_json(429, "overloaded", "queue full", headers={"Retry-After": "3"})
+    client, _ = client_for(Server(response), max_retries=0)
+    with pytest.raises(RateLimitError) as exc:
+        client.score([GROUP], step=0)
+    assert exc.value.response.status_code == 429
+    assert exc.value.headers["retry-after"] == "3"
+
+
+def test_a_status_error_needs_no_http_response():
+    # What the gRPC client builds from a status's details: the fields an HTTP answer would give.
+    error = status_error(503, {"error": {"type": "draining", "message": "shutting down"}},
+                         headers={"retry-after": "5", "x-request-id": "req-9"})
+    assert type(error) is ServiceUnavailableError and error.response is None
+    assert (error.status_code, error.type, error.message) == (503, "draining", "shutting down")
+    assert error.request_id == "req-9"
+    assert next_retry_delay(error, 0, max_retries=2) == 5.0
 
 
 # --- retries ----------------------------------------------------------------------------------

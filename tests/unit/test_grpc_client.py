@@ -252,6 +252,16 @@ def test_constructor_rejects_bad_arguments():
         AMRGrpcClient(api_key=b"sk")
 
 
+def test_with_options_takes_seconds_and_shares_the_channel():
+    with AMRGrpcClient(timeout=30) as client:
+        copy = client.with_options(timeout=5, max_retries=0)
+        assert (copy.target, copy.timeout, copy.max_retries) == (client.target, 5.0, 0)
+        assert copy._channel is client._channel
+        assert (client.timeout, client.max_retries) == (30.0, 2)
+        with pytest.raises(ValueError, match="in seconds"):
+            client.with_options(timeout=httpx.Timeout(5.0))
+
+
 # --------------------------------------------------------------------------------------------
 # Errors and retries
 # --------------------------------------------------------------------------------------------
@@ -294,7 +304,8 @@ def test_draining_past_max_retries_raises_service_unavailable(client, fake, slee
         client.score([GROUP], step=1)
 
     assert caught.value.type == "draining"
-    assert caught.value.response.headers["retry-after"] == "5"
+    assert caught.value.headers["retry-after"] == "5"
+    assert caught.value.response is None  # no HTTP response stands behind a gRPC status
     assert len(fake.calls) == 3 and sleeps == [5.0, 5.0]
 
 
