@@ -1,4 +1,9 @@
-"""Server settings: `amr-sd serve` flags and `AMR_*` environment variables (flags win)."""
+"""Server settings, each declared once: an `AMR_*` environment variable and an `amr-sd serve` flag
+(flags win), with its default and meaning.
+
+Each section below is one group of `amr-sd serve --help` and of docs/server-config.md; `amr-sd
+score` takes the model and engine sections as flags. config_flags.py turns them into both.
+"""
 
 from __future__ import annotations
 
@@ -6,54 +11,107 @@ import os
 import re
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from amr_sd.engine.base import ENGINE_FLAGS, EngineSettings
+from amr_sd.engine.base import EngineSettings
+from amr_sd.engine.machine import BF16_FLAGS, SMALL_MACHINE_CPUS
 from amr_sd.engine.models import EMBEDDED_MODEL
 
+ENV_PREFIX = "AMR_"
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AMR_", extra="forbid")
+
+class ModelChoice(BaseModel):
+    """the model and the engine that runs it"""
 
     model: str = Field(EMBEDDED_MODEL, description="Embedded name, local HF folder or hub id.")
-    engine: Literal["vllm", "hf"] = "vllm"
+    engine: Literal["vllm", "hf"] = Field(
+        "vllm", description="vllm serves; hf is a plain transformers forward pass, the numeric "
+                            "reference (no LoRA adapters).")
+
+
+class EngineKnobs(BaseModel):
+    """engine settings (unset: chosen for this machine's device)"""
+
+    dtype: str | None = Field(
+        None, description="bfloat16, float16, float32 or auto. On a CPU: bfloat16 only where the "
+                          f"CPU computes it natively ({' or '.join(BF16_FLAGS)}), else float32.")
+    max_model_len: int | None = Field(
+        None, ge=16, description="Longest prompt + response in tokens; unset on a GPU: the "
+                                 "model's own context length.")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="Share of GPU memory for vLLM (on the CPU build: of RAM, "
+                                      "keep it <= 0.5). Setting it sizes the KV cache from it "
+                                      "unless kv_cache_gib is set too.")
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="A fixed KV cache size (GiB); wins over gpu_memory_utilization. "
+                                "Unset on a GPU: sized from gpu_memory_utilization.")
+    cpu_threads_bind: str | None = Field(
+        None, min_length=1, description="vLLM CPU's VLLM_CPU_OMP_THREADS_BIND: auto, nobind or a "
+                                        "CPU list such as 0-3. On a CPU: every CPU on machines of "
+                                        f"up to {SMALL_MACHINE_CPUS}, else auto; an explicit "
+                                        "VLLM_CPU_OMP_THREADS_BIND wins.")
+    enforce_eager: bool | None = Field(
+        None, description="Skip CUDA graphs and torch.compile: a faster start, slower steps.")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=16, description="Tokens per engine step; bounds the memory of a step's "
+                                 "prompt-logprob logits.")
+    prefix_caching: bool | None = Field(
+        None, description="vLLM's prefix cache, which a writer's retry reads (scoring never "
+                          "does).")
+    tensor_parallel_size: int | None = Field(
+        None, ge=1, description="GPUs one engine shards the model over (vLLM).")
+    enable_lora: bool | None = Field(
+        None, description="Serve LoRA adapters per request (vLLM); on, every engine step runs "
+                          "LoRA kernels.")
+    max_lora_rank: int | None = Field(None, ge=1, le=512,
+                                      description="Largest adapter rank accepted.")
+    max_loras: int | None = Field(None, ge=1, description="Different adapters in one engine step.")
+    max_cpu_loras: int | None = Field(
+        None, ge=1, description="Adapters kept loaded (an LRU); a later use of an evicted one "
+                                "reloads it.")
+    lora_target_modules: tuple[str, ...] | None = Field(
+        None, min_length=1, description="Layer names adapters may change: a JSON list in the "
+                                        'environment (["q_proj", "v_proj"]), comma-separated as a '
+                                        "flag. The default is the Llama-family projections, never "
+                                        "lm_head.")
+
+    def engine_settings(self) -> EngineSettings:
+        """The device's defaults, then every knob that is set."""
+        return EngineSettings.for_device().with_overrides(
+            **{name: getattr(self, name) for name in EngineKnobs.model_fields})
+
+
+class Listening(BaseModel):
+    """where it listens"""
+
     # Loopback by default: exposing a scoring engine is a deliberate choice (--host 0.0.0.0).
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="Listen address; 0.0.0.0 serves other machines "
+                                               "(README: Running it safely).")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
     grpc_port: int | None = Field(None, ge=1, le=65535,
-                                  description="Serve gRPC too, on this port (same host, same engine).")
-    redis_url: str | None = Field(None, description="Reflection cache; absent -> in-process LRU.")
+                                  description="Serve gRPC (amr_sd.v1) too, on this port (same "
+                                              "host, same engine); unset: HTTP only.")
+
+
+class Caches(BaseModel):
+    """caches"""
+
+    redis_url: str | None = Field(
+        None, description="Redis for the reflection cache, the score cache and idempotent replays, "
+                          "e.g. redis://127.0.0.1:6379/0; unset: each in process.")
     cache_ttl_s: float = Field(86400.0, gt=0, description="Lifetime of a cached reflection.")
-    cache_max_entries: int = Field(100_000, ge=1, description="In-process cache size.")
+    cache_max_entries: int = Field(100_000, ge=1, description="In-process reflection cache size.")
     score_cache_ttl_s: float = Field(
         3600.0, ge=0, description="Lifetime of a cached scoring pass (a resent group at the same "
                                   "policy version is not scored again); 0 turns that cache off.")
     score_cache_max_entries: int = Field(20_000, ge=1, description="In-process score cache size "
                                                                    "(passes).")
 
-    # Engine knobs; None keeps the device default (EngineSettings.for_device).
-    dtype: str | None = None
-    max_model_len: int | None = Field(None, ge=16)
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    kv_cache_gib: float | None = Field(None, gt=0, description="A fixed KV cache size (GiB).")
-    cpu_threads_bind: str | None = Field(
-        None, min_length=1, description="vLLM CPU's VLLM_CPU_OMP_THREADS_BIND: auto, nobind or a "
-                                        "CPU list such as 0-3.")
-    enforce_eager: bool | None = None
-    max_num_batched_tokens: int | None = Field(None, ge=16)
-    prefix_caching: bool | None = Field(None, description="vLLM's prefix cache, which a writer's "
-                                                          "retry reads (scoring never does).")
-    tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs one engine shards the "
-                                                                     "model over (vLLM).")
-    enable_lora: bool | None = Field(None, description="Serve LoRA adapters per request (vLLM).")
-    max_lora_rank: int | None = Field(None, ge=1, le=512)
-    max_loras: int | None = Field(None, ge=1, description="Different adapters in one engine step.")
-    max_cpu_loras: int | None = Field(None, ge=1, description="Adapters kept loaded (LRU).")
-    lora_target_modules: tuple[str, ...] | None = Field(
-        None, min_length=1, description='Layer names adapters may change, e.g. ["q_proj", "v_proj"].')
 
-    # Policy sync (README "Keeping the teacher on the current policy").
+class PolicySync(BaseModel):
+    """policy sync (README: Keeping the teacher on the current policy)"""
+
     policy_root: str | None = Field(
         None, description="The only folder (and below) that POST /v1/policy and `policy.lora_path` "
                           "may load from; unset turns loading from a path off.")
@@ -62,30 +120,9 @@ class Settings(BaseSettings):
                                 description="Label of the weights the service starts with.")
     policy_wait_s: float = Field(30.0, ge=0, description="How long a request waits for a reload "
                                  "before 503 + Retry-After.")
-    lora_modules: str | None = Field(None, description="Adapters requests may name: NAME=PATH,...")
-
-    # Request caps, checked before any engine work (413).
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    max_groups: int = Field(1024, ge=1)
-    max_rollouts: int = Field(8192, ge=1)
-    max_tokens: int = Field(4_000_000, ge=1, description="Response tokens per request.")
-
-    # Admission (429 over the bound, before any engine work): rollouts and response tokens of
-    # the requests admitted and not yet answered, across all clients.
-    max_pending_sequences: int = Field(4096, ge=1)
-    max_pending_tokens: int = Field(2_000_000, ge=1)
-
-    # Deadlines (504, engine work aborted): the default, and the most a client may ask for with
-    # the X-Request-Timeout header.
-    request_timeout_s: float = Field(600.0, gt=0)
-    max_request_timeout_s: float = Field(3600.0, gt=0)
-    idempotency_ttl_s: float = Field(3600.0, gt=0, description="How long an answer is replayed.")
-    drain_timeout_s: float = Field(30.0, ge=0, description="SIGTERM: how long in-flight requests may finish.")
-
-    # Comma-separated bearer tokens; unset = no authentication. Environment only: a flag would
-    # show the keys in `ps`.
-    api_keys: SecretStr | None = None
-    metrics_require_key: bool = False
+    lora_modules: str | None = Field(
+        None, description="Adapters requests may name with policy.lora_name: NAME=PATH,..., "
+                          "checked at start-up.")
 
     @field_validator("policy_root")
     @classmethod
@@ -104,22 +141,69 @@ class Settings(BaseSettings):
     def lora_module_paths(self) -> dict[str, str]:
         return parse_lora_modules(self.lora_modules) if self.lora_modules else {}
 
-    def engine_settings(self) -> EngineSettings:
-        return EngineSettings.for_device().with_overrides(
-            **{name: getattr(self, name) for name in ENGINE_FLAGS})
 
-    def limits(self) -> dict:
-        return {"max_body_bytes": self.max_body_bytes, "max_groups": self.max_groups,
-                "max_rollouts": self.max_rollouts, "max_tokens": self.max_tokens,
-                "max_pending_sequences": self.max_pending_sequences,
-                "max_pending_tokens": self.max_pending_tokens,
-                "request_timeout_s": self.request_timeout_s,
-                "max_request_timeout_s": self.max_request_timeout_s}
+class Limits(BaseModel):
+    """limits, checked before any engine work (README: Running it safely); /v1/info reports them"""
+
+    # Request caps (413).
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024,
+                                description="Request body, with or without Content-Length.")
+    max_groups: int = Field(1024, ge=1, description="Groups per request.")
+    max_rollouts: int = Field(8192, ge=1, description="Rollouts per request.")
+    max_tokens: int = Field(4_000_000, ge=1, description="Response tokens per request.")
+    # Admission (429 over the bound): the requests admitted and not yet answered, all clients.
+    max_pending_sequences: int = Field(4096, ge=1, description="Rollouts admitted and not yet "
+                                                               "answered before 429.")
+    max_pending_tokens: int = Field(2_000_000, ge=1, description="Response tokens admitted and not "
+                                                                 "yet answered before 429.")
+    # Deadlines (504, engine work aborted).
+    request_timeout_s: float = Field(600.0, gt=0, description="A request's deadline unless it "
+                                                              "asks for another with "
+                                                              "X-Request-Timeout.")
+    max_request_timeout_s: float = Field(3600.0, gt=0, description="The longest deadline "
+                                                                   "X-Request-Timeout may ask for.")
+
+
+class Guards(BaseModel):
+    """replays, shutdown and access (README: Running it safely)"""
+
+    idempotency_ttl_s: float = Field(3600.0, gt=0, description="How long an answer is replayed "
+                                                               "to a retry with its "
+                                                               "Idempotency-Key.")
+    drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight "
+                                                           "requests may finish.")
+    api_keys: SecretStr | None = Field(None, description="Comma-separated bearer tokens; unset: no "
+                                                         "authentication. Environment only, so the "
+                                                         "keys never show in `ps`.")
+    metrics_require_key: bool = Field(False, description="Put /metrics behind the keys too.")
 
     def keys(self) -> list[bytes]:
         if self.api_keys is None:
             return []
         return [k.strip().encode() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+
+# In the order of `amr-sd serve --help` and docs/server-config.md.
+SECTIONS = (ModelChoice, Listening, EngineKnobs, Caches, PolicySync, Limits, Guards)
+
+
+class Settings(*SECTIONS, BaseSettings):
+    """Every section, read from `amr-sd serve` flags and `AMR_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    def limits(self) -> dict:
+        return {name: getattr(self, name) for name in Limits.model_fields}
+
+
+def engine_report(settings: EngineSettings) -> dict:
+    """/v1/info's engine_settings: `describe()`, which GetInfo's EngineSettings message carries,
+    and every other knob a user can set (the LoRA ones), which only the JSON answer has room for."""
+    described = settings.describe()
+    reasons = described.pop("reasons")
+    rest = {name: getattr(settings, name) for name in EngineKnobs.model_fields
+            if name not in described}
+    return {**described, **rest, "reasons": reasons}
 
 
 def parse_lora_modules(value: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 
 from amr_client.schemas import PolicyRef, PolicyStatus, PolicyUpdate
 from amr_sd.checkpoint import TensorIndex, check_adapter, check_checkpoint, read_index, resolve_under
-from amr_sd.engine.base import Adapter, Engine, Policy
+from amr_sd.engine.base import Adapter, Policy, WeightsEngine
 from amr_sd.errors import (DeadlineExceeded, EngineDead, InvalidRequest, PolicyMismatch,
                            PolicyReloading)
 
@@ -28,7 +28,7 @@ _MAX_CHECKED_ADAPTERS = 1024
 
 
 class PolicyManager:
-    def __init__(self, engine: Engine, *, root: str | None, version: str = "base",
+    def __init__(self, engine: WeightsEngine, *, root: str | None, version: str = "base",
                  lora_modules: dict[str, str] | None = None, wait_s: float = 30.0):
         self.engine = engine
         self.root = root

@@ -20,12 +20,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from standin import StandInEngine  # noqa: E402
-
 from amr_client.v1 import scoring_pb2_grpc as pb_grpc  # noqa: E402
 from amr_sd.api.grpc_server import GrpcServer  # noqa: E402
 from amr_sd.api.http import create_app  # noqa: E402
 from amr_sd.config import Settings  # noqa: E402
+from amr_sd.engine.standin import StandInEngine  # noqa: E402
 from amr_sd.runtime import Phase, Runtime  # noqa: E402
 from bench.common.procs import free_port
 

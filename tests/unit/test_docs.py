@@ -10,6 +10,13 @@ def test_config_reference_is_in_sync_with_scoring_config():
     assert DOC.read_text() == config_markdown()
 
 
+def test_server_config_reference_is_in_sync_with_settings():
+    # Regenerate with: amr-sd server-config-doc > docs/server-config.md
+    from amr_sd.config_flags import server_config_markdown
+
+    assert (DOC.parent / "server-config.md").read_text() == server_config_markdown()
+
+
 def test_openapi_yaml_is_in_sync_with_the_app():
     # Regenerate with: make openapi
     from amr_sd.cli import openapi_yaml

@@ -10,22 +10,18 @@ import pytest
 from transformers import AutoTokenizer
 
 from amr_client.schemas import ScoreRequest
-from amr_sd.engine.base import EngineSettings
 from amr_sd.engine.models import materialize_embedded
-from amr_sd.scorer import Scorer
+from amr_sd.engine.standin import StandInEngine
+from amr_sd.scoring import Scorer
 from bench.common import corpus
 from bench.speed import peer_trl
 
 
-class RecordingEngine:
-    model_id = "recording"
-    max_model_len = 2048
-    supports_seed = False
-    settings = EngineSettings()
+class RecordingEngine(StandInEngine):
+    """The stand-in engine, noting each (sequence, start) it is asked to score."""
 
     def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.vocab_size = len(tokenizer)
+        super().__init__(tokenizer, model_id="recording")
         self.scored: list[tuple[tuple[int, ...], int]] = []
 
     async def generate(self, prompts, params, adapter=None):

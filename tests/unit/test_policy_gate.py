@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from amr_client.schemas import PolicyRef, PolicyUpdate
 from amr_sd.checkpoint import check_adapter, check_checkpoint, read_index, resolve_under
+from amr_sd.engine.standin import StandInEngine
 from amr_sd.errors import (DeadlineExceeded, EngineDead, InvalidRequest, PolicyDisabled,
                            PolicyMismatch, PolicyReloading)
 from amr_sd.policy import PolicyManager
@@ -36,31 +37,23 @@ def checkpoint(folder: Path, tensors: dict | None = None, **config) -> str:
     return str(folder)
 
 
-class Engine:
-    """Records loads; a load waits for `release` when `hold` is set."""
-
-    max_lora_rank = 8
-    lora_target_modules = ("q_proj", "v_proj")
+class Engine(StandInEngine):
+    """The stand-in engine, which records loads in `loads`; a load waits for `release` when
+    `hold` is set, and fails for a path in `fail`."""
 
     def __init__(self, model_path: str):
-        self.model_path = model_path
-        self.loads: list[str] = []
+        super().__init__(model_path=model_path, max_lora_rank=8,
+                         lora_target_modules=("q_proj", "v_proj"))
         self.fail: set[str] = set()
         self.hold = False
         self.release = asyncio.Event()
 
     async def load_weights(self, path: str) -> None:
-        self.loads.append(path)
+        await super().load_weights(path)
         if self.hold:
             await self.release.wait()
         if path in self.fail:
             raise RuntimeError(f"cannot load {path}")
-
-    async def load_adapter(self, adapter) -> None:
-        pass
-
-    async def loaded_adapters(self) -> list[str]:
-        return []
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from amr_sd.cache import (SCORE_KEY_PREFIX, MemoryCache, pack_logprobs, score_co
                           unpack_logprobs)
 from amr_sd.engine.base import EngineSettings, Policy
 from amr_sd.engine.models import materialize_embedded
-from amr_sd.scorer import Scorer
+from amr_sd.engine.standin import StandInEngine
+from amr_sd.scoring import Scorer
 
 CONTEXT = score_context(model_id="m", policy_version="base", adapter=None, engine="E", dtype="float32")
 
@@ -54,27 +55,16 @@ def test_a_value_of_another_shape_or_damaged_is_a_miss(value):
     assert unpack_logprobs(value, 4) is None
 
 
-class CountingEngine:
-    """Deterministic made-up logprobs; counts the passes that reach it."""
-
-    model_id = "counting"
-    max_model_len = 1024
-    supports_seed = False
-    settings = EngineSettings(dtype="float32")
-    score_identity = {"engine": "CountingEngine", "dtype": "float32"}
+class CountingEngine(StandInEngine):
+    """The stand-in engine: deterministic made-up logprobs, and `passes` counts the passes that
+    reach it."""
 
     def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.vocab_size = len(tokenizer)
-        self.passes = 0
+        super().__init__(tokenizer, model_id="counting", max_model_len=1024,
+                         settings=EngineSettings(dtype="float32"))
 
     async def generate(self, prompts, params, adapter=None):
         raise AssertionError("every rollout brings its reflection here")
-
-    async def score(self, sequences, start_indices, adapter=None):
-        self.passes += len(sequences)
-        return [np.array([-((t * 7 + len(seq)) % 13) / 4.0 for t in seq[start:]])
-                for seq, start in zip(sequences, start_indices)]
 
 
 @pytest.fixture(scope="module")

@@ -57,16 +57,14 @@ class Policy:
 BASE_POLICY = Policy("base")
 
 
-class Engine(Protocol):
+class ScoringEngine(Protocol):
+    """What the scorer calls: the tokenizer and limits it plans with, and the two engine calls."""
+
     model_id: str
-    model_path: str  # the folder the engine started on; reloads must match its architecture
-    max_lora_rank: int  # 0: this engine serves no LoRA adapters
-    lora_target_modules: tuple[str, ...]  # the layer names adapters may change
     tokenizer: object  # a transformers tokenizer: chat template, vocab, special ids
     vocab_size: int
     max_model_len: int
-    supports_seed: bool
-    settings: "EngineSettings"  # what it was started with, and why
+    supports_seed: bool  # whether `generate` honours `GenerationParams.seed`
     # What, besides the weights, makes its scores differ from another engine's on the same
     # tokens: part of every score-cache key.
     score_identity: dict[str, str]
@@ -88,9 +86,13 @@ class Engine(Protocol):
         """
         ...
 
-    async def warmup(self) -> None:
-        """Run a tiny batch so the first real request does not pay one-off start-up costs."""
-        ...
+
+class WeightsEngine(Protocol):
+    """What the policy manager calls: the full weights in service and the adapters on top."""
+
+    model_path: str  # the folder the engine started on; reloads must match its architecture
+    max_lora_rank: int  # 0: this engine serves no LoRA adapters
+    lora_target_modules: tuple[str, ...]  # the layer names adapters may change
 
     async def load_adapter(self, adapter: Adapter) -> None:
         """Make sure `adapter` is loaded; raise `InvalidRequest` if the engine cannot load it."""
@@ -104,6 +106,16 @@ class Engine(Protocol):
         """Replace the full weights in place with a checked checkpoint folder of the same model."""
         ...
 
+
+class LifecycleEngine(Protocol):
+    """What the runtime calls around the work: start-up, the health watch, drain and close."""
+
+    settings: "EngineSettings"  # what it was started with, and why
+
+    async def warmup(self) -> None:
+        """Run a tiny batch so the first real request does not pay one-off start-up costs."""
+        ...
+
     async def check_health(self) -> None:
         """Raise `EngineDead` if the engine can no longer serve (e.g. its process died)."""
         ...
@@ -115,11 +127,9 @@ class Engine(Protocol):
     async def close(self) -> None: ...
 
 
-# The knobs a user may set from `amr-sd score|serve` flags or AMR_* variables.
-ENGINE_FLAGS = ("dtype", "max_model_len", "gpu_memory_utilization", "kv_cache_gib", "enforce_eager",
-                "max_num_batched_tokens", "prefix_caching", "tensor_parallel_size",
-                "cpu_threads_bind", "enable_lora", "max_lora_rank", "max_loras", "max_cpu_loras",
-                "lora_target_modules")
+class Engine(ScoringEngine, WeightsEngine, LifecycleEngine, Protocol):
+    """A whole engine, for the code that creates and serves it (runtime, CLI)."""
+
 
 # The layers adapters may change by default: the transformer's projections, Llama-family names
 # (vLLM's packed names too). Never lm_head: with a LoRA on the logits, vLLM 0.32 applies one LoRA
@@ -132,7 +142,7 @@ LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate
 @dataclass(frozen=True)
 class EngineSettings:
     """vLLM engine knobs. `for_device()` picks values that are safe and fast on the machine at
-    hand and says why in `reasons`."""
+    hand and says why in `reasons`; a user sets them through `config.EngineKnobs`."""
 
     dtype: str = "bfloat16"
     max_model_len: int | None = 4096  # None: the model's own context length
@@ -176,7 +186,8 @@ class EngineSettings:
         return replace(self, **given, reasons=reasons)
 
     def describe(self) -> dict:
-        """The settings a user can act on, and why they hold these values."""
+        """The settings a user can act on, and why they hold these values: the fields of GetInfo's
+        EngineSettings message (scoring.proto); `config.engine_report` adds the LoRA ones."""
         return {"dtype": self.dtype, "max_model_len": self.max_model_len,
                 "kv_cache_gib": self.kv_cache_gib,
                 "gpu_memory_utilization": None if self.kv_cache_gib else self.gpu_memory_utilization,

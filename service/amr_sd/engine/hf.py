@@ -6,9 +6,10 @@ vLLM is not installed.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
-from amr_sd.engine.base import Adapter, Generation, GenerationParams
+from amr_sd.engine.base import Adapter, EngineSettings, Generation, GenerationParams
 from amr_sd.engine.models import resolve_model
 from amr_sd.errors import InvalidRequest
 
@@ -18,20 +19,28 @@ class HFEngine:
     max_lora_rank = 0
     lora_target_modules: tuple[str, ...] = ()
 
-    def __init__(self, model: str, *, dtype: str = "bfloat16", max_model_len: int | None = 4096):
+    def __init__(self, model: str, settings: EngineSettings | None = None, *,
+                 dtype: str | None = None):
+        """Of `settings` (default `EngineSettings()`: bfloat16, 4096 tokens) it reads the dtype
+        ("auto" is bfloat16) and max_model_len; `dtype` replaces the settings' own."""
         import torch
         from transformers import AutoTokenizer
 
+        settings = settings or EngineSettings()
+        if dtype is not None:
+            settings = replace(settings, dtype=dtype)
+        self.settings = settings
         self._torch = torch
         path = resolve_model(model)
         self.model_id = model
         self.model_path = path
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self._dtype = getattr(torch, dtype)
+        self._dtype = getattr(torch, "bfloat16" if settings.dtype == "auto" else settings.dtype)
         self._model = self._load(path)
         self.vocab_size = int(self._model.get_input_embeddings().num_embeddings)
         # The tighter of the asked length and the model's own context.
-        limits = [n for n in (max_model_len, getattr(self._model.config, "max_position_embeddings", None)) if n]
+        limits = [n for n in (settings.max_model_len,
+                              getattr(self._model.config, "max_position_embeddings", None)) if n]
         self.max_model_len = int(min(limits))
 
     @property

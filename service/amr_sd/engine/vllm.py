@@ -36,20 +36,20 @@ def has_cxx_compiler() -> bool:
 
 
 class VLLMEngine:
-    supports_seed: bool
-    settings: EngineSettings = EngineSettings()
+    """`base.Engine` on vLLM's `AsyncLLM`; `create()` starts one for a model and its settings."""
 
-    def __init__(self, llm, *, model_id: str, model_path: str, tokenizer, supports_seed: bool,
-                 max_lora_rank: int = 0, lora_target_modules: tuple[str, ...] = ()):
+    def __init__(self, llm, settings: EngineSettings, *, model_id: str, model_path: str, tokenizer,
+                 supports_seed: bool):
         self._llm = llm
         self._ids = itertools.count()
         self._prefix = uuid.uuid4().hex[:8]
+        self.settings = settings
         self.model_id = model_id
         self.model_path = model_path
         self.tokenizer = tokenizer
         self.supports_seed = supports_seed
-        self.max_lora_rank = max_lora_rank
-        self.lora_target_modules = lora_target_modules
+        self.max_lora_rank = settings.max_lora_rank if settings.enable_lora else 0
+        self.lora_target_modules = settings.lora_target_modules if settings.enable_lora else ()
         # vLLM keeps loaded adapters in its own LRU (max_cpu_loras) and names them by int id:
         # one id per (label, path). Ids are never reused, so forgetting an old one is safe.
         self._lora_ids: collections.OrderedDict[Adapter, int] = collections.OrderedDict()
@@ -65,7 +65,6 @@ class VLLMEngine:
     @classmethod
     def create(cls, model: str, settings: EngineSettings | None = None) -> "VLLMEngine":
         from transformers import AutoTokenizer
-        from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         from amr_sd.engine.base import detect_device
@@ -73,42 +72,10 @@ class VLLMEngine:
         device = detect_device()
         settings = settings or EngineSettings.for_device(device)
         path = resolve_model(model)
-        if settings.cpu_threads_bind is not None:
-            # Read by vLLM's engine-core process, which inherits this environment.
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = settings.cpu_threads_bind
-        if device == "cpu" and settings.enforce_eager and not has_cxx_compiler():
-            # Even in eager mode vLLM torch.compiles two small sampler helpers (logprob ranks,
-            # top-k/top-p); on the CPU inductor needs a C++ compiler, and a slim image has none:
-            # the engine died at its first step. Without one they run eagerly instead.
-            log.info("no C++ compiler on PATH: torch.compile off for vLLM's sampler helpers")
-            os.environ["TORCHDYNAMO_DISABLE"] = "1"  # spawned engine processes
-            import torch._dynamo
-
-            torch._dynamo.config.disable = True  # forked ones, and this process
-        kv_bytes = None if settings.kv_cache_gib is None else int(settings.kv_cache_gib * 2**30)
-        args = AsyncEngineArgs(
-            model=path,
-            dtype=settings.dtype,
-            max_model_len=settings.max_model_len,  # None lets vLLM take the model's own
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            kv_cache_memory_bytes=kv_bytes,
-            enforce_eager=settings.enforce_eager,
-            max_num_batched_tokens=settings.max_num_batched_tokens,
-            max_num_seqs=settings.max_num_seqs,
-            enable_prefix_caching=settings.prefix_caching,
-            tensor_parallel_size=settings.tensor_parallel_size,
-            disable_log_stats=True,
-            **_lora_args(settings),
-            **settings.extra,
-        )
-        llm = AsyncLLM.from_engine_args(args)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        engine = cls(llm, model_id=model, model_path=path, tokenizer=tokenizer,
-                     supports_seed=device != "cpu",
-                     max_lora_rank=settings.max_lora_rank if settings.enable_lora else 0,
-                     lora_target_modules=settings.lora_target_modules if settings.enable_lora else ())
-        engine.settings = settings
-        return engine
+        _prepare_environment(settings, device)
+        llm = AsyncLLM.from_engine_args(_engine_args(path, settings))
+        return cls(llm, settings, model_id=model, model_path=path,
+                   tokenizer=AutoTokenizer.from_pretrained(path), supports_seed=device != "cpu")
 
     def _request_id(self) -> str:
         return f"amr-{self._prefix}-{next(self._ids)}"
@@ -215,15 +182,7 @@ class VLLMEngine:
         lora = self._lora_request(adapter)
         outs = await asyncio.gather(*(self._final(p, sampling, lora, params.abandon_when)
                                       for p in prompts))
-        result = []
-        for out, abandoned in outs:
-            c = out.outputs[0]
-            result.append(Generation(
-                text=c.text,
-                token_ids=tuple(c.token_ids),
-                finish_reason="abandoned" if abandoned else "stop" if c.finish_reason == "stop" else "length",
-            ))
-        return result
+        return [_generation(out.outputs[0], abandoned) for out, abandoned in outs]
 
     async def score(self, sequences, start_indices, adapter: Adapter | None = None) -> list[np.ndarray]:
         from vllm import SamplingParams
@@ -274,12 +233,55 @@ class VLLMEngine:
 _MAX_LORA_IDS = 10_000
 
 
+def _prepare_environment(settings: EngineSettings, device: str) -> None:
+    """What vLLM reads from the environment rather than its arguments; its engine-core process
+    inherits it."""
+    if settings.cpu_threads_bind is not None:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = settings.cpu_threads_bind
+    if device == "cpu" and settings.enforce_eager and not has_cxx_compiler():
+        # Even in eager mode vLLM torch.compiles two small sampler helpers (logprob ranks,
+        # top-k/top-p); on the CPU inductor needs a C++ compiler, and a slim image has none:
+        # the engine died at its first step. Without one they run eagerly instead.
+        log.info("no C++ compiler on PATH: torch.compile off for vLLM's sampler helpers")
+        os.environ["TORCHDYNAMO_DISABLE"] = "1"  # spawned engine processes
+        import torch._dynamo
+
+        torch._dynamo.config.disable = True  # forked ones, and this process
+
+
+def _engine_args(path: str, settings: EngineSettings):
+    from vllm import AsyncEngineArgs
+
+    kv_bytes = None if settings.kv_cache_gib is None else int(settings.kv_cache_gib * 2**30)
+    return AsyncEngineArgs(
+        model=path,
+        dtype=settings.dtype,
+        max_model_len=settings.max_model_len,  # None lets vLLM take the model's own
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        kv_cache_memory_bytes=kv_bytes,
+        enforce_eager=settings.enforce_eager,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        max_num_seqs=settings.max_num_seqs,
+        enable_prefix_caching=settings.prefix_caching,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        disable_log_stats=True,
+        **_lora_args(settings),
+        **settings.extra,
+    )
+
+
 def _lora_args(settings: EngineSettings) -> dict:
     if not settings.enable_lora:
         return {}
     return {"enable_lora": True, "max_lora_rank": settings.max_lora_rank,
             "max_loras": settings.max_loras, "max_cpu_loras": settings.max_cpu_loras,
             "lora_target_modules": list(settings.lora_target_modules)}
+
+
+def _generation(out, abandoned: bool) -> Generation:
+    """A `Generation` from vLLM's completion output; `abandoned`: the caller's verdict ended it."""
+    reason = "abandoned" if abandoned else "stop" if out.finish_reason == "stop" else "length"
+    return Generation(text=out.text, token_ids=tuple(out.token_ids), finish_reason=reason)
 
 
 def _actual_token_logprobs(flat, seq: Sequence[int], start: int) -> np.ndarray:

@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from amr_client.schemas import ProbeStatus
 from amr_sd.api.http_common import ERROR_DOCS, RuntimeDep, errors, json_response
+from amr_sd.config import engine_report
 from amr_sd.runtime import Phase
 
 router = APIRouter()
@@ -15,7 +16,10 @@ router = APIRouter()
 
 @router.get("/v1/info", responses=errors(401, 403, 503))
 async def info(runtime: RuntimeDep):
-    return json_response(runtime.info())
+    body = runtime.info()
+    # Every engine setting; GetInfo's EngineSettings message (scoring.proto) has no LoRA fields.
+    body["engine_settings"] = engine_report(runtime.engine.settings)
+    return json_response(body)
 
 
 @router.get("/healthz", response_model=ProbeStatus)
