@@ -1,6 +1,6 @@
 """`amr-sd` command line: `serve` (the HTTP and gRPC service), `score` (the scorer in-process on a
-JSONL file of groups), `view` (the credit viewer), `openapi` and `config-doc` (the documents
-generated from the schema)."""
+JSONL file of groups), `view` (the credit viewer), and the generated documents: `openapi`,
+`config-doc` (docs/config.md) and `server-config-doc` (docs/server-config.md)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from amr_client.schemas import Group, ReturnSwitches, ScoreRequest, ScoringConfig
 from amr_sd import mathcheck
-from amr_sd.engine.base import ENGINE_FLAGS
+from amr_sd.config import SECTIONS, EngineKnobs, ModelChoice, Settings
+from amr_sd.config_flags import HelpFormatter, add_flags, given, server_config_markdown
 from amr_sd.engine.models import EMBEDDED_MODEL
 from amr_sd.errors import AmrError, InvalidRequest, from_validation_error
 
@@ -60,20 +61,25 @@ def _parse_config(raw: str | None) -> ScoringConfig | None:
         raise InputError(f"--config: {err.field}: {err.message}") from None
 
 
-def _engine(args):
-    from amr_sd.engine import EngineSettings, create_engine
+def _engine_flags(args) -> tuple[ModelChoice, EngineKnobs]:
+    """The model and engine flags, checked as `amr-sd serve` checks them."""
+    return ModelChoice(**given(args, ModelChoice)), EngineKnobs(**given(args, EngineKnobs))
 
-    # Device-chosen defaults, then whatever the user set on the command line.
-    settings = EngineSettings.for_device().with_overrides(
-        **{name: getattr(args, name) for name in ENGINE_FLAGS})
-    return create_engine(args.engine, args.model, settings)
+
+def _engine(args):
+    from amr_sd.engine import create_engine
+
+    choice, knobs = _engine_flags(args)
+    return create_engine(choice.engine, choice.model, knobs.engine_settings())
 
 
 async def _score(args, groups: list[Group], line_numbers: list[int], config: ScoringConfig | None,
-                 out) -> dict:
+                 out) -> tuple:
+    """Scores the file batch by batch: (its BatchTally, wall seconds)."""
     from tqdm import tqdm
 
-    from amr_sd.scorer import Scorer
+    from amr_sd.scoring import Scorer
+    from amr_sd.scoring.stats import BatchTally
 
     returns = ReturnSwitches(cig=args.return_cig, logprobs=args.return_logprobs,
                              reflections=args.return_reflections)
@@ -96,7 +102,7 @@ async def _score(args, groups: list[Group], line_numbers: list[int], config: Sco
             except InvalidRequest as exc:
                 raise _located(exc, line_numbers[k * args.batch_groups:], args.input) from None
         await engine.warmup()
-        totals: dict = {}
+        total = BatchTally()
         start = time.perf_counter()
         with tqdm(total=len(groups), unit="group", file=sys.stderr, disable=args.quiet) as bar:
             async def one_more(index, group):
@@ -109,9 +115,8 @@ async def _score(args, groups: list[Group], line_numbers: list[int], config: Sco
                             "step": response.step, "anneal_weight": response.anneal_weight,
                             **group.model_dump(mode="json", exclude_none=True)}
                     out.write(json.dumps(line) + "\n")
-                _accumulate(totals, response.stats.model_dump())
-        totals["wall_s"] = time.perf_counter() - start
-        return totals
+                total += BatchTally.of(response.stats)
+        return total, time.perf_counter() - start
     finally:
         await engine.close()
         mathcheck.close()
@@ -127,50 +132,24 @@ def _located(exc: InvalidRequest, line_numbers: list[int], path: Path) -> InputE
     return InputError(f"{path}: {field}: {exc.message}")
 
 
-_SUMMED = ("groups", "rollouts", "response_tokens", "tokens_scored", "reflected_tokens", "gated_tokens",
-           "reflections_requested", "reflections_generated", "reflections_accepted",
-           "reflections_rejected", "nonfinite_cig")
-
-
-def _accumulate(totals: dict, stats: dict) -> None:
-    for key in _SUMMED:
-        totals[key] = totals.get(key, 0) + stats[key]
-    reasons = totals.setdefault("reject_reasons", {})
-    for reason, n in stats["reject_reasons"].items():
-        reasons[reason] = reasons.get(reason, 0) + n
-    for branch in ("positive", "negative"):
-        for key in ("reflected_tokens", "gated_tokens"):
-            name = f"_{branch}_{key}"
-            totals[name] = totals.get(name, 0) + stats[branch][key]
-    # Token-weighted means over the whole file.
-    tokens = stats["response_tokens"]
-    totals["_abs_adv"] = totals.get("_abs_adv", 0.0) + stats["mean_abs_advantage"] * tokens
-    totals["_abs_base"] = totals.get("_abs_base", 0.0) + stats["mean_abs_base_advantage"] * tokens
-
-
-def _summary(totals: dict) -> dict:
-    def rate(n, d):
-        return round(n / d, 4) if d else 0.0
-
-    tokens = totals["response_tokens"]
+def _summary(total, wall_s: float) -> dict:
+    """The file's summary: sums, and rates and token-weighted means over every batch."""
     return {
-        "groups": totals["groups"],
-        "rollouts": totals["rollouts"],
-        "tokens_scored": totals["tokens_scored"],
-        "reflected_tokens": totals["reflected_tokens"],
-        "gated_tokens": totals["gated_tokens"],
-        "gate_rate": rate(totals["gated_tokens"], totals["reflected_tokens"]),
-        "gate_rate_positive": rate(totals["_positive_gated_tokens"],
-                                   totals["_positive_reflected_tokens"]),
-        "gate_rate_negative": rate(totals["_negative_gated_tokens"],
-                                   totals["_negative_reflected_tokens"]),
-        "reflections_requested": totals["reflections_requested"],
-        "reflections_generated": totals["reflections_generated"],
-        "acceptance_rate": rate(totals["reflections_accepted"], totals["reflections_requested"]),
-        "reject_reasons": totals["reject_reasons"],
-        "mean_abs_base_advantage": rate(totals["_abs_base"], tokens),
-        "mean_abs_advantage": rate(totals["_abs_adv"], tokens),
-        "wall_s": round(totals["wall_s"], 2),
+        "groups": total.groups,
+        "rollouts": total.rollouts,
+        "tokens_scored": total.tokens_scored,
+        "reflected_tokens": total.reflected_tokens,
+        "gated_tokens": total.gated_tokens,
+        "gate_rate": round(total.gate_rate, 4),
+        "gate_rate_positive": round(total.positive.gate_rate, 4),
+        "gate_rate_negative": round(total.negative.gate_rate, 4),
+        "reflections_requested": total.reflections_requested,
+        "reflections_generated": total.reflections_generated,
+        "acceptance_rate": round(total.acceptance_rate, 4),
+        "reject_reasons": dict(total.reject_reasons),
+        "mean_abs_base_advantage": round(total.mean_abs_base_advantage, 4),
+        "mean_abs_advantage": round(total.mean_abs_advantage, 4),
+        "wall_s": round(wall_s, 2),
     }
 
 
@@ -180,6 +159,7 @@ def cmd_score(args) -> int:
         config = _parse_config(args.config)
         # Step and config checks; a file may hold more groups than one request allows.
         ScoreRequest(groups=groups[:1], step=args.step, config=config)
+        _engine_flags(args)
     except InputError as exc:
         print(f"amr-sd score: {exc}", file=sys.stderr)
         return 2
@@ -193,7 +173,7 @@ def cmd_score(args) -> int:
     fd, tmp = tempfile.mkstemp(prefix=f".{args.out.name}.", dir=args.out.parent)
     try:
         with os.fdopen(fd, "w") as out:
-            totals = asyncio.run(_score(args, groups, line_numbers, config, out))
+            total, wall_s = asyncio.run(_score(args, groups, line_numbers, config, out))
         os.replace(tmp, args.out)
     except InputError as exc:
         print(f"amr-sd score: {exc}", file=sys.stderr)
@@ -204,7 +184,7 @@ def cmd_score(args) -> int:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    print(json.dumps(_summary(totals)), file=sys.stderr)
+    print(json.dumps(_summary(total, wall_s)), file=sys.stderr)
     return 0
 
 
@@ -324,9 +304,11 @@ def cmd_config_doc(args) -> int:
     return 0
 
 
-SERVE_FLAGS = ("model", "engine", "host", "port", "grpc_port", "redis_url", "max_pending_sequences",
-               "max_pending_tokens", "request_timeout_s", "drain_timeout_s", "policy_root",
-               "policy_version", "policy_wait_s", "lora_modules")
+def cmd_server_config_doc(args) -> int:
+    sys.stdout.write(server_config_markdown())
+    return 0
+
+
 EXIT_ENGINE_DEAD = 3
 
 
@@ -337,13 +319,10 @@ def cmd_serve(args) -> int:
 
     from amr_sd.api.http import create_app
     from amr_sd.api.server import DrainingServer
-    from amr_sd.config import Settings
     from amr_sd.runtime import Phase, Runtime
 
-    flags = {name: getattr(args, name) for name in (*SERVE_FLAGS, *ENGINE_FLAGS)
-             if getattr(args, name) is not None}
     try:
-        settings = Settings(**flags)  # AMR_* environment variables fill what flags leave out
+        settings = Settings(**given(args, Settings))  # AMR_* variables fill what flags leave out
     except ValidationError as exc:
         err = from_validation_error(exc)
         print(f"amr-sd serve: {err.field}: {err.message}", file=sys.stderr)
@@ -358,48 +337,15 @@ def cmd_serve(args) -> int:
     return EXIT_ENGINE_DEAD if runtime.phase is Phase.ENGINE_DEAD else 0
 
 
-def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    engine = parser.add_argument_group("engine settings (defaults chosen for this machine's device)")
-    engine.add_argument("--dtype", help="bfloat16, float16, float32 or auto (CPU default: bfloat16 "
-                                        "only where the CPU computes it natively)")
-    engine.add_argument("--max-model-len", type=int, help="longest prompt + response in tokens")
-    engine.add_argument("--gpu-memory-utilization", type=float,
-                        help="share of GPU memory (CPU build: of RAM, keep <= 0.5) for vLLM")
-    engine.add_argument("--kv-cache-gib", type=float,
-                        help="a fixed KV cache in GiB (CPU default 2; wins over the share above)")
-    engine.add_argument("--cpu-threads-bind",
-                        help="vLLM CPU thread binding: auto, nobind or a CPU list like 0-3 "
-                             "(default: every CPU on machines of up to 4)")
-    engine.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
-                        help="skip CUDA graphs / compilation")
-    engine.add_argument("--max-num-batched-tokens", type=int,
-                        help="tokens per engine step; bounds the prompt-logprob logits memory")
-    engine.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=None,
-                        help="vLLM's prefix cache: a reflection retry reuses its prompt's KV "
-                             "(on by default; scoring never reads it)")
-    engine.add_argument("--tensor-parallel-size", type=int,
-                        help="GPUs one engine shards the model over (vLLM; default 1)")
-    engine.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=None,
-                        help="serve LoRA adapters per request (vLLM engine; off by default)")
-    engine.add_argument("--max-lora-rank", type=int, help="largest adapter rank accepted (default 16)")
-    engine.add_argument("--max-loras", type=int, help="different adapters in one engine step (default 4)")
-    engine.add_argument("--max-cpu-loras", type=int, help="adapters kept loaded, an LRU (default 8)")
-    engine.add_argument("--lora-target-modules", type=lambda s: tuple(filter(None, s.split(","))),
-                        help="layer names adapters may change, comma-separated (default: the "
-                             "Llama-family projections q/k/v/o_proj, gate/up/down_proj)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amr-sd", description="AMR-SD token-level credit assignment")
     sub = parser.add_subparsers(dest="command", required=True)
-    score = sub.add_parser("score", help="score a JSONL file of groups in-process")
+    score = sub.add_parser("score", help="score a JSONL file of groups in-process",
+                           formatter_class=HelpFormatter)
     score.add_argument("--in", dest="input", type=Path, required=True, help="JSONL, one group per line")
     score.add_argument("--out", type=Path, required=True, help="JSONL, one scored group per line")
     score.add_argument("--step", type=int, required=True, help="global training step (anneal schedule)")
-    score.add_argument("--model", default=EMBEDDED_MODEL,
-                       help=f"embedded name, local HF folder or hub id (default {EMBEDDED_MODEL})")
-    score.add_argument("--engine", choices=("vllm", "hf"), default="vllm")
-    _add_engine_flags(score)
+    add_flags(score, (ModelChoice, EngineKnobs), env=False)
     score.add_argument("--config", help="ScoringConfig overrides: a JSON object or a JSON file")
     score.add_argument("--batch-groups", type=int, default=64, help="groups per scorer call")
     score.add_argument("--return-cig", action="store_true", help="add per-token cig and gated")
@@ -409,31 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add the per-rollout reflection record (default on)")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     score.set_defaults(func=cmd_score)
-    serve = sub.add_parser("serve", help="run the HTTP service (AMR_* environment variables too)")
-    serve.add_argument("--host", help="listen address (default 127.0.0.1; 0.0.0.0 exposes it)")
-    serve.add_argument("--port", type=int, help="default 8000")
-    serve.add_argument("--grpc-port", type=int,
-                       help="serve gRPC (amr_sd.v1) too, on this port (default: HTTP only)")
-    serve.add_argument("--model", help=f"embedded name, local HF folder or hub id (default {EMBEDDED_MODEL})")
-    serve.add_argument("--engine", choices=("vllm", "hf"))
-    serve.add_argument("--redis-url", help="reflection cache, e.g. redis://127.0.0.1:6379/0 (default in-process)")
-    limits = serve.add_argument_group("reliability (README: Running it safely)")
-    limits.add_argument("--max-pending-sequences", type=int,
-                        help="rollouts admitted and unanswered before 429 (default 4096)")
-    limits.add_argument("--max-pending-tokens", type=int,
-                        help="response tokens admitted and unanswered before 429 (default 2000000)")
-    limits.add_argument("--request-timeout-s", type=float,
-                        help="default deadline per request, then 504 (default 600)")
-    limits.add_argument("--drain-timeout-s", type=float,
-                        help="on SIGTERM, how long in-flight requests may finish (default 30)")
-    policy = serve.add_argument_group("policy sync (README: Keeping the teacher on the current policy)")
-    policy.add_argument("--policy-root", help="folder under which POST /v1/policy and policy.lora_path "
-                                              "may load weights (default: loading from a path is off)")
-    policy.add_argument("--policy-version", help="label of the weights the service starts with (default base)")
-    policy.add_argument("--policy-wait-s", type=float,
-                        help="how long a request waits for a weight reload before 503 (default 30)")
-    policy.add_argument("--lora-modules", help="adapters requests may name with policy.lora_name: NAME=PATH,...")
-    _add_engine_flags(serve)
+    serve = sub.add_parser(
+        "serve", help="run the HTTP service (AMR_* environment variables too)",
+        formatter_class=HelpFormatter,
+        description="Every setting is a flag and an AMR_* environment variable (flags win), except "
+                    "AMR_API_KEYS, which is environment only. docs/server-config.md lists them.")
+    add_flags(serve, SECTIONS, env=True)
     serve.set_defaults(func=cmd_serve)
     view = sub.add_parser("view", help="write the credit viewer: scored JSONL files as one HTML page")
     view.add_argument("files", nargs="+", type=Path,
@@ -451,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=cmd_openapi)
     doc = sub.add_parser("config-doc", help="print the ScoringConfig reference as Markdown")
     doc.set_defaults(func=cmd_config_doc)
+    server_doc = sub.add_parser("server-config-doc",
+                                help="print the server settings reference as Markdown")
+    server_doc.set_defaults(func=cmd_server_config_doc)
     return parser
 
 

@@ -33,7 +33,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from amr_client.schemas import ScoreRequest
-from amr_sd.scorer import Scorer
+from amr_sd.scoring import Scorer
 
 pytestmark = pytest.mark.e2e
 

@@ -85,7 +85,7 @@ def fresh_perturbed(policy_server, run):
     """The scores of `body()` from a vLLM engine started on the perturbed folder, then closed."""
     from amr_sd.engine.base import EngineSettings
     from amr_sd.engine.vllm import VLLMEngine
-    from amr_sd.scorer import Scorer
+    from amr_sd.scoring import Scorer
 
     engine = VLLMEngine.create(str(policy_server.folders["perturbed"]),
                                EngineSettings(dtype="float32", gpu_memory_utilization=0.1))

@@ -11,7 +11,7 @@ import pytest
 
 from amr_client import AMRClient, AsyncAMRClient, PayloadTooLargeError, UnprocessableEntityError
 from amr_client.schemas import ScoreRequest
-from amr_sd.scorer import Scorer
+from amr_sd.scoring import Scorer
 
 pytestmark = pytest.mark.e2e
 

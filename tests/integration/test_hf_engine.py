@@ -10,7 +10,7 @@ from amr_sd.algo.context import render_prompt
 from amr_sd.engine.base import GenerationParams
 from amr_sd.engine.hf import HFEngine
 from amr_sd.engine.models import EMBEDDED_MODEL
-from amr_sd.scorer import Scorer
+from amr_sd.scoring import Scorer
 
 pytestmark = pytest.mark.integration
 

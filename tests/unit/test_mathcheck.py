@@ -52,7 +52,7 @@ def test_a_missing_math_verify_is_a_start_up_error_not_a_silent_pass(monkeypatch
     from transformers import AutoTokenizer
 
     from amr_sd.engine.models import materialize_embedded
-    from amr_sd.scorer import Scorer
+    from amr_sd.scoring import Scorer
 
     class Engine:
         tokenizer = AutoTokenizer.from_pretrained(str(materialize_embedded()))

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from amr_client.schemas import ScoreRequest, ScoringConfig
 from amr_sd.errors import InvalidRequest, from_validation_error
-from amr_sd.scorer import Scorer
+from amr_sd.scoring import Scorer
 
 MESSAGES = [{"role": "user", "content": "What is 2 + 3?"}]
 

@@ -16,8 +16,9 @@ from amr_sd.algo.advantage import grpo_advantages
 from amr_sd.algo.context import render_prompt
 from amr_sd.algo.reflection import CRITIQUE, HINT
 from amr_sd.engine.models import materialize_embedded
+from amr_sd.engine.standin import StandInEngine
 from amr_sd.errors import InvalidRequest
-from amr_sd.scorer import Scorer
+from amr_sd.scoring import Scorer
 
 MESSAGES = [{"role": "user", "content": "What is 2 + 3?"}]
 TOKENS = [28, 29, 30]
@@ -25,16 +26,12 @@ VOCAB_SIZE = 49152
 MAX_MODEL_LEN = 512
 
 
-class NoCallEngine:
-    """The engine surface the scorer reads, with every engine call failing the test."""
-
-    model_id = "test"
-    vocab_size = VOCAB_SIZE
-    max_model_len = MAX_MODEL_LEN
-    supports_seed = False
+class NoCallEngine(StandInEngine):
+    """The stand-in engine with this file's limits; every engine call fails the test."""
 
     def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer, model_id="test", vocab_size=VOCAB_SIZE,
+                         max_model_len=MAX_MODEL_LEN)
 
     async def generate(self, prompts, params, adapter=None):
         raise AssertionError("engine called")
@@ -44,9 +41,6 @@ class NoCallEngine:
 
     async def warmup(self):
         raise AssertionError("engine called")
-
-    async def close(self):
-        pass
 
 
 @pytest.fixture(scope="session")
