@@ -1,10 +1,11 @@
 """The service's core, shared by every transport: HTTP routes and gRPC methods only translate.
 
-`Runtime` owns the engine, the reflection cache, the idempotency store, admission, the policy
-manager, the scorer, the metrics and the lifecycle phase (starting -> ready -> draining, or
-engine_dead). Its operations take plain arguments (the request model and a `Call`: deadline,
-idempotency key, caller identity, a "caller gone" signal) and return models or raise AmrError,
-whose class carries both the HTTP status and the gRPC code.
+`Runtime` owns the engine's lifecycle (lifecycle.py: starting -> ready -> draining, or
+engine_dead), the guards (amr_sd.guards: admission, idempotency, API keys), the reflection and
+score caches, the policy manager, the scorer and the metrics. Its operations take plain arguments
+(the request model and a `Call`: deadline, idempotency key, caller identity, a "caller gone"
+signal) and return models or raise AmrError, whose class carries both the HTTP status and the
+gRPC code.
 
 A score request passes, in order: readiness (503), size caps (413), the idempotency key (replay,
 409, 422), admission (429), then the policy gate (503 during a long reload, 409 for another
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -26,35 +26,21 @@ import orjson
 
 from amr_client.schemas import (PolicyStatus, PolicyUpdate, ScoredGroup, ScoreRequest, ScoreResponse,
                                 ScoringConfig)
-from amr_sd import mathcheck
-from amr_sd.guards.admission import Admission
-from amr_sd.guards.auth import check_bearer
-from amr_sd.guards.idempotency import make_store, scoped_key
 from amr_sd.cache import make_cache
 from amr_sd.config import Settings
 from amr_sd.engine import create_engine
-from amr_sd.errors import (AmrError, DeadlineExceeded, Draining, EngineDead, Overloaded,
-                           PayloadTooLarge, ServiceNotReady)
+from amr_sd.errors import AmrError, Overloaded, PayloadTooLarge
+from amr_sd.guards.admission import Admission, Ticket, request_size
+from amr_sd.guards.auth import check_bearer
+from amr_sd.guards.idempotency import Claim, make_store
+from amr_sd.lifecycle import CallerGone, Lifecycle, Phase
 from amr_sd.metrics import Metrics
 from amr_sd.policy import PolicyManager
-from amr_sd.scorer import Scorer
+from amr_sd.scoring import Scorer
+
+__all__ = ["Answer", "Call", "CallerGone", "GroupStream", "Phase", "Runtime", "encode"]
 
 log = logging.getLogger("amr_sd.runtime")
-
-HEALTH_INTERVAL_S = 1.0
-# What a request cut by the end of the drain timeout is answered, from either path (one answer or
-# a stream).
-DRAIN_ABORTED = ("the service stopped before this request finished (drain timeout); its engine "
-                 "work was aborted; retry (another replica)")
-# Final answers a retry would get again are stored for replay; the rest free the key.
-REPLAYABLE_STATUSES = {400, 401, 403, 404, 413, 422}
-
-
-class Phase(str, enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    DRAINING = "draining"
-    ENGINE_DEAD = "engine_dead"
 
 
 @dataclass(frozen=True)
@@ -79,10 +65,6 @@ class Answer:
         return self.response if self.response is not None else ScoreResponse.model_validate_json(self.json)
 
 
-class CallerGone(Exception):
-    """The caller stopped waiting before its answer was ready."""
-
-
 def encode(response: ScoreResponse) -> bytes:
     # orjson: large advantage arrays serialise several times faster than the stdlib encoder.
     return orjson.dumps(response.model_dump(mode="json"))
@@ -96,47 +78,15 @@ class Runtime:
         self.admission = Admission(settings.max_pending_sequences, settings.max_pending_tokens)
         self.metrics.pending_sequences.set_function(lambda: self.admission.pending_sequences)
         self.metrics.pending_tokens.set_function(lambda: self.admission.pending_tokens)
+        self.lifecycle = Lifecycle(self.metrics)
         self._engine_factory = engine_factory
         self.engine = self.scorer = self.cache = self.score_cache = self.store = self.policies = None
-        self.in_flight = 0  # operations of either transport being served, for the drain
-        self._ready = self._draining = self._engine_dead = False
-        self._stopping = asyncio.Event()  # set when the drain timeout ends: in-flight work stops
-        self._changed = asyncio.Event()  # set on every phase change, for `phases()`
-        self._tasks: list[asyncio.Task] = []
-        self._creating: asyncio.Future | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    @property
-    def phase(self) -> Phase:
-        if self._engine_dead:
-            return Phase.ENGINE_DEAD
-        if self._draining:
-            return Phase.DRAINING
-        return Phase.READY if self._ready else Phase.STARTING
-
-    def _set(self, **flags: bool) -> None:
-        for name, value in flags.items():
-            setattr(self, f"_{name}", value)
-        self._changed.set()
-
-    async def phases(self) -> AsyncIterator[Phase]:
-        """The phase now, then each change as it happens (gRPC health follows it)."""
-        last = None
-        while True:
-            phase = self.phase
-            if phase is not last:
-                yield phase
-                last = phase
-            await self._changed.wait()
-            self._changed.clear()
-
     async def start(self) -> None:
         """Begin loading the engine; returns at once (the phase says when it is ready)."""
-        # vLLM's engine takes tens of seconds to load; a thread keeps the loop, and so the
-        # ports and the probes, answering meanwhile.
-        self._creating = asyncio.ensure_future(asyncio.to_thread(self._make_engine))
-        self._tasks.append(asyncio.create_task(self._load(self._creating)))
+        self.lifecycle.start(self._make_engine, self._assemble)
 
     def _make_engine(self):
         if self._engine_factory:
@@ -146,91 +96,53 @@ class Runtime:
             log.info("%s", line)
         return create_engine(self.settings.engine, self.settings.model, engine_settings)
 
-    async def _load(self, creating: asyncio.Future) -> None:
+    def _assemble(self, engine) -> None:
+        """Build what the operations use around the warm engine."""
         settings, metrics = self.settings, self.metrics
-        try:
-            engine = await asyncio.shield(creating)  # a stop mid-load still gets it, to close it
-            self.engine = engine
-            await engine.warmup()
-            self.cache = make_cache(settings.redis_url, ttl_s=settings.cache_ttl_s,
-                                    max_entries=settings.cache_max_entries,
-                                    on_error=metrics.cache_errors.inc)
-            if settings.score_cache_ttl_s > 0:
-                self.score_cache = make_cache(settings.redis_url, ttl_s=settings.score_cache_ttl_s,
-                                              max_entries=settings.score_cache_max_entries,
-                                              on_error=metrics.cache_errors.inc)
-            self.store = make_store(settings.redis_url, ttl_s=settings.idempotency_ttl_s,
-                                    pending_ttl_s=settings.max_request_timeout_s + 60,
-                                    on_error=metrics.cache_errors.inc)
-            self.policies = PolicyManager(
-                engine, root=settings.policy_root, version=settings.policy_version,
-                lora_modules=settings.lora_module_paths(), wait_s=settings.policy_wait_s)
-            self.policies.check_modules()
-            self.scorer = Scorer(engine, cache=self.cache, score_cache=self.score_cache)
-            metrics.engine_unfinished.set_function(engine.unfinished_requests)
-            self._tasks.append(asyncio.create_task(self._watch(engine)))
-            self._set(ready=True)
-            log.info("ready: model=%s engine=%s cache=%s score_cache=%s", engine.model_id,
-                     settings.engine, self.cache.name,
-                     self.score_cache.name if self.score_cache is not None else "off")
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # Same exit as a dead engine: `amr-sd serve` stops with code 3 for a restart.
-            log.exception("the engine failed to start")
-            self._set(engine_dead=True)
-
-    async def _watch(self, engine) -> None:
-        """Turn unready for good when the engine dies; `amr-sd serve` then exits non-zero."""
-        while True:
-            await asyncio.sleep(HEALTH_INTERVAL_S)
-            try:
-                await engine.check_health()
-            except EngineDead as exc:
-                self.note(exc)
-                return
-
-    def note(self, exc: BaseException) -> None:
-        """Look at an error on its way out: a dead engine makes the service unready at once."""
-        if isinstance(exc, EngineDead) and not self._engine_dead:
-            log.error("engine died (%s): not ready; the process exits for a restart", exc)
-            self._set(engine_dead=True, ready=False)
-
-    def begin_drain(self) -> None:
-        """Refuse new work (503 draining); work in flight goes on until stop_in_flight()."""
-        self._set(draining=True)
-
-    def stop_in_flight(self) -> None:
-        """The drain timeout ended: work still in flight is aborted and answered 503 draining."""
-        self._stopping.set()
-
-    async def stopped(self) -> None:
-        """Returns once stop_in_flight() has been called: work in flight races it."""
-        await self._stopping.wait()
+        self.engine = engine
+        self.cache = make_cache(settings.redis_url, ttl_s=settings.cache_ttl_s,
+                                max_entries=settings.cache_max_entries,
+                                on_error=metrics.cache_errors.inc)
+        if settings.score_cache_ttl_s > 0:
+            self.score_cache = make_cache(settings.redis_url, ttl_s=settings.score_cache_ttl_s,
+                                          max_entries=settings.score_cache_max_entries,
+                                          on_error=metrics.cache_errors.inc)
+        self.store = make_store(settings.redis_url, ttl_s=settings.idempotency_ttl_s,
+                                pending_ttl_s=settings.max_request_timeout_s + 60,
+                                on_error=metrics.cache_errors.inc)
+        self.policies = PolicyManager(
+            engine, root=settings.policy_root, version=settings.policy_version,
+            lora_modules=settings.lora_module_paths(), wait_s=settings.policy_wait_s)
+        self.policies.check_modules()
+        self.scorer = Scorer(engine, cache=self.cache, score_cache=self.score_cache)
+        log.info("ready: model=%s engine=%s cache=%s score_cache=%s", engine.model_id,
+                 settings.engine, self.cache.name,
+                 self.score_cache.name if self.score_cache is not None else "off")
 
     async def close(self) -> None:
-        self._set(ready=False)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
-        for closable in (self.store, self.cache, self.score_cache):
-            if closable is not None:
-                await closable.close()
-        if self._creating is not None:
-            with contextlib.suppress(Exception):
-                await (await self._creating).close()
-        await asyncio.to_thread(mathcheck.close)
+        await self.lifecycle.close(self.store, self.cache, self.score_cache)
 
-    @contextlib.contextmanager
-    def tracking(self):
-        """Count an operation as in flight (the drain waits for it) for the block's duration."""
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+    # The lifecycle as the transports and `amr-sd serve` see it.
+
+    @property
+    def phase(self) -> Phase:
+        return self.lifecycle.phase
+
+    @property
+    def in_flight(self) -> int:
+        return self.lifecycle.in_flight
+
+    def phases(self) -> AsyncIterator[Phase]:
+        return self.lifecycle.phases()
+
+    def tracking(self) -> contextlib.AbstractContextManager:
+        return self.lifecycle.tracking()
+
+    def begin_drain(self) -> None:
+        self.lifecycle.begin_drain()
+
+    def stop_in_flight(self) -> None:
+        self.lifecycle.stop_in_flight()
 
     # ------------------------------------------------------------------ guards
 
@@ -240,62 +152,37 @@ class Runtime:
 
     def accept(self) -> None:
         """Refuse new work while draining, before the request is even read."""
-        if self._draining:
-            raise Draining("the service is shutting down; retry (another replica)")
+        self.lifecycle.accept()
 
     def _scorer(self) -> Scorer:
-        if self._engine_dead:
-            raise EngineDead("the engine process died; this replica is restarting")
-        if self._draining:
-            raise Draining("the service is shutting down; retry (another replica)")
-        if self.scorer is None or not self._ready:
-            raise ServiceNotReady("the engine is still starting")
+        self.lifecycle.check_ready()
         return self.scorer
 
-    def _check_caps(self, request: ScoreRequest) -> tuple[int, int]:
-        """Refuse a request over a size cap; return its (rollouts, response tokens)."""
+    async def _admit(self, request: ScoreRequest, call: Call) -> Answer | _Admitted:
+        """Size caps (413), then the idempotency key (its stored answer, to replay; 409, 422),
+        then admission (429)."""
         s = self.settings
-        rollouts = sum(len(g.rollouts) for g in request.groups)
-        tokens = sum(len(r.token_ids) for g in request.groups for r in g.rollouts)
-        for what, value, cap in (("groups", len(request.groups), s.max_groups),
-                                 ("rollouts", rollouts, s.max_rollouts),
-                                 ("response tokens", tokens, s.max_tokens)):
-            if value > cap:
-                raise PayloadTooLarge(f"{value} {what} in one request; the cap is {cap}",
-                                      field="groups")
-        return rollouts, tokens
-
-    def _admit(self, size: tuple[int, int]):
+        size = request_size(request, s.max_groups, s.max_rollouts, s.max_tokens)
+        claim = await Claim.begin(self.store, call.idempotency_key, call.identity, call.fingerprint)
+        if claim.stored is not None:
+            self.metrics.idempotent_replays.inc()
+            return Answer(claim.stored.status, claim.stored.body, replayed=True)
         try:
-            return self.admission.admit(*size)
+            ticket = self.admission.admit(*size)
         except (Overloaded, PayloadTooLarge) as exc:
             self.metrics.admission_rejected.labels(reason=exc.type).inc()
-            raise
-
-    # ------------------------------------------------------------------ idempotency
-
-    async def _claim(self, call: Call) -> "_Claim":
-        """Claim the call's idempotency key; `claim.stored` is the answer to replay, if any."""
-        claim = _Claim(self.store, None, call.fingerprint)
-        if call.idempotency_key is not None:
-            claim.key = scoped_key(call.idempotency_key, call.identity)
-            claim.stored = await self.store.begin(claim.key, claim.fp)
-            if claim.stored is not None:
-                self.metrics.idempotent_replays.inc()
-                claim.kept = True  # a replay settles nothing
-        return claim
-
-    @contextlib.asynccontextmanager
-    async def _idempotent(self, call: Call):
-        """The claim for the block: its answer is kept with `claim.keep`; an error a retry would
-        get again is kept for replay, anything else frees the key."""
-        claim = await self._claim(call)
-        try:
-            yield claim
-        except BaseException as exc:
             await claim.settle(exc)
             raise
-        await claim.settle(None)
+        return _Admitted(ticket, claim, self.admission, self.lifecycle, self.metrics)
+
+    async def _gated(self, request: ScoreRequest, score: Callable,
+                     entered: asyncio.Future | None = None):
+        """`score(policy)` under the policy the request names, held steady until it returns: the
+        gate is 503 during a long reload, 409 for another version. `entered`: set once past it."""
+        async with self.policies.serving(request.policy) as policy:
+            if entered is not None:
+                entered.set_result(None)
+            return await score(policy)
 
     # ------------------------------------------------------------------ operations
 
@@ -303,94 +190,31 @@ class Runtime:
         """Score one request (or replay its stored answer). The JSON answer is encoded here
         only when the idempotency store needs it."""
         scorer = self._scorer()
-        size = self._check_caps(request)
-        async with self._idempotent(call) as claim:
-            if claim.stored is not None:
-                return Answer(claim.stored.status, claim.stored.body, replayed=True)
-            try:
-                response = await self._score_admitted(scorer, request, size, call)
-            except BaseException as exc:
-                self.note(exc)
-                raise
-            payload = None
-            if claim.key is not None:
-                # A 512 x 1024 answer takes ~1 s to encode: off the loop.
-                payload = await asyncio.to_thread(encode, response)
-                await claim.keep(200, payload)
-            return Answer(200, payload, response)
-
-    async def _score_admitted(self, scorer: Scorer, request: ScoreRequest, size: tuple[int, int],
-                              call: Call) -> ScoreResponse:
-        ticket = self._admit(size)
-
-        async def under_one_policy():
-            async with self.policies.serving(request.policy) as policy:
-                return await scorer.score(request, policy)
-
-        completed = False
+        admitted = await self._admit(request, call)
+        if isinstance(admitted, Answer):
+            return admitted
         try:
-            response = await self._bounded(under_one_policy(), call)
-            completed = True
-        finally:
-            self.admission.release(ticket, completed=completed)
-        self.metrics.observe_scoring(response.stats)
-        return response
-
-    async def _bounded(self, coro, call: Call):
-        """`coro` under the call's deadline, which also ends when the caller goes away or the
-        drain timeout ends; cancels it in every case and waits until the cancellation has
-        reached the engine, so its work is aborted by the time the error is answered."""
-        task = asyncio.ensure_future(coro)
-        gone = asyncio.ensure_future(call.gone()) if call.gone else None
-        stopping = asyncio.ensure_future(self.stopped())
-        waiters = {task, stopping} | ({gone} if gone else set())
-        try:
-            done, _ = await asyncio.wait(waiters, timeout=call.timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # the server is stopping this request
-            task.cancel()
+            response = await self.lifecycle.bounded(
+                self._gated(request, lambda policy: scorer.score(request, policy)),
+                call.timeout_s, f"the deadline of {call.timeout_s:g} s passed", gone=call.gone)
+        except BaseException as exc:
+            await admitted.fail(exc)
             raise
-        finally:
-            for waiter in (gone, stopping):
-                if waiter is not None:
-                    waiter.cancel()
-        if task in done:
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        if gone is not None and gone in done:
-            self.metrics.client_disconnects.inc()
-            raise CallerGone()
-        if stopping in done:
-            raise Draining(DRAIN_ABORTED)
-        self.metrics.deadline_exceeded.inc()
-        raise DeadlineExceeded(f"the deadline of {call.timeout_s:g} s passed; the request's engine "
-                               "work was aborted")
+        return Answer(200, await admitted.finish(response), response)
 
-    async def open_stream(self, request: ScoreRequest, call: Call) -> Answer | "GroupStream":
+    async def open_stream(self, request: ScoreRequest, call: Call) -> Answer | GroupStream:
         """Admit the request and enter the policy gate (so their errors keep their status), then
         hand back the stream of groups; or the stored answer of a replayed key."""
         scorer = self._scorer()
-        size = self._check_caps(request)
-        claim = await self._claim(call)
-        if claim.stored is not None:
-            return Answer(claim.stored.status, claim.stored.body, replayed=True)
-        try:
-            ticket = self._admit(size)
-        except BaseException as exc:
-            await claim.settle(exc)
-            raise
+        admitted = await self._admit(request, call)
+        if isinstance(admitted, Answer):
+            return admitted
         groups: asyncio.Queue = asyncio.Queue()
         entered = asyncio.get_running_loop().create_future()
-
-        async def score():
-            async with self.policies.serving(request.policy) as policy:
-                entered.set_result(None)
-                return await scorer.score(request, policy,
-                                          on_group=lambda g, group: groups.put((g, group)))
-
-        task = asyncio.ensure_future(score())
+        task = asyncio.ensure_future(self._gated(
+            request, lambda policy: scorer.score(request, policy,
+                                                 on_group=lambda g, group: groups.put((g, group))),
+            entered))
         try:
             await asyncio.wait({task, entered}, return_when=asyncio.FIRST_COMPLETED)
             if task.done() and not entered.done():
@@ -398,10 +222,9 @@ class Runtime:
         except BaseException as exc:
             task.cancel()
             entered.cancel()
-            self.admission.release(ticket, completed=False)
-            await claim.settle(exc)
+            await admitted.fail(exc)
             raise
-        return GroupStream(self, task, groups, ticket, claim, call.timeout_s)
+        return GroupStream(self.lifecycle, admitted, task, groups, call.timeout_s)
 
     async def set_policy(self, update: PolicyUpdate, timeout_s: float) -> PolicyStatus:
         """Load new full weights into the running engine; later requests report the version."""
@@ -409,7 +232,7 @@ class Runtime:
         try:
             status, outcome = await self.policies.reload(update, timeout_s)
         except AmrError as exc:
-            self.note(exc)
+            self.lifecycle.note(exc)
             self.metrics.policy_reloads.labels(
                 outcome="failed" if exc.status_code >= 500 else "rejected").inc()
             raise
@@ -443,27 +266,35 @@ class Runtime:
 
 
 @dataclass
-class _Claim:
-    store: object
-    key: str | None
-    fp: str | None
-    stored: object = None
-    kept: bool = False
+class _Admitted:
+    """A request past the guards: it holds room in admission and its idempotency claim until
+    `finish` or `fail` gives both back."""
+    ticket: Ticket
+    claim: Claim
+    admission: Admission
+    lifecycle: Lifecycle
+    metrics: Metrics
 
-    async def keep(self, status: int, body: bytes) -> None:
-        if self.key is not None:
-            await self.store.finish(self.key, self.fp, status, body)
-        self.kept = True
+    async def finish(self, response: ScoreResponse) -> bytes | None:
+        """Count the request done and keep its answer for a retry; returns the JSON answer if the
+        idempotency store needed it."""
+        self.admission.release(self.ticket, completed=True)
+        self.metrics.observe_scoring(response.stats)
+        if self.claim.key is None:
+            return None
+        try:
+            # A 512 x 1024 answer takes ~1 s to encode: off the loop.
+            payload = await asyncio.to_thread(encode, response)
+            await self.claim.keep(200, payload)
+        except BaseException as exc:
+            await self.claim.settle(exc)
+            raise
+        return payload
 
-    async def settle(self, exc: BaseException | None) -> None:
-        """Keep a final error for replay; free the key for anything a retry could change."""
-        if self.key is None or self.kept:
-            return
-        self.kept = True
-        if isinstance(exc, AmrError) and exc.status_code in REPLAYABLE_STATUSES:
-            await self.store.finish(self.key, self.fp, exc.status_code, orjson.dumps(exc.to_dict()))
-        else:
-            await self.store.release(self.key)
+    async def fail(self, exc: BaseException) -> None:
+        self.lifecycle.note(exc)
+        self.admission.release(self.ticket, completed=False)
+        await self.claim.settle(exc)
 
 
 class GroupStream:
@@ -472,53 +303,31 @@ class GroupStream:
     so a long batch never has to fit one deadline as a whole. Iterate `items()` once, under
     `contextlib.aclosing`: leaving early aborts the engine work."""
 
-    def __init__(self, runtime: Runtime, task: asyncio.Task, groups: asyncio.Queue, ticket,
-                 claim: _Claim, idle_timeout_s: float):
-        self._runtime, self._task, self._groups = runtime, task, groups
-        self._ticket, self._claim, self._idle_timeout_s = ticket, claim, idle_timeout_s
+    def __init__(self, lifecycle: Lifecycle, admitted: _Admitted, task: asyncio.Task,
+                 groups: asyncio.Queue, idle_timeout_s: float):
+        self._lifecycle, self._admitted, self._task = lifecycle, admitted, task
+        self._groups, self._idle_timeout_s = groups, idle_timeout_s
+        # The end of the task queues a None after its last group: one wait covers both.
+        task.add_done_callback(lambda _: groups.put_nowait(None))
 
     async def items(self) -> AsyncIterator[tuple[int, ScoredGroup] | ScoreResponse]:
-        rt = self._runtime
-        completed, failure = False, None
-        stopping = asyncio.ensure_future(rt.stopped())
         # The transport stopped counting when the stream began; the drain waits for this.
-        with rt.tracking():
+        with self._lifecycle.tracking():
             try:
-                while True:
-                    getter = asyncio.ensure_future(self._groups.get())
-                    done, _ = await asyncio.wait({getter, self._task, stopping},
-                                                 timeout=self._idle_timeout_s,
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                    if getter in done:
-                        yield getter.result()
-                        continue
-                    getter.cancel()
-                    if stopping in done:
-                        raise Draining(DRAIN_ABORTED)
-                    if self._task not in done:
-                        rt.metrics.deadline_exceeded.inc()
-                        raise DeadlineExceeded(
-                            f"no group finished within {self._idle_timeout_s:g} s; the request's "
-                            "engine work was aborted")
-                    while not self._groups.empty():
-                        yield self._groups.get_nowait()
-                    response = self._task.result()
-                    completed = True
-                    rt.metrics.observe_scoring(response.stats)
-                    if self._claim.key is not None:
-                        await self._claim.keep(200, await asyncio.to_thread(encode, response))
-                    yield response
-                    return
+                while (item := await self._next()) is not None:
+                    yield item
+                response = self._task.result()
             except BaseException as exc:
-                failure = exc
-                rt.note(exc)
-                raise
-            finally:
-                stopping.cancel()
                 if not self._task.done():
                     self._task.cancel()  # deadline, error or caller gone: vLLM aborts engine work
                     with contextlib.suppress(BaseException):
                         await self._task
-                rt.admission.release(self._ticket, completed=completed)
-                if not completed:
-                    await self._claim.settle(failure)
+                await self._admitted.fail(exc)
+                raise
+            await self._admitted.finish(response)
+            yield response
+
+    def _next(self) -> Awaitable:
+        """The next group, or None once the task has ended, within the idle deadline."""
+        return self._lifecycle.bounded(self._groups.get(), self._idle_timeout_s,
+                                       f"no group finished within {self._idle_timeout_s:g} s")

@@ -5,32 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
-from harness import body, to_proto
+from harness import Outcome, body, grpc_outcome, to_proto
 from amr_client.grpc_codec import to_dict
 from amr_client.schemas import ScoreResponse
-
-GRPC_CODE = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 409: "ABORTED", 413: "RESOURCE_EXHAUSTED",
-             422: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE",
-             504: "DEADLINE_EXCEEDED"}
-
-
-@dataclass
-class Outcome:
-    status: int  # the HTTP status; over gRPC the one its ErrorInfo carries (200: success)
-    type: str | None = None
-    field: str | None = None
-    retry_after: float | None = None
-    answer: dict | None = None
-    replayed: bool = False
 
 
 async def over_http(svc, request: dict, *, key: str | None = None, api_key: str | None = None,
@@ -63,31 +46,6 @@ async def over_grpc(svc, request: dict, *, key: str | None = None, api_key: str 
     except grpc.aio.AioRpcError as err:
         return grpc_outcome(err)
     return Outcome(200, answer=to_dict(answer))
-
-
-def grpc_outcome(err: grpc.aio.AioRpcError) -> Outcome:
-    status = rpc_status.from_call(err)
-    assert status is not None, f"{err.code()} without google.rpc details: {err.details()}"
-    info = bad = retry = None
-    for detail in status.details:
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.RetryInfo):
-            if detail.Is(kind.DESCRIPTOR):
-                item = kind()
-                detail.Unpack(item)
-                if kind is error_details_pb2.ErrorInfo:
-                    info = item
-                elif kind is error_details_pb2.BadRequest:
-                    bad = item
-                else:
-                    retry = item
-    http_status = int(info.metadata["status"])
-    assert err.code().name == (GRPC_CODE[http_status] if info.reason != "policy_mismatch"
-                               else "FAILED_PRECONDITION"), (err.code(), info)
-    field = info.metadata.get("field")
-    if err.code() is grpc.StatusCode.INVALID_ARGUMENT and field:
-        assert bad is not None and bad.field_violations[0].field == field
-    return Outcome(http_status, info.reason, field,
-                   retry.retry_delay.seconds if retry is not None else None)
 
 
 TRANSPORTS = {"http": over_http, "grpc": over_grpc}

@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 
-from amr_sd.guards.admission import Admission
+from amr_client.schemas import ScoreRequest
+from amr_sd.guards.admission import Admission, request_size
 from amr_sd.guards.auth import check_bearer
 from amr_sd.api.http_common import request_timeout
-from amr_sd.guards.idempotency import MemoryStore, Stored, scoped_key
+from amr_sd.guards.idempotency import Claim, MemoryStore, Stored, scoped_key
 from amr_sd.config import Settings
 from amr_sd.errors import Conflict, Forbidden, InvalidRequest, Overloaded, PayloadTooLarge, Unauthenticated
 
@@ -64,6 +65,25 @@ def test_retry_after_is_capped_at_60_s():
     clock.now += 1
     admission.admit(1, 10**6)
     assert admission.retry_after_s() == 60
+
+
+def a_request(groups: int, rollouts: int, tokens: int) -> ScoreRequest:
+    group = {"prompt": {"messages": [{"role": "user", "content": "1 + 1 ="}]},
+             "rollouts": [{"token_ids": [7] * tokens, "reward": float(r % 2)} for r in range(rollouts)]}
+    return ScoreRequest.model_validate({"step": 0, "groups": [group] * groups})
+
+
+def test_request_size_counts_rollouts_and_response_tokens():
+    assert request_size(a_request(2, 3, 5), 8, 8, 100) == (6, 30)  # 2 x 3 rollouts of 5 tokens
+
+
+@pytest.mark.parametrize("caps, message", [((1, 8, 100), "2 groups in one request; the cap is 1"),
+                                           ((8, 5, 100), "6 rollouts in one request; the cap is 5"),
+                                           ((8, 8, 29), "30 response tokens in one request; the cap is 29")])
+def test_over_a_size_cap_is_413_naming_the_cap(caps, message):
+    with pytest.raises(PayloadTooLarge) as err:
+        request_size(a_request(2, 3, 5), *caps)
+    assert (err.value.message, err.value.field) == (message, "groups")
 
 
 # --- idempotency ---------------------------------------------------------------------------------
@@ -126,6 +146,43 @@ def test_keys_are_scoped_by_api_key_and_bounded():
     with pytest.raises(InvalidRequest) as err:
         scoped_key("x" * 201, None)
     assert err.value.field == "Idempotency-Key"
+
+
+def test_a_claim_without_a_key_touches_no_store():
+    claim = run(Claim.begin(None, None, "Bearer a", "fp"))
+    assert (claim.key, claim.stored) == (None, None)
+    run(claim.keep(200, b"{}"))
+    run(claim.settle(Overloaded("full")))
+
+
+def test_a_kept_answer_is_what_the_next_claim_replays():
+    store = MemoryStore(ttl_s=60)
+    run(run(Claim.begin(store, "k", "Bearer a", "fp")).keep(200, b'{"a":1}'))
+    again = run(Claim.begin(store, "k", "Bearer a", "fp"))
+    assert again.stored == Stored(200, b'{"a":1}') and again.kept  # a replay settles nothing
+
+
+def test_a_final_error_is_kept_for_replay_as_its_envelope():
+    store = MemoryStore(ttl_s=60)
+    claim = run(Claim.begin(store, "k", None, "fp"))
+    run(claim.settle(PayloadTooLarge("too big", field="groups")))
+    stored = run(Claim.begin(store, "k", None, "fp")).stored
+    assert stored.status == 413 and b'"too big"' in stored.body
+
+
+@pytest.mark.parametrize("exc", [Overloaded("full"), asyncio.CancelledError(), None])
+def test_an_error_a_retry_could_change_frees_the_key(exc):
+    store = MemoryStore(ttl_s=60)
+    run(run(Claim.begin(store, "k", None, "fp")).settle(exc))
+    assert run(Claim.begin(store, "k", None, "fp")).stored is None  # claimed afresh, not 409
+
+
+def test_a_claim_settles_once():
+    store = MemoryStore(ttl_s=60)
+    claim = run(Claim.begin(store, "k", None, "fp"))
+    run(claim.keep(200, b"{}"))
+    run(claim.settle(Overloaded("full")))  # after keep: the stored answer stays
+    assert run(Claim.begin(store, "k", None, "fp")).stored == Stored(200, b"{}")
 
 
 # --- API keys ------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ could never be admitted and gets 413. Retry-After is the time the current backlo
 recent drain rate (response tokens answered per second over the last minute), so clients that
 honour it come back roughly when there is room, instead of all at once.
 
+Before admission, `request_size` holds one request to the fixed size caps (413).
+
 Single event loop: admit and release run on it without awaiting, so no lock is needed.
 """
 
@@ -18,12 +20,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from amr_client.schemas import ScoreRequest
 from amr_sd.errors import Overloaded, PayloadTooLarge
 
 RATE_WINDOW_S = 60.0
 # Before anything has drained there is no rate to estimate from; a short wait is a fair guess.
 DEFAULT_RETRY_AFTER_S = 5
 MAX_RETRY_AFTER_S = 60
+
+
+def request_size(request: ScoreRequest, max_groups: int, max_rollouts: int,
+                 max_tokens: int) -> tuple[int, int]:
+    """The request's (rollouts, response tokens); 413 if it is over a size cap."""
+    rollouts = sum(len(g.rollouts) for g in request.groups)
+    tokens = sum(len(r.token_ids) for g in request.groups for r in g.rollouts)
+    for what, value, cap in (("groups", len(request.groups), max_groups),
+                             ("rollouts", rollouts, max_rollouts),
+                             ("response tokens", tokens, max_tokens)):
+        if value > cap:
+            raise PayloadTooLarge(f"{value} {what} in one request; the cap is {cap}", field="groups")
+    return rollouts, tokens
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ Only final answers are stored (200 and the 4xx a retry would get again); after a
 504 the key is released, so the retry runs. Keys are scoped by the caller's API key (a hash of
 it), so two tenants cannot read each other's answers.
 
+    Claim              one attempt's hold on its key: begin, then keep an answer or settle
     IdempotencyStore   begin / finish / release
     ├── MemoryStore    in-process, bounded by total bytes
     └── RedisStore     shared by replicas; a Redis outage turns idempotency off, never scoring
@@ -32,13 +33,15 @@ import orjson
 import redis.asyncio
 import redis.exceptions
 
-from amr_sd.errors import Conflict, InvalidRequest
+from amr_sd.errors import AmrError, Conflict, InvalidRequest
 
 log = logging.getLogger("amr_sd.idempotency")
 
 KEY_PREFIX = "amr-sd:idempotency:"
 MAX_KEY_CHARS = 200
 HEADER = "Idempotency-Key"
+# Final answers a retry would get again are stored for replay; the rest free the key.
+REPLAYABLE_STATUSES = {400, 401, 403, 404, 413, 422}
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,44 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+@dataclass
+class Claim:
+    """One attempt's hold on its idempotency key (`key` None: the request sent none, and every
+    step is a no-op). `stored` is the answer to replay instead, if there is one; otherwise the
+    attempt ends by keeping its answer (`keep`) or by `settle`, once."""
+    store: IdempotencyStore | None
+    key: str | None = None
+    fp: str | None = None
+    stored: Stored | None = None
+    kept: bool = False
+
+    @classmethod
+    async def begin(cls, store: IdempotencyStore, key: str | None, identity: str | None,
+                    fp: str | None) -> Claim:
+        """Claim `key` (scoped by `identity`) for a request of fingerprint `fp`; 409/422 raise."""
+        if key is None:
+            return cls(store, None, fp)
+        claim = cls(store, scoped_key(key, identity), fp)
+        claim.stored = await store.begin(claim.key, fp)
+        claim.kept = claim.stored is not None  # a replay settles nothing
+        return claim
+
+    async def keep(self, status: int, body: bytes) -> None:
+        if self.key is not None:
+            await self.store.finish(self.key, self.fp, status, body)
+        self.kept = True
+
+    async def settle(self, exc: BaseException | None) -> None:
+        """Keep a final error for replay; free the key for anything a retry could change."""
+        if self.key is None or self.kept:
+            return
+        self.kept = True
+        if isinstance(exc, AmrError) and exc.status_code in REPLAYABLE_STATUSES:
+            await self.store.finish(self.key, self.fp, exc.status_code, orjson.dumps(exc.to_dict()))
+        else:
+            await self.store.release(self.key)
 
 
 def make_store(redis_url: str | None, ttl_s: float, pending_ttl_s: float,
