@@ -10,18 +10,21 @@ viewed: no model, no input file. The trainer adapters write one file per saved s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from amr_client.results import ScoreResult
-from amr_client.schemas import Group
+from amr_client.schemas import Group, ScoredGroup
 
-__all__ = ["VIEW_RETURNS", "StepSaver", "save_scored", "step_path", "token_pieces"]
+__all__ = ["VIEW_RETURNS", "SavedGroup", "StepSaver", "load_scored", "replaced_atomically",
+           "save_scored", "step_path", "token_pieces"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,26 @@ def token_pieces(decode: Callable[[list[int]], str], token_ids: Sequence[int],
     return out
 
 
+@contextlib.contextmanager
+def replaced_atomically(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A text file that becomes `path` when the block ends without error, and vanishes otherwise.
+
+    It is created with mode 0o666 as `open()` creates one, so the umask (and the folder's default
+    ACL) decide who may read it: `tempfile.mkstemp`'s 0o600 would hide a run's batches from the
+    teammates who share its folder.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # O_EXCL: never an existing file
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            yield out
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def save_scored(path: str | os.PathLike, groups: Iterable[Group | Mapping[str, Any]],
                 result: ScoreResult, *, decode: Callable[[list[int]], str] | None = None) -> Path:
     """Write `groups` with their scores to `path`, whole or not at all (a rename at the end)."""
@@ -58,19 +81,50 @@ def save_scored(path: str | os.PathLike, groups: Iterable[Group | Mapping[str, A
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     memo: dict[int, str] = {}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            for group, scored in zip(sent, result.groups, strict=True):
-                line = {**head, **scored.model_dump(mode="json", exclude_none=True), "input": group}
-                if decode is not None:
-                    line["pieces"] = [token_pieces(decode, r["token_ids"], memo) for r in group["rollouts"]]
-                out.write(json.dumps(line) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with replaced_atomically(path) as out:
+        for group, scored in zip(sent, result.groups, strict=True):
+            line = {**head, **scored.model_dump(mode="json", exclude_none=True), "input": group}
+            if decode is not None:
+                line["pieces"] = [token_pieces(decode, r["token_ids"], memo) for r in group["rollouts"]]
+            out.write(json.dumps(line) + "\n")
     return path
+
+
+@dataclass(frozen=True)
+class SavedGroup:
+    """One line of a file `save_scored` wrote: the group as sent, its scores and their context."""
+
+    input: Group
+    scored: ScoredGroup
+    model: str
+    policy_version: str
+    step: int
+    anneal_weight: float
+    pieces: list[list[str]] | None = None  # each rollout's tokens decoded one by one, if saved
+
+
+def load_scored(path: str | os.PathLike) -> list[SavedGroup]:
+    """The groups `save_scored` wrote to `path`, in the order they were sent.
+
+    Each line is checked against the wire models, so a file that is not one of ours raises
+    ValueError naming its line.
+    """
+    saved = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                saved.append(SavedGroup(
+                    input=Group.model_validate(item["input"]),
+                    scored=ScoredGroup.model_validate({"rollouts": item["rollouts"]}),
+                    model=item["model"], policy_version=item["policy_version"],
+                    step=item["step"], anneal_weight=item["anneal_weight"],
+                    pieces=item.get("pieces")))
+            except (ValueError, KeyError, TypeError) as exc:  # pydantic's errors are ValueErrors
+                raise ValueError(f"{path}:{number}: not a line save_scored writes ({exc!r})") from exc
+    return saved
 
 
 class StepSaver:

@@ -10,16 +10,78 @@ token `token_ids[t]`; there is no leading sentinel and no shift.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 # Bounds on what one request may carry; anything larger is a client bug, not a workload.
 MAX_TEXT_CHARS = 200_000
 MAX_TOKENS_PER_SEQUENCE = 131_072
 
+
+# --------------------------------------------------------------------------------------------
+# Numbers
+# --------------------------------------------------------------------------------------------
+# The server validates strictly. The SDK validates laxly, so that numpy and torch numbers (np.int64
+# token ids, a 0-d tensor reward) pass; but lax parsing also makes True a 1 and "1" a 1.0, and a
+# verdict or a text sent as a reward is a trainer's bug to report, not a reward to score. These
+# checks refuse both in either mode, and say why.
+
+
+def _not_a_number(value: Any) -> str | None:
+    """What `value` is when it must not be read as a number (a bool, a string), else None."""
+    # numpy's and torch's booleans are no subclass of bool; their dtype names them.
+    if isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):
+        return "a bool"
+    if isinstance(value, (str, bytes)):
+        return "a string"
+    return None
+
+
+def _refusal(kind: str, what: str) -> PydanticCustomError:
+    return PydanticCustomError(f"{kind}_type", "Input should be {article} {kind}, not {what}",
+                               {"article": "an" if kind == "integer" else "a", "kind": kind, "what": what})
+
+
+def _scalar(kind: str):
+    def check(value: Any) -> Any:
+        what = _not_a_number(value)
+        if what is not None:
+            raise _refusal(kind, what)
+        return value
+    return BeforeValidator(check)
+
+
+# The context under which the SDK validates laxly; strict validation (the server's) refuses bools
+# and strings in these lists itself, at no per-item Python cost.
+LAX_NUMBERS = {"lax_numbers": True}
+
+
+def _items(kind: str, plain: tuple[type, ...]):
+    # One check per list rather than one Python call per element: token_ids may hold 100k items.
+    def check(values: Any, info: ValidationInfo) -> Any:
+        if not (info.context or {}).get("lax_numbers"):
+            return values
+        if not isinstance(values, (list, tuple)) or all(type(v) in plain for v in values):
+            return values
+        for i, value in enumerate(values):
+            what = _not_a_number(value)
+            if what is not None:
+                # Raised as a ValidationError so that the error names the item: token_ids[7].
+                raise ValidationError.from_exception_data(kind, [InitErrorDetails(
+                    type=_refusal(kind, what), loc=(i,), input=value)])
+        return values
+    return BeforeValidator(check)
+
+
+Number = Annotated[float, _scalar("number")]
+Integer = Annotated[int, _scalar("integer")]
 # Per-element bound, so an error names the index: groups[0].rollouts[1].token_ids[7].
 TokenId = Annotated[int, Field(ge=0)]
+TokenIds = Annotated[list[TokenId], _items("integer", (int,))]
+Numbers = Annotated[list[float], _items("number", (float, int))]
 
 
 class _Strict(BaseModel):
@@ -39,51 +101,51 @@ class ScoringConfig(_Strict):
     a value the paper leaves open. A request's `config` overrides only the fields it sets."""
 
     # > Parameters that control the base (GRPO) advantage
-    success_threshold: float = Field(
+    success_threshold: Number = Field(
         1.0, description="A rollout is correct when reward >= this, unless it sets `correct`. Paper: 1.0.")
     norm_by_std: bool = Field(
         True, description="A_i = (r_i - mean) / (std + std_eps); false gives A_i = r_i - mean. Paper: true (GRPO).")
     std_unbiased: bool = Field(
         True, description="Use the unbiased (n-1) standard deviation. Paper: true.")
-    std_eps: float = Field(
+    std_eps: Number = Field(
         1e-6, ge=0, le=1, description="ε added to the std. (ours): 1e-6 as in verl; set 1e-4 to match TRL's GRPOTrainer exactly.")
 
     # > Parameters that control the gate (docs/method.md step 8)
-    lambda_pos: float = Field(
+    lambda_pos: Number = Field(
         0.2, ge=0, le=10, description="λ: scale of the bonus on tokens a hint makes more likely (A_i > 0). Paper: 0.2.")
-    gamma_neg: float = Field(
+    gamma_neg: Number = Field(
         0.1, ge=0, le=10, description="γ: scale of the blame on tokens a critique makes less likely (A_i < 0). Paper: 0.1 (2:1 with λ).")
-    tau_pos: float = Field(
+    tau_pos: Number = Field(
         1.0, ge=0, description="τ+: CIG margin (nats) below which a positive token gets no bonus. (ours): 1.0; calibrate for a 5-15 % gate rate.")
-    tau_neg: float = Field(
+    tau_neg: Number = Field(
         1.0, ge=0, description="τ-: CIG margin (nats) below which a negative token gets no blame. (ours): 1.0.")
-    kappa: float = Field(
+    kappa: Number = Field(
         5.0, gt=0, le=100, description="κ: CIG is clipped to [-κ, κ] before the gate. Paper: 5.")
     cig_correction: Literal["none", "student_trend"] = Field(
         "none", description="(ours) \"student_trend\" removes, per rollout, CIG's linear trend on the student's logprob before the gate (docs/method.md \"Off-policy rollouts\"): for stale or replayed rollouts, where a token the policy would not write gets a positive CIG from any teacher block. \"none\" is the paper's CIG. Default: none (on the policy's own fresh samples it lowered a correct critique's step localisation, docs/fidelity.md).")
-    gate_rate_target: float | None = Field(
+    gate_rate_target: Annotated[float | None, _scalar("number")] = Field(
         None, gt=0, lt=1, description="(ours) Calibrated gate: when set, τ+ and τ- are chosen per request so that about this share of each branch's gateable tokens is gated (τ+ the (1 - rate) quantile of the hints' CIG, τ- that of the critiques' -CIG, never below 0), replacing tau_pos and tau_neg. Streamed groups then all arrive once the whole request is scored. Default: null (fixed τ).")
 
     # > Parameters that control the anneal schedule (docs/method.md step 9)
     schedule: Literal["linear", "cosine", "exponential", "constant"] = Field(
         "linear", description="Anneal weight w(u). Paper: linear (w = 1 - u); the others are (ours).")
-    decay_steps: int = Field(
+    decay_steps: Integer = Field(
         50, ge=1, description="T_decay: global steps from warm-up end until w reaches 0. Paper: 50.")
-    warmup_steps: int = Field(
+    warmup_steps: Integer = Field(
         0, ge=0, description="Global steps at full weight before decay starts. Paper: 0.")
-    exp_k: float = Field(
+    exp_k: Number = Field(
         5.0, gt=0, le=100, description="Rate k of the exponential schedule e^(-k u). (ours): 5.")
 
     # > Parameters that control reflection writing and filtering (docs/method.md steps 4-5)
-    max_reflection_tokens: int = Field(
+    max_reflection_tokens: Integer = Field(
         128, ge=1, le=1024, description="Token budget of a reflection; a longer one is rejected. Paper: 128.")
-    reflection_temperature: float = Field(
+    reflection_temperature: Number = Field(
         0.0, ge=0, le=2, description="Temperature of the first reflection attempt. Paper: 0 (greedy).")
-    retry_temperature: float = Field(
+    retry_temperature: Number = Field(
         0.7, ge=0, le=2, description="Temperature of retries after a rejected reflection. (ours): 0.7.")
-    max_retries: int = Field(
+    max_retries: Integer = Field(
         2, ge=0, le=5, description="Extra attempts after a rejected reflection before falling back to GRPO. (ours): 2.")
-    ngram_overlap: int = Field(
+    ngram_overlap: Integer = Field(
         8, ge=2, le=64, description="Reject a reflection sharing a run of this many words (letters and digits; punctuation and operators are not words) with a peer, the reference or (for a hint) the rollout. Words, not tokens: under a tokenizer that writes one digit per token one copied equation is 12 tokens. (ours): 8.")
     reflection_template: Literal["v1", "v2"] = Field(
         "v2", description="(ours) Writer template version (docs/method.md \"Reflection templates\"). v2: a critique writes the first wrong step out as the accepted attempt computes it, shown where the two first differ; a hint writes out the step easiest to get wrong. v1: METHOD's templates (the kind of mistake, no values). Cached texts are kept per version. Default: v2.")
@@ -109,7 +171,7 @@ class Prompt(_Strict):
         description="Chat messages; the reflection is appended to the last user message for the teacher.")
     text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS,
                              description="Raw prompt text for a model without a chat template.")
-    prompt_token_ids: list[TokenId] | None = Field(
+    prompt_token_ids: TokenIds | None = Field(
         None, min_length=1, max_length=MAX_TOKENS_PER_SEQUENCE,
         description="Exactly the prompt ids the policy saw. When given, the student pass uses them "
                     "instead of rendering `messages`/`text`.")
@@ -131,15 +193,15 @@ class Reference(_Strict):
 
 
 class Rollout(_Strict):
-    token_ids: list[TokenId] = Field(
+    token_ids: TokenIds = Field(
         ..., min_length=1, max_length=MAX_TOKENS_PER_SEQUENCE,
         description="The response token ids as sampled: the source of truth, never re-tokenised.")
-    reward: float = Field(..., description="Verifier reward r_i.")
+    reward: Number = Field(..., description="Verifier reward r_i.")
     text: str | None = Field(None, max_length=MAX_TEXT_CHARS,
                              description="Response text for the reflection writer; decoded from token_ids when absent.")
     correct: bool | None = Field(None, description="Verifier verdict; default reward >= success_threshold.")
     feedback: str | None = Field(None, max_length=MAX_TEXT_CHARS, description="Verifier feedback text, shown to the critique writer.")
-    student_logprobs: list[float] | None = Field(
+    student_logprobs: Numbers | None = Field(
         None, description="The trainer's own log π(y_t | x, y_<t), one per token: skips the student pass. "
                           "Trainer/vLLM numeric differences then enter CIG.")
     reflection_override: str | None = Field(
@@ -220,7 +282,7 @@ class ScoreRequest(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     groups: list[Group] = Field(..., min_length=1, max_length=4096)
-    step: int = Field(..., ge=0, description="The trainer's global step; drives the anneal schedule.")
+    step: Integer = Field(..., ge=0, description="The trainer's global step; drives the anneal schedule.")
     config: ScoringConfig | None = Field(None, description="Overrides of the server's defaults; only set fields apply.")
     returns: ReturnSwitches = Field(default_factory=ReturnSwitches, alias="return")
     policy: PolicyRef | None = Field(

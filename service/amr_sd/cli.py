@@ -9,12 +9,13 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from amr_client._version import __version__
+from amr_client.saved import replaced_atomically
 from amr_client.schemas import Group, ReturnSwitches, ScoreRequest, ScoringConfig
 from amr_sd import mathcheck
 from amr_sd.config import SECTIONS, EngineKnobs, ModelChoice, Settings
@@ -170,20 +171,15 @@ def cmd_score(args) -> int:
 
     # Write beside the target and rename at the end: a failed run leaves no partial output.
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{args.out.name}.", dir=args.out.parent)
     try:
-        with os.fdopen(fd, "w") as out:
+        with replaced_atomically(args.out) as out:
             total, wall_s = asyncio.run(_score(args, groups, line_numbers, config, out))
-        os.replace(tmp, args.out)
     except InputError as exc:
         print(f"amr-sd score: {exc}", file=sys.stderr)
         return 2
     except AmrError as exc:
         print(f"amr-sd score: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     print(json.dumps(_summary(total, wall_s)), file=sys.stderr)
     return 0
 
@@ -339,6 +335,7 @@ def cmd_serve(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amr-sd", description="AMR-SD token-level credit assignment")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     score = sub.add_parser("score", help="score a JSONL file of groups in-process",
                            formatter_class=HelpFormatter)

@@ -4,6 +4,8 @@ Defaults everywhere follow docs/method.md's "Worked numbers": λ 0.2, γ 0.1, κ
 linear schedule, T_decay 50.
 """
 
+import decimal
+import fractions
 import math
 
 import numpy as np
@@ -76,6 +78,139 @@ def test_single_rollout_gives_zero_advantage():
 def test_non_finite_reward_raises_value_error_naming_rewards():
     with pytest.raises(ValueError, match="rewards"):
         grpo_advantages([1.0, float("nan")])
+
+
+# --- Step 1 at the edges of float64: any finite rewards, right or refused --------------------------
+# The reference centres with exact fractions and takes the square root and the division in
+# 60-digit decimals, so it has no overflow, underflow or cancellation of its own.
+
+MAX_FLOAT = np.finfo(np.float64).max
+TINY = 2.0**-1074  # the smallest subnormal
+
+
+def reference_advantages(rewards, *, norm_by_std=True, std_unbiased=True, eps=1e-6):
+    """A_i = (r_i - mean) / (std + eps) in exact and 60-digit arithmetic, as Decimals."""
+    ctx = decimal.Context(prec=60, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+    exact = [fractions.Fraction(r) for r in rewards]
+    mean = sum(exact) / len(exact)
+    centred = [r - mean for r in exact]
+
+    def dec(q):
+        return ctx.divide(decimal.Decimal(q.numerator), decimal.Decimal(q.denominator))
+
+    if not norm_by_std:
+        return [dec(c) for c in centred]
+    var = sum(c * c for c in centred) / (len(exact) - (1 if std_unbiased else 0))
+    scale = ctx.add(ctx.sqrt(dec(var)), decimal.Decimal(eps))
+    return [ctx.divide(dec(c), scale) for c in centred]
+
+
+def assert_matches_reference(rewards, **kw):
+    """The advantages equal the reference within 1e-12 of the largest (plus two subnormals, the
+    resolution of float64 down there), or are refused because the reference is outside float64."""
+    ref = reference_advantages(rewards, **kw)
+    largest = float(max(abs(a) for a in ref))  # inf or 0.0 when outside float64
+    try:
+        got = grpo_advantages(rewards, **kw)
+    except ValueError as exc:
+        assert "rewards" in str(exc)
+        assert largest >= MAX_FLOAT * (1 - 1e-12) or largest < 2 * TINY, (rewards, kw, largest)
+        return
+    assert np.all(np.isfinite(got)) and np.any(got != 0.0)
+    tol = 1e-12 * largest + 2 * TINY
+    err = max(abs(float(decimal.Decimal(float(a)) - b)) for a, b in zip(got, ref))
+    assert err <= tol, (rewards, kw, err, tol)
+
+
+def test_huge_rewards_give_the_advantages_of_their_ratios():
+    # [1e200, 0] is [1, 0] scaled: centred ±0.5e200, std 0.7071e200, eps negligible: ±1/sqrt(2)
+    a = grpo_advantages([1e200, 0.0])
+    assert a == pytest.approx([2**-0.5, -(2**-0.5)], rel=1e-15)
+
+
+def test_rewards_whose_sum_overflows_still_give_the_right_advantages():
+    # mean([MAX, MAX, -MAX]) = MAX/3 although MAX + MAX overflows: ±(2/3)/(0.9428...) etc.
+    assert_matches_reference([MAX_FLOAT, MAX_FLOAT, -MAX_FLOAT])
+    assert grpo_advantages([MAX_FLOAT, -MAX_FLOAT]) == pytest.approx([2**-0.5, -(2**-0.5)])
+
+
+def test_a_spread_of_one_ulp_on_a_large_mean_is_not_lost_to_cancellation():
+    # 1e16 + 2 and 1e16: exact mean 1e16 + 1 is no float64; centred ±1, std sqrt(2): ±1/(sqrt(2) + eps)
+    a = grpo_advantages([1e16 + 2, 1e16])
+    expected = 1 / (2**0.5 + 1e-6)
+    assert a == pytest.approx([expected, -expected], rel=1e-12)
+    assert_matches_reference([1e16 + 2, 1e16, 1e16, 1e16 + 4])
+
+
+def test_tiny_rewards_keep_eps_absolute():
+    # [1e-200, 0]: std ~ 7e-201 is nothing next to eps = 1e-6, so A = ±0.5e-200 / 1e-6 = ±5e-195
+    assert grpo_advantages([1e-200, 0.0]) == pytest.approx([5e-195, -5e-195], rel=1e-12)
+    # with eps = 0 the scale drops out: ±1/sqrt(2), although 1e-200 squared underflows to 0
+    assert grpo_advantages([1e-200, 0.0], eps=0.0) == pytest.approx([2**-0.5, -(2**-0.5)], rel=1e-15)
+
+
+def test_subnormal_rewards_with_zero_eps_give_the_scale_free_advantages():
+    assert grpo_advantages([TINY, 0.0], eps=0.0) == pytest.approx([2**-0.5, -(2**-0.5)], rel=1e-15)
+
+
+def test_centred_rewards_that_overflow_are_refused_naming_rewards():
+    # without std normalisation A = r - mean is in reward units: 2 * MAX / 3 * 2 > MAX
+    with pytest.raises(ValueError, match="rewards"):
+        grpo_advantages([MAX_FLOAT, -MAX_FLOAT, -MAX_FLOAT], norm_by_std=False)
+
+
+def test_advantages_that_underflow_to_zero_are_refused_naming_rewards():
+    # centred ±2^-1075, half the smallest subnormal: float64 rounds it to 0
+    with pytest.raises(ValueError, match="rewards"):
+        grpo_advantages([TINY, 0.0], norm_by_std=False)
+
+
+@pytest.mark.parametrize("rewards", [[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.3, 0.1, 0.7, 0.2, 0.9],
+                                     [-5.0, 2.5, 100.0]])
+@pytest.mark.parametrize("kw", [{}, {"std_unbiased": False}, {"norm_by_std": False}, {"eps": 1e-4}])
+def test_ordinary_rewards_give_the_plain_formula_bit_for_bit(rewards, kw):
+    r = np.asarray(rewards)
+    centred = r - r.mean()
+    if kw.get("norm_by_std", True):
+        centred = centred / (r.std(ddof=0 if kw.get("std_unbiased") is False else 1) + kw.get("eps", 1e-6))
+    assert grpo_advantages(rewards, **kw).tolist() == centred.tolist()
+
+
+def any_finite():
+    return st.floats(allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def extreme_rewards(draw):
+    """Finite groups at every scale: anything, mixed magnitudes, or a few ulps around one value."""
+    size = draw(st.integers(2, 12))
+    kind = draw(st.sampled_from(["any", "magnitudes", "ulps"]))
+    if kind == "any":
+        return draw(st.lists(any_finite(), min_size=size, max_size=size))
+    if kind == "magnitudes":
+        value = st.builds(math.ldexp, st.floats(-1.0, 1.0), st.integers(-1074, 1023))
+        return draw(st.lists(value, min_size=size, max_size=size))
+    base = draw(any_finite())
+    steps = draw(st.lists(st.integers(-4, 4), min_size=size, max_size=size))
+    out = []
+    for k in steps:
+        v = base
+        for _ in range(abs(k)):
+            v = math.nextafter(v, math.inf if k > 0 else -math.inf)
+        out.append(v if math.isfinite(v) else base)
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(rewards=extreme_rewards(), norm_by_std=st.booleans(), std_unbiased=st.booleans(),
+       eps=st.one_of(st.sampled_from([0.0, 1e-6, 1e-4, 1.0]), st.floats(0.0, 1.0)))
+def test_any_finite_rewards_give_the_reference_advantages_or_are_refused(rewards, norm_by_std,
+                                                                          std_unbiased, eps):
+    if all(r == rewards[0] for r in rewards):
+        assert np.all(grpo_advantages(rewards, norm_by_std=norm_by_std, std_unbiased=std_unbiased,
+                                      eps=eps) == 0.0)
+        return
+    assert_matches_reference(rewards, norm_by_std=norm_by_std, std_unbiased=std_unbiased, eps=eps)
 
 
 # --- Step 9: anneal weight (worked numbers 2 and 8) -----------------------------------

@@ -325,3 +325,104 @@ def test_the_client_turns_numpy_numbers_into_plain_json():
     sent = build_score_body(body["groups"], step=np.int64(2))
     assert sent["step"] == 2 and sent["groups"][0]["rollouts"][0]["token_ids"] == [28, 29]
     assert type(sent["groups"][0]["rollouts"][0]["token_ids"][0]) is int
+
+
+# --- numbers stay numbers, in the SDK's lax validation too ---------------------------------------
+# The SDK validates laxly so that numpy and torch numbers pass; lax parsing must still not turn a
+# verdict (True) or a text ("1") into a reward, step or token id.
+
+NOT_NUMBERS = [
+    (("groups", 0, "rollouts", 0, "reward"), True, "number, not a bool"),
+    (("groups", 0, "rollouts", 0, "reward"), "1", "number, not a string"),
+    (("groups", 0, "rollouts", 1, "reward"), False, "number, not a bool"),
+    (("step",), True, "integer, not a bool"),
+    (("step",), "3", "integer, not a string"),
+    (("groups", 0, "rollouts", 0, "token_ids", 2), True, "integer, not a bool"),
+    (("groups", 0, "rollouts", 0, "token_ids", 1), "29", "integer, not a string"),
+    (("groups", 0, "prompt", "prompt_token_ids", 1), True, "integer, not a bool"),
+    (("groups", 0, "rollouts", 0, "student_logprobs", 1), "-0.5", "number, not a string"),
+    (("groups", 0, "rollouts", 0, "student_logprobs", 0), False, "number, not a bool"),
+    (("config", "lambda_pos"), True, "number, not a bool"),
+    (("config", "decay_steps"), "50", "integer, not a string"),
+]
+
+
+def with_value(path, value) -> dict:
+    body = payload()
+    body["groups"][0]["prompt"]["prompt_token_ids"] = [1, 2, 3]
+    body["groups"][0]["rollouts"][0]["student_logprobs"] = [-0.1, -0.2, -0.3]
+    body["config"] = {}
+    target = body
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    return body
+
+
+def server_path(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else part
+    return out
+
+
+@pytest.mark.parametrize(("path", "value", "reason"), NOT_NUMBERS,
+                         ids=[f"{server_path(p)}={v!r}" for p, v, _ in NOT_NUMBERS])
+def test_the_client_refuses_bools_and_strings_as_numbers(path, value, reason):
+    from amr_client import InvalidRequestError
+    from amr_client._base import build_score_body
+
+    body = with_value(path, value)
+    with pytest.raises(InvalidRequestError) as exc:
+        build_score_body(body["groups"], step=body["step"], config=body["config"])
+    assert exc.value.field == server_path(path)
+    assert reason in exc.value.message
+
+
+@pytest.mark.parametrize(("path", "value", "reason"), NOT_NUMBERS,
+                         ids=[f"{server_path(p)}={v!r}" for p, v, _ in NOT_NUMBERS])
+def test_the_server_names_the_field_and_the_reason_for_bools_and_strings(path, value, reason):
+    err = error_of_json(json.dumps(with_value(path, value)))
+    assert err.field == server_path(path)
+    if "_ids" in err.field or "logprobs" in err.field:
+        # Items of per-token lists: the server's strict validation refuses them itself, without
+        # a Python call per item (a 512 x 1024 batch holds a million), in pydantic's words.
+        kind = reason.split(",")[0]
+        assert f"Input should be a valid {kind}" in err.message
+    else:
+        assert reason in err.message
+
+
+def test_the_client_refuses_numpy_and_torch_booleans_as_rewards():
+    import numpy as np
+    import torch
+
+    from amr_client import InvalidRequestError
+    from amr_client._base import build_score_body
+
+    for flag in (np.bool_(True), torch.tensor(True)):
+        body = with_value(("groups", 0, "rollouts", 0, "reward"), flag)
+        with pytest.raises(InvalidRequestError) as exc:
+            build_score_body(body["groups"], step=0)
+        assert exc.value.field == "groups[0].rollouts[0].reward"
+        assert "number, not a bool" in exc.value.message
+
+
+def test_the_client_still_takes_numpy_and_torch_numbers():
+    import numpy as np
+    import torch
+
+    from amr_client._base import build_score_body
+
+    body = payload()
+    body["groups"][0]["rollouts"] = [
+        {"token_ids": list(np.array([28, 29], dtype=np.int32)), "reward": np.float32(0.5),
+         "student_logprobs": list(np.array([-0.5, -1.0]))},
+        {"token_ids": [torch.tensor(28), 29], "reward": torch.tensor(0.0)},
+    ]
+    sent = build_score_body(body["groups"], step=np.int64(2), config={"decay_steps": np.int64(10)})
+    rollouts = sent["groups"][0]["rollouts"]
+    assert [r["reward"] for r in rollouts] == [0.5, 0.0]
+    assert rollouts[0]["token_ids"] == rollouts[1]["token_ids"] == [28, 29]
+    assert rollouts[0]["student_logprobs"] == [-0.5, -1.0]
+    assert sent["step"] == 2 and sent["config"] == {"decay_steps": 10}

@@ -207,6 +207,21 @@ def test_config_override_invalid_after_merge_names_the_config_field(scorer):
     assert "greater than or equal to 1" in exc.value.message
 
 
+def test_rewards_whose_advantages_overflow_are_refused_naming_the_group(scorer):
+    # Without std normalisation A = r - mean is in reward units: 1.7e308 + 1.7e308 / 3 > 1.8e308.
+    req = request(group([1.0, 0.0]), group([1.7e308, -1.7e308, -1.7e308]), step=0,
+                  config={"norm_by_std": False})
+    with pytest.raises(InvalidRequest) as exc:
+        scorer.plan(req)
+    assert exc.value.field == "groups[1].rollouts"
+    assert "rewards" in exc.value.message and "scale the rewards down" in exc.value.message
+
+
+def test_huge_rewards_give_the_advantages_of_their_ratios_through_the_scorer(scorer):
+    plan = scorer.plan(request(group([1e200, 0.0]), step=50))
+    assert [r.base_advantage for r in plan.groups[0]] == pytest.approx([2**-0.5, -(2**-0.5)])
+
+
 # --- worked number 7 through the scorer ---------------------------------------------------------
 
 

@@ -29,24 +29,82 @@ def grpo_advantages(
     std_unbiased: bool = True,
     eps: float = 1e-6,
 ) -> np.ndarray:
-    """GRPO group-relative advantage: (G,) rewards -> (G,) float64 advantages."""
+    """GRPO group-relative advantage: (G,) rewards -> (G,) float64 advantages.
+
+    Any finite rewards give A_i = (r_i - mean) / (std + eps) with eps in reward units, to about
+    1e-13 of the group's largest |A_i|; rewards whose advantages float64 cannot hold (r - mean
+    beyond 1.8e308 without std normalisation, or every A_i below 5e-324) raise ValueError.
+    """
     r = np.asarray(rewards, dtype=np.float64)  # (G,)
     if r.ndim != 1:
         raise ValueError(f"rewards must be a 1-D array of shape (G,), got shape {r.shape}")
     if not np.all(np.isfinite(r)):
         raise ValueError("rewards must all be finite")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    if not 0 <= eps < math.inf:
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
     # A uniform group (including G == 1, where ddof=1 std is undefined) carries no
     # relative signal. Return exact zeros: r - mean can leave rounding residue (e.g. for
     # [0.1, 0.1, 0.1]) that dividing by std + eps ~ 1e-6 would blow up into noise.
     if r.size == 0 or np.all(r == r[0]):
         return np.zeros_like(r)
+    ddof = 1 if std_unbiased else 0
+    advantages = _plain(r, norm_by_std, ddof, eps)
+    if advantages is None:
+        advantages = _rescaled(r, norm_by_std, ddof, eps)
+    if not np.all(np.isfinite(advantages)):
+        raise ValueError("rewards: r - mean(r) exceeds float64 (1.8e308) without std "
+                         "normalisation; scale the rewards down")
+    if not np.any(advantages):
+        raise ValueError("rewards: every advantage is below float64's smallest number (5e-324); "
+                         "scale the rewards up or lower std_eps")
+    return advantages
+
+
+# Inside this range r - mean and its squares can neither overflow nor underflow float64.
+_PLAIN_MAX = 2.0**300
+_PLAIN_MIN = 2.0**-300
+# The plain formula is kept while the rounding of its mean moves each r - mean by less than
+# this share of the largest one (a relative error of A below 1e-13).
+_MEAN_ERROR = 2.0**-44
+
+
+def _plain(r: np.ndarray, norm_by_std: bool, ddof: int, eps: float) -> np.ndarray | None:
+    """The textbook formula, or None where float64 would overflow, underflow or cancel in it."""
+    largest = np.max(np.abs(r))
+    if not _PLAIN_MIN <= largest <= _PLAIN_MAX:
+        return None
     centred = r - r.mean()  # (G,)
+    # Σ(r_i - mean) is 0 in exact arithmetic; what the rounded mean leaves is G times its error.
+    # It is large where the spread is a few ulps of the mean (1e16 + 2 and 1e16).
+    if abs(math.fsum(centred)) / r.size > _MEAN_ERROR * np.max(np.abs(centred)):
+        return None
     if not norm_by_std:
         return centred
-    std = r.std(ddof=1 if std_unbiased else 0)
-    return centred / (std + eps)
+    return centred / (r.std(ddof=ddof) + eps)
+
+
+def _rescaled(r: np.ndarray, norm_by_std: bool, ddof: int, eps: float) -> np.ndarray:
+    """The same formula on the rewards scaled by a power of two to at most 1, centred twice.
+
+    Scaling by 2^-k is exact, so no sum or square overflows or underflows. The second centring
+    (the corrected two-pass algorithm) removes the rounding error of the first mean, which is
+    all there is of a spread a few ulps wide. eps stays in reward units: it is scaled by 2^-k
+    too, and where that overflows std is nothing beside it.
+    """
+    _, k = math.frexp(float(np.max(np.abs(r))))
+    u = np.ldexp(r, -k)  # (G,) |u| < 1; an entry that underflows is nothing beside the largest
+    d = u - math.fsum(u) / r.size  # (G,)
+    centred = d - math.fsum(d) / r.size  # (G,)
+    if not norm_by_std:
+        with np.errstate(over="ignore"):
+            return np.ldexp(centred, k)  # inf where r - mean is beyond float64: refused above
+    std = math.sqrt(math.fsum(centred * centred) / (r.size - ddof))
+    scaled_eps = math.ldexp(eps, -k) if eps == 0 or math.frexp(eps)[1] - k <= 1023 else math.inf
+    if scaled_eps < math.inf:
+        return centred / (std + scaled_eps)
+    # eps > 2^1023 times the rewards' scale: A = centred·2^k / eps, divided first so that
+    # centred·2^k cannot underflow on its own.
+    return np.ldexp(centred / eps, k)
 
 
 def anneal_weight(

@@ -145,8 +145,11 @@ class Planner:
             student_prompt = render_prompt(self.tokenizer, messages=messages, text=prompt.text)
 
         rewards = np.array([r.reward for r in group.rollouts])
-        base = advantage.grpo_advantages(rewards, norm_by_std=cfg.norm_by_std,
-                                         std_unbiased=cfg.std_unbiased, eps=cfg.std_eps)
+        try:
+            base = advantage.grpo_advantages(rewards, norm_by_std=cfg.norm_by_std,
+                                             std_unbiased=cfg.std_unbiased, eps=cfg.std_eps)
+        except ValueError as exc:  # finite rewards whose advantages float64 cannot hold
+            raise InvalidRequest(str(exc), field=f"groups[{g}].rollouts") from None
         plans = []
         for i, rollout in enumerate(group.rollouts):
             r = RolloutPlan(g, i, rollout, float(base[i]), student_prompt)
