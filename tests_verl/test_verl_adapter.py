@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import socket
 import uuid
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,7 +32,8 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 from verl.utils.dataset.rl_dataset import collate_fn
 from verl.workers.reward_manager import get_reward_manager_cls
 
-from amr_client import APIConnectionError
+from amr_client import AMRClient, APIConnectionError
+from amr_client.integrations.policy import BaseTeacherWarning
 from amr_client.integrations.verl import AMRRewardManager, compute_amr_sd_advantage
 
 ROLLOUT_N = 4
@@ -327,3 +330,60 @@ def test_the_estimator_refuses_kl_in_reward():
     rewards, mask = torch.ones(2, 3), torch.ones(2, 3)
     with pytest.raises(ValueError, match="use_kl_in_reward=False"):
         compute_amr_sd_advantage(rewards, mask, config=AlgoConfig(adv_estimator="amr_sd", use_kl_in_reward=True))
+
+
+# ------------------------------------------------------------------------------------------------
+# The policy that scores each step (a second server: LoRA on, a policy root; see conftest.py)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_lora_policy_sync_scores_each_step_with_the_adapter_that_sampled_it(policy_service, tokenizer):
+    # verl saves <default_local_dir>/global_step_N/actor/lora_adapter after step N, so step N's
+    # rollouts come from global_step_{N-1} and step 1's from the base weights. Two saved steps
+    # hold the test's rank-8 adapter, as a run saving every step would leave them.
+    run = f"verl-{uuid.uuid4().hex[:8]}"
+    for saved in (1, 2):
+        shutil.copytree(policy_service.root / "lora",
+                        policy_service.root / run / f"global_step_{saved}" / "actor" / "lora_adapter")
+
+    def adapter_of(step):
+        return f"{run}/global_step_{step - 1}/actor/lora_adapter" if step > 1 else None
+
+    manager = new_manager(policy_service.url, tokenizer, amr_api_key=policy_service.api_key, amr_config=FAST,
+                          amr_policy_sync="lora", amr_policy_path=adapter_of, amr_policy_label=run)
+    calls = record_calls(manager)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [manager(rolled_out_batch(tokenizer, step=step), return_dict=True) for step in (1, 2, 3)]
+
+    assert [c.kwargs["policy"] for c in calls] == [None] + [
+        {"lora_path": adapter_of(step), "version": f"{run}-step-{step}"} for step in (2, 3)]
+    # The service's answer names what scored each step: the base weights, then each adapter.
+    assert [c.result.adapter for c in calls] == [None, f"{run}-step-2", f"{run}-step-3"]
+    with AMRClient(policy_service.url, api_key=policy_service.api_key) as client:
+        status = client.get_policy()
+    assert {c.result.policy_version for c in calls} == {status.version}  # adapters leave the full weights
+    assert {f"{run}-step-2", f"{run}-step-3"} <= set(status.adapters_loaded)
+    assert ["amr_sd/policy_step" in out["metrics"] for out in outs] == [False, True, True]
+    assert outs[2]["metrics"]["amr_sd/policy_step"] == 3.0
+    assert not [w for w in caught if issubclass(w.category, BaseTeacherWarning)]
+
+
+def test_a_manager_without_a_policy_warns_once_that_the_teacher_is_the_base_model(amr_url, tokenizer):
+    manager = new_manager(amr_url, tokenizer, amr_config={**FAST, "decay_steps": 50})
+    calls = record_calls(manager)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in (50, 51):  # past the anneal: no engine work
+            manager(rolled_out_batch(tokenizer, step=step))
+    (warning,) = [w for w in caught if issubclass(w.category, BaseTeacherWarning)]
+    assert "the teacher is the base model" in str(warning.message)
+    assert [c.kwargs["policy"] for c in calls] == [None, None]
+    assert [c.result.adapter for c in calls] == [None, None]
+
+
+def test_policy_settings_are_checked_at_construction(tokenizer):
+    with pytest.raises(ValueError, match="needs amr_policy_path"):
+        new_manager("http://127.0.0.1:9", tokenizer, amr_policy_sync="lora")
+    with pytest.raises(ValueError, match="amr_policy_sync must be 'off', 'lora' or 'full'"):
+        new_manager("http://127.0.0.1:9", tokenizer, amr_policy_sync="weights", amr_policy_path="p")

@@ -17,6 +17,7 @@ from amr_client._exceptions import (
     ConflictError,
     GatewayTimeoutError,
     InternalServerError,
+    InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
@@ -25,6 +26,7 @@ from amr_client._exceptions import (
     ServiceUnavailableError,
     UnprocessableEntityError,
 )
+from amr_client._version import __version__
 from amr_client.results import ScoreResult
 from amr_client.streams import AsyncScoreStream, ScoreStream
 from amr_client.schemas import (
@@ -45,10 +47,11 @@ from amr_client.schemas import (
 )
 
 __all__ = [
+    "__version__",
     "Group", "Message", "PolicyRef", "PolicyStatus", "PolicyUpdate", "Prompt", "Reference", "ReturnSwitches", "Rollout", "ScoredGroup",
     "ScoredRollout", "ScoreRequest", "ScoreResponse", "ScoringConfig",
     "AMRClient", "AsyncAMRClient", "ScoreResult", "ScoreStream", "AsyncScoreStream",
-    "AMRError", "APIConnectionError", "APITimeoutError", "APIStatusError", "BadRequestError",
+    "AMRError", "InvalidRequestError", "APIConnectionError", "APITimeoutError", "APIStatusError", "BadRequestError",
     "AuthenticationError", "PermissionDeniedError", "NotFoundError", "ConflictError",
     "PolicyMismatchError",
     "PayloadTooLargeError", "UnprocessableEntityError", "RateLimitError", "InternalServerError",

@@ -13,20 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 import httpx
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from amr_client._exceptions import (APIConnectionError, APIStatusError, APITimeoutError,
-                                    status_error)
+                                    InvalidRequestError, field_path, status_error)
 from amr_client._retries import raised_as
+from amr_client._version import USER_AGENT
 from amr_client.binary import MSGPACK, decode_response
 from amr_client.results import ScoreResult
-from amr_client.schemas import (Group, PolicyRef, PolicyStatus, PolicyUpdate, ReturnSwitches,
+from amr_client.schemas import (LAX_NUMBERS, Group, PolicyRef, PolicyStatus, PolicyUpdate, ReturnSwitches,
                                 ScoredGroup, ScoreRequest, ScoreResponse, ScoringConfig, StreamedEnd,
                                 StreamedError, StreamedGroup)
 from amr_client.streams import AsyncScoreStream, Progress, ScoreStream, progress_reporter
@@ -67,8 +69,12 @@ def build_score_body(groups: Iterable[Group | Mapping[str, Any]], *, step: int,
     `groups`, `config`, `returns` and `policy` may be models or plain dicts; both give the same
     body.
     The request is validated by `ScoreRequest`, exactly as the server validates it, so a bad
-    field raises pydantic's `ValidationError` here, before any network traffic.
+    field raises `InvalidRequestError` here, before any network traffic.
     """
+    if isinstance(groups, (Mapping, BaseModel, str, bytes)):
+        # One group passed bare: a dict would be iterated as its keys, a model as its fields.
+        raise InvalidRequestError("groups must be a list of groups; got a single "
+                                  f"{type(groups).__name__}: pass [group]", field="groups")
     payload: dict[str, Any] = {"groups": list(groups), "step": step}
     if config is not None:
         payload["config"] = config
@@ -78,7 +84,7 @@ def build_score_body(groups: Iterable[Group | Mapping[str, Any]], *, step: int,
         payload["policy"] = policy
     # Lax here, strict on the server: numpy and torch numbers (np.int64 token ids, a 0-d tensor
     # reward) are plain numbers to a trainer, and the JSON sent is plain either way.
-    request = ScoreRequest.model_validate(payload, strict=False)
+    request = validated(ScoreRequest, payload, strict=False, context=LAX_NUMBERS)
     body = request.model_dump(mode="json", by_alias=True, exclude_none=True)
     if request.config is not None:
         # The server applies only the config fields that were set (Scorer.resolve_config merges
@@ -89,7 +95,40 @@ def build_score_body(groups: Iterable[Group | Mapping[str, Any]], *, step: int,
 
 def build_policy_body(path: str, version: str) -> dict[str, Any]:
     """The JSON body of `POST /v1/policy`, validated as the server validates it."""
-    return PolicyUpdate(path=str(path), version=version).model_dump(mode="json")
+    return validated(PolicyUpdate, {"path": str(path), "version": version}).model_dump(mode="json")
+
+
+def validated(model: type[BaseModel], payload: dict[str, Any], **options: Any) -> Any:
+    """`model.model_validate(payload)`, its errors raised as the SDK's `InvalidRequestError`."""
+    try:
+        return model.model_validate(payload, **options)
+    except ValidationError as exc:
+        raise invalid_request(exc) from None  # the pydantic traceback adds nothing for a caller
+
+
+def invalid_request(exc: ValidationError) -> InvalidRequestError:
+    """pydantic's errors named as the server names them in a 422 (`groups[0].rollouts[1].reward`)
+    and without pydantic's documentation links."""
+    errors = []
+    for error in exc.errors(include_url=False):
+        # Union members and validator wrappers appear in `loc` but are no field of the request.
+        loc = [p for p in error["loc"] if isinstance(p, int) or not _is_wrapper(p)]
+        message = error["msg"].removeprefix("Value error, ")
+        if "input" in error and error["type"] not in ("missing", "extra_forbidden") \
+                and not isinstance(error["input"], (dict, list)):
+            message += f" (got {error['input']!r})"
+        errors.append({"field": field_path(loc) or None, "message": message, "type": error["type"]})
+    first = errors[0]
+    message = first["message"]
+    if len(errors) > 1:
+        message += "; " + "; ".join(f"{e['field'] or 'request'}: {e['message']}" for e in errors[1:6])
+        if len(errors) > 6:
+            message += f"; and {len(errors) - 6} more"
+    return InvalidRequestError(message, field=first["field"], errors=errors)
+
+
+def _is_wrapper(part: str) -> bool:
+    return part.startswith(("function-", "tagged-union[")) or part[:1].isupper()
 
 
 def new_idempotency_key() -> str:
@@ -127,8 +166,8 @@ def retry_as_json(error: APIStatusError, encoding: Encoding, headers: dict[str, 
 
 def build_headers(api_key: str | None, idempotency_key: str | None = None,
                   accept: str = "application/json") -> dict[str, str]:
-    headers = {"Accept": accept}
-    if api_key is not None:
+    headers = {"Accept": accept, "User-Agent": USER_AGENT}
+    if api_key:  # "" as None, as openai-python does: an unset env var must not send "Bearer "
         headers["Authorization"] = f"Bearer {api_key}"
     if idempotency_key is not None:
         headers["Idempotency-Key"] = idempotency_key
@@ -139,16 +178,30 @@ def check_base_url(base_url: str) -> str:
     url = httpx.URL(base_url)
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {base_url!r}")
-    return str(url).rstrip("/")
+    if url.query or url.fragment:
+        raise ValueError(f"base_url takes no query or fragment, got {base_url!r}")
+    text = str(url).rstrip("/")
+    # openai-python's base URLs end in /v1; every amr-sd path carries its own /v1, so
+    # "http://host:8000/v1" means the server at "http://host:8000" (not /v1/v1/score).
+    return text.removesuffix("/v1")
 
 
-def check_timeout(timeout: httpx.Timeout) -> httpx.Timeout:
-    # One form only (see STYLE.md on httpx.Timeout): a bare float would hide that connect and
-    # read need very different limits here.
-    if not isinstance(timeout, httpx.Timeout):
-        raise TypeError(f"timeout must be an httpx.Timeout, e.g. httpx.Timeout(600.0, connect=5.0); "
-                        f"got {timeout!r}")
-    return timeout
+def check_timeout(timeout: float | httpx.Timeout | None) -> httpx.Timeout:
+    """The HTTP client's `timeout=` as httpx takes it: seconds for every phase, None for no
+    limit, or an httpx.Timeout naming each (connect, read, write, pool)."""
+    if isinstance(timeout, httpx.Timeout):
+        return timeout
+    if timeout is None:
+        return httpx.Timeout(None)
+    return httpx.Timeout(check_seconds(timeout))
+
+
+def check_seconds(timeout: float) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be seconds (a number > 0), None (no limit) or an "
+                         f"httpx.Timeout, e.g. httpx.Timeout(600.0, connect=5.0); got {timeout!r}")
+    return float(timeout)
 
 
 def check_max_retries(max_retries: int) -> int:
@@ -289,10 +342,12 @@ def http_errors() -> contextlib.AbstractContextManager[None]:
 
 def connection_error(exc: httpx.TransportError) -> APIConnectionError:
     request = _request_of(exc)
+    where = f" {request.method} {request.url}:" if request is not None else ""
     if isinstance(exc, httpx.TimeoutException):
-        error: APIConnectionError = APITimeoutError(f"Request timed out: {exc!r}", request=request)
+        error: APIConnectionError = APITimeoutError(f"Request timed out:{where} {exc!r}",
+                                                    request=request)
     else:
-        error = APIConnectionError(f"Connection error: {exc!r}", request=request)
+        error = APIConnectionError(f"Connection error:{where} {exc!r}", request=request)
     error.__cause__ = exc
     return error
 
@@ -312,15 +367,18 @@ def _request_of(exc: httpx.TransportError) -> httpx.Request | None:
 class BaseClient:
     """What every client holds, over either transport: the server's address (`_ADDRESS` names
     its attribute), the API key, the timeout of one try and the retries; `with_options` copies
-    them onto the same connection. Each transport checks its own form of timeout
-    (`_check_timeout`): an httpx.Timeout over HTTP, seconds over gRPC."""
+    them onto the same connection. Both transports take a timeout as seconds, None (no limit)
+    or an httpx.Timeout; each turns it into its own form (`_check_timeout`): an httpx.Timeout
+    over HTTP, one deadline in seconds over gRPC."""
 
     _ADDRESS = "base_url"
     _owns_connection = True  # False for a `with_options` copy: closing it leaves the pool open
     _check_timeout = staticmethod(check_timeout)
 
-    def with_options(self, *, timeout: Any = NOT_GIVEN, max_retries: int | NotGiven = NOT_GIVEN):
-        """A copy with other settings that shares this client's connection pool or channel.
+    def with_options(self, *, timeout: float | httpx.Timeout | None | NotGiven = NOT_GIVEN,
+                     max_retries: int | NotGiven = NOT_GIVEN):
+        """A copy with other settings that shares this client's connection pool or channel:
+        `client.with_options(timeout=30.0).score(...)`; `timeout=None` lifts the limit.
 
         Closing the copy leaves the pool open; close the original when done.
         """

@@ -55,10 +55,10 @@ __all__ = ["AMRClient", "AsyncAMRClient"]
 
 
 class _HttpClient(BaseClient):
-    """Settings of an HTTP client (a base URL, an httpx.Timeout) and its pool: `http_client`, or
+    """Settings of an HTTP client (a base URL, a timeout held as an httpx.Timeout) and its pool: `http_client`, or
     a `pool_class` made here on `transport` (and closed by `close`)."""
 
-    def __init__(self, base_url: str, *, api_key: str | None, timeout: httpx.Timeout,
+    def __init__(self, base_url: str, *, api_key: str | None, timeout: float | httpx.Timeout | None,
                  max_retries: int, transport: Any, http_client: Any, pool_class: type):
         self.base_url = check_base_url(base_url)
         self.api_key = api_key
@@ -81,17 +81,20 @@ class AMRClient(_HttpClient, SyncBaseClient):
     """Blocking client of an amr-sd server.
 
     Args:
-        base_url: the server, e.g. "http://scorer:8000".
-        api_key: sent as `Authorization: Bearer <api_key>` when set.
-        timeout: per try; the default waits up to 600 s for a response (big CPU batches) but
-            only 5 s to connect.
+        base_url: the server, e.g. "http://scorer:8000" ("http://scorer:8000/v1", the form
+            openai-python takes, means the same server).
+        api_key: sent as `Authorization: Bearer <api_key>` when set; None or "" sends none.
+        timeout: per try, as httpx takes it: seconds for every phase (a float), None for no
+            limit, or an httpx.Timeout. The default waits up to 600 s for a response (big CPU
+            batches) but only 5 s to connect.
         max_retries: extra tries after a connection error, timeout, 408, 429 or 5xx; 0 disables.
         transport: an httpx transport for the pool this client creates (e.g. httpx.MockTransport).
         http_client: an httpx.Client to use instead; the caller keeps ownership and closes it.
     """
 
     def __init__(self, base_url: str = DEFAULT_BASE_URL, *, api_key: str | None = None,
-                 timeout: httpx.Timeout = DEFAULT_TIMEOUT, max_retries: int = DEFAULT_MAX_RETRIES,
+                 timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+                 max_retries: int = DEFAULT_MAX_RETRIES,
                  transport: httpx.BaseTransport | None = None,
                  http_client: httpx.Client | None = None):
         super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
@@ -112,8 +115,8 @@ class AMRClient(_HttpClient, SyncBaseClient):
         never has to fit one deadline as a whole. `encoding` is the answer's form on the wire:
         "json", "msgpack" (per-token arrays as float32 bytes; `amr_client.binary`) or "auto"
         (msgpack from BINARY_MIN_TOKENS response tokens up); the result is the same either way,
-        to float32 precision. Raises pydantic's ValidationError for a bad request before
-        sending it.
+        to float32 precision. Raises `InvalidRequestError` (naming the field) for a bad request
+        before sending it.
         """
         body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
         if progress:
@@ -193,7 +196,8 @@ class AsyncAMRClient(_HttpClient, AsyncBaseClient):
     """
 
     def __init__(self, base_url: str = DEFAULT_BASE_URL, *, api_key: str | None = None,
-                 timeout: httpx.Timeout = DEFAULT_TIMEOUT, max_retries: int = DEFAULT_MAX_RETRIES,
+                 timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+                 max_retries: int = DEFAULT_MAX_RETRIES,
                  transport: httpx.AsyncBaseTransport | None = None,
                  http_client: httpx.AsyncClient | None = None):
         super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,

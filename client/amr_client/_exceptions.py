@@ -1,6 +1,7 @@
 """Every error the amr-sd client raises. Catch `AMRError` for all of them.
 
     AMRError
+    ├── InvalidRequestError           the request is wrong before it is sent: field, errors
     ├── APIConnectionError            the request never got an HTTP answer (refused, reset, DNS...)
     │   └── APITimeoutError           ... because a connect/read/write/pool timeout passed
     └── APIStatusError                the server answered 4xx/5xx: status_code, request_id, body,
@@ -18,8 +19,8 @@
         └── GatewayTimeoutError       504  the server's deadline passed
 
 Any other status raises `APIStatusError` itself; `status_error` is the one status -> class map,
-over either transport. Client-side validation of a request raises pydantic's `ValidationError`
-unchanged (the same error the server would turn into a 422).
+over either transport. Client-side validation of a request raises `InvalidRequestError` (also a
+ValueError), naming the field as the server's 422 would (`groups[0].rollouts[0].token_ids[0]`).
 
 Over gRPC the same classes are raised: the server's error details name the HTTP status (see
 docs/grpc.md), so `status_code` and `type` are the ones HTTP would give; `response` is None.
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # only HTTP errors carry httpx objects; the classes themselve
     import httpx
 
 __all__ = [
-    "AMRError", "APIConnectionError", "APITimeoutError", "APIStatusError",
+    "AMRError", "InvalidRequestError", "APIConnectionError", "APITimeoutError", "APIStatusError",
     "BadRequestError", "AuthenticationError", "PermissionDeniedError", "NotFoundError",
     "ConflictError", "PayloadTooLargeError", "UnprocessableEntityError", "RateLimitError",
     "InternalServerError", "ServiceUnavailableError", "GatewayTimeoutError",
@@ -45,13 +46,48 @@ class AMRError(Exception):
     """Base of every error raised by the amr-sd client."""
 
 
+class InvalidRequestError(AMRError, ValueError):
+    """The request was refused before it was sent: the server would answer 422 to it.
+
+    `field` is the first bad field in the server's path format ("groups[0].rollouts[1].reward",
+    None for the request as a whole); `errors` lists every problem as
+    `{"field": ..., "message": ..., "type": ...}`.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None,
+                 errors: list[dict[str, Any]] | None = None):
+        self.message = message
+        self.field = field
+        self.errors = errors if errors is not None else [{"field": field, "message": message,
+                                                          "type": "invalid_request"}]
+        super().__init__(f"invalid request at {field}: {message}" if field else
+                         f"invalid request: {message}")
+
+
+def field_path(loc: tuple | list) -> str:
+    """('groups', 2, 'rollouts', 0, 'reward') -> 'groups[2].rollouts[0].reward', as the server
+    names a field in its 422s."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 class APIConnectionError(AMRError):
-    """No HTTP response came back; `request` is the request that failed, when known."""
+    """No HTTP response came back; `request` is the request that failed, when known, and
+    `attempts` how many tries were made before giving up (set by the retry loop)."""
 
     def __init__(self, message: str = "Connection error.", *, request: httpx.Request | None = None):
         super().__init__(message)
         self.message = message
         self.request = request
+        self.attempts = 1
+
+    def gave_up_after(self, attempts: int) -> None:
+        """Record that the retry loop stopped after `attempts` tries, in the message too."""
+        self.attempts = attempts
+        self.args = (f"{self.message} (gave up after {attempts} attempt"
+                     f"{'' if attempts == 1 else 's'})",)
 
 
 class APITimeoutError(APIConnectionError):

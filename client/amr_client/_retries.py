@@ -94,6 +94,12 @@ T = TypeVar("T")
 _FAILURES = (APIConnectionError, APIStatusError)
 
 
+def _give_up(error: APIConnectionError | APIStatusError, attempts: int) -> None:
+    # A status error names the server's request id; a connection error has only the tries made.
+    if isinstance(error, APIConnectionError):
+        error.gave_up_after(attempts)
+
+
 def retried(attempt: Callable[[], T], max_retries: int, sleep: Callable[[float], None]) -> T:
     """`attempt()`'s answer, retried after a retryable failure: a stream of one item."""
     def once() -> Iterator[T]:
@@ -124,6 +130,7 @@ def retried_items(attempt: Callable[[], Iterator[T]], max_retries: int,
         except _FAILURES as error:
             delay = next_retry_delay(error, tries, max_retries)
             if delay is None:
+                _give_up(error, tries + 1)
                 raise
         sleep(delay)
         tries += 1
@@ -143,6 +150,7 @@ async def retried_aitems(attempt: Callable[[], AsyncIterator[T]], max_retries: i
         except _FAILURES as error:
             delay = next_retry_delay(error, tries, max_retries)
             if delay is None:
+                _give_up(error, tries + 1)
                 raise
         await sleep(delay)
         tries += 1

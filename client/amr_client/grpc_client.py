@@ -2,8 +2,8 @@
 
 Same methods, results, exceptions and retries as `AMRClient` / `AsyncAMRClient`, on the same
 base classes; only the transport differs, and with it two arguments: `target` is a gRPC address
-(host:port), and `timeout` is the deadline of one try in seconds (gRPC has one deadline per call,
-not httpx's connect and read limits). Needs the gRPC extra: `pip install "amr-sd[grpc]"`.
+(host:port), and `timeout` becomes the deadline of one try in seconds: gRPC has one deadline per
+call, not httpx's connect and read limits, so an httpx.Timeout counts by its read limit. Needs the gRPC extra: `pip install "amr-sd[grpc]"`.
 
     from amr_client import AMRGrpcClient
 
@@ -24,7 +24,6 @@ the HTTP client raises for that status (`status_error`, the one status -> except
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -45,6 +44,8 @@ except ImportError as exc:
     raise ImportError('the amr-sd gRPC client needs grpcio, grpcio-status, grpcio-health-checking '
                       'and protobuf: pip install "amr-sd[grpc]"') from exc
 
+import httpx
+
 from amr_client._base import (
     DEFAULT_MAX_RETRIES,
     AsyncBaseClient,
@@ -54,9 +55,11 @@ from amr_client._base import (
     build_policy_body,
     build_score_body,
     check_max_retries,
+    check_seconds,
     new_idempotency_key,
 )
 from amr_client._exceptions import APIConnectionError, APIStatusError, APITimeoutError, status_error
+from amr_client._version import USER_AGENT
 from amr_client._retries import (raised_as, retried, retried_aitems, retried_async,
                                  retried_items)
 from amr_client.results import ScoreResult
@@ -78,6 +81,8 @@ CHANNEL_OPTIONS = (
     # server bounds what it sends, so the client need not bound it again.
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    # Sent ahead of grpc's own "grpc-python/<version>", as the HTTP client's User-Agent.
+    ("grpc.primary_user_agent", USER_AGENT),
 )
 
 # The HTTP status of a gRPC failure that carries no amr-sd details (a proxy, or gRPC itself):
@@ -124,12 +129,13 @@ def check_target(target: str) -> str:
     return target
 
 
-def check_grpc_timeout(timeout: float) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-            or not math.isfinite(timeout) or timeout <= 0:
-        raise ValueError(f"timeout is the gRPC deadline of one try, in seconds (a number > 0, e.g. "
-                         f"{DEFAULT_TIMEOUT_S}); got {timeout!r}")
-    return float(timeout)
+def check_grpc_timeout(timeout: float | httpx.Timeout | None) -> float | None:
+    """The deadline of one try in seconds, None for none. gRPC has a single deadline for the
+    whole call, so an httpx.Timeout counts by its read limit, the wait for the answer (the one
+    that matters for a long batch); its connect, write and pool limits have no gRPC form."""
+    if isinstance(timeout, httpx.Timeout):
+        timeout = timeout.read
+    return None if timeout is None else check_seconds(timeout)
 
 
 def check_api_key(api_key: str | None) -> str | None:
@@ -208,16 +214,17 @@ def _unpack(status, detail_type):
     return None
 
 
-def rpc_error(exc: grpc.RpcError) -> APIConnectionError | APIStatusError:
-    """The exception the HTTP client would raise for the same failure; `exc` is its cause."""
-    error = _map_rpc_error(exc)
+def rpc_error(exc: grpc.RpcError, target: str | None = None) -> APIConnectionError | APIStatusError:
+    """The exception the HTTP client would raise for the same failure; `exc` is its cause.
+    `target`, the address called, is named by a connection error."""
+    error = _map_rpc_error(exc, target)
     error.__cause__ = exc
     return error
 
 
-def rpc_errors() -> contextlib.AbstractContextManager[None]:
+def rpc_errors(target: str | None = None) -> contextlib.AbstractContextManager[None]:
     """Raises a failed call (grpc.aio's too) as the exception `rpc_error` gives."""
-    return raised_as(grpc.RpcError, rpc_error)
+    return raised_as(grpc.RpcError, lambda exc: rpc_error(exc, target))
 
 
 def _ask(exc: grpc.RpcError, method: str):
@@ -227,13 +234,14 @@ def _ask(exc: grpc.RpcError, method: str):
     return found() if callable(found) else None
 
 
-def _map_rpc_error(exc: grpc.RpcError) -> APIConnectionError | APIStatusError:
+def _map_rpc_error(exc: grpc.RpcError, target: str | None) -> APIConnectionError | APIStatusError:
     code = _ask(exc, "code") or grpc.StatusCode.UNKNOWN
     message = _ask(exc, "details") or code.name
     initial = _ask(exc, "initial_metadata")
     status = _details(exc)
     info = _unpack(status, error_details_pb2.ErrorInfo) if status is not None else None
     headers: dict[str, str] = {}
+    where = f"{target}: " if target else ""
     if info is not None and info.domain == ERROR_DOMAIN:
         try:
             http_status = int(info.metadata["status"])
@@ -249,10 +257,10 @@ def _map_rpc_error(exc: grpc.RpcError) -> APIConnectionError | APIStatusError:
             envelope["field"] = info.metadata["field"]
     elif code is grpc.StatusCode.UNAVAILABLE:
         # Nothing from amr-sd: no server there, or the connection dropped (retried).
-        return APIConnectionError(f"Connection error: {code.name}: {message}")
+        return APIConnectionError(f"Connection error: {where}{code.name}: {message}")
     elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
         # The client's own deadline (`timeout=`); the server's would carry details (a 504).
-        return APITimeoutError(f"Request timed out: {code.name}: {message}")
+        return APITimeoutError(f"Request timed out: {where}{code.name}: {message}")
     else:
         http_status = _HTTP_STATUS_OF_CODE.get(code, 500)
         request_id = _request_id(initial)
@@ -275,7 +283,8 @@ class _GrpcClient(BaseClient):
     _ADDRESS = "target"
     _check_timeout = staticmethod(check_grpc_timeout)
 
-    def __init__(self, target: str, *, api_key: str | None, timeout: float, max_retries: int):
+    def __init__(self, target: str, *, api_key: str | None, timeout: float | httpx.Timeout | None,
+                 max_retries: int):
         self.target = check_target(target)
         self.api_key = check_api_key(api_key)
         self.timeout = self._check_timeout(timeout)
@@ -283,7 +292,7 @@ class _GrpcClient(BaseClient):
 
     def _metadata(self, idempotency_key: str | None = None) -> tuple[tuple[str, str], ...]:
         metadata = []
-        if self.api_key is not None:
+        if self.api_key:  # "" sends none, as over HTTP
             metadata.append(("authorization", f"Bearer {self.api_key}"))
         if idempotency_key is not None:
             metadata.append(("idempotency-key", idempotency_key))
@@ -294,12 +303,12 @@ def _ready_answer(response: health_pb2.HealthCheckResponse) -> bool:
     return response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _ready_failure(exc: grpc.RpcError) -> bool:
+def _ready_failure(exc: grpc.RpcError, target: str) -> bool:
     """False for a server not reachable or not serving yet; raise for anything else (no health
     service there, say), which means a wrong target rather than a server warming up."""
     if _ask(exc, "code") in _NOT_READY_CODES:
         return False
-    raise rpc_error(exc)
+    raise rpc_error(exc, target)
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,13 +321,15 @@ class AMRGrpcClient(_GrpcClient, SyncBaseClient):
 
     Args:
         target: the server's gRPC address, e.g. "scorer:50051".
-        api_key: sent as `authorization: Bearer <api_key>` metadata when set.
-        timeout: the gRPC deadline of one try, in seconds (a stream's whole duration included).
+        api_key: sent as `authorization: Bearer <api_key>` metadata when set; None or "" sends none.
+        timeout: the gRPC deadline of one try (a stream's whole duration included): seconds,
+            None for no deadline, or an httpx.Timeout, whose read limit is taken.
         max_retries: extra tries after a connection error, timeout, 408, 429 or 5xx; 0 disables.
     """
 
     def __init__(self, target: str = DEFAULT_TARGET, *, api_key: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_S, max_retries: int = DEFAULT_MAX_RETRIES):
+                 timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT_S,
+                 max_retries: int = DEFAULT_MAX_RETRIES):
         super().__init__(target, api_key=api_key, timeout=timeout, max_retries=max_retries)
         self._channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.ScoringStub(self._channel)
@@ -331,7 +342,7 @@ class AMRGrpcClient(_GrpcClient, SyncBaseClient):
               progress: Progress = False) -> ScoreResult:
         """Score `groups` at trainer step `step`; see `AMRClient.score` (`progress` too).
 
-        Raises pydantic's ValidationError for a bad request before sending it.
+        Raises `InvalidRequestError` for a bad request before sending it.
         """
         body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
         if progress:
@@ -347,7 +358,7 @@ class AMRGrpcClient(_GrpcClient, SyncBaseClient):
         def attempt():
             call = self._stub.ScoreStream(request, metadata=metadata, timeout=self.timeout)
             try:
-                with rpc_errors():
+                with rpc_errors(self.target):
                     for message in call:
                         if (item := _feed(assembler, message)) is not None:
                             yield item
@@ -385,7 +396,7 @@ class AMRGrpcClient(_GrpcClient, SyncBaseClient):
             response = self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE),
                                           metadata=self._metadata(), timeout=self.timeout)
         except grpc.RpcError as exc:
-            return _ready_failure(exc)
+            return _ready_failure(exc, self.target)
         return _ready_answer(response)
 
     def _close_connection(self) -> None:
@@ -396,7 +407,7 @@ class AMRGrpcClient(_GrpcClient, SyncBaseClient):
         metadata = self._metadata(idempotency_key)
 
         def attempt():
-            with rpc_errors():
+            with rpc_errors(self.target):
                 response, call = rpc.with_call(request, metadata=metadata, timeout=self.timeout)
                 return response, _request_id(call.initial_metadata())
 
@@ -436,7 +447,8 @@ class AsyncAMRGrpcClient(_GrpcClient, AsyncBaseClient):
     """
 
     def __init__(self, target: str = DEFAULT_TARGET, *, api_key: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_S, max_retries: int = DEFAULT_MAX_RETRIES):
+                 timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT_S,
+                 max_retries: int = DEFAULT_MAX_RETRIES):
         super().__init__(target, api_key=api_key, timeout=timeout, max_retries=max_retries)
         self._aio = _AioChannel(self.target)  # shared with `with_options` copies
 
@@ -461,7 +473,7 @@ class AsyncAMRGrpcClient(_GrpcClient, AsyncBaseClient):
             call = self._aio.open().stub.ScoreStream(request, metadata=metadata,
                                                      timeout=self.timeout)
             try:
-                with rpc_errors():
+                with rpc_errors(self.target):
                     async for message in call:
                         if (item := _feed(assembler, message)) is not None:
                             yield item
@@ -494,7 +506,7 @@ class AsyncAMRGrpcClient(_GrpcClient, AsyncBaseClient):
                 health_pb2.HealthCheckRequest(service=SERVICE), metadata=self._metadata(),
                 timeout=self.timeout)
         except grpc.RpcError as exc:
-            return _ready_failure(exc)
+            return _ready_failure(exc, self.target)
         return _ready_answer(response)
 
     async def _close_connection(self) -> None:
@@ -505,7 +517,7 @@ class AsyncAMRGrpcClient(_GrpcClient, AsyncBaseClient):
         metadata = self._metadata(idempotency_key)
 
         async def attempt():
-            with rpc_errors():
+            with rpc_errors(self.target):
                 call = getattr(self._aio.open().stub, method)(request, metadata=metadata,
                                                               timeout=self.timeout)
                 response = await call

@@ -6,6 +6,7 @@ row `i` of every helper is the i-th rollout of the flattened request.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +22,7 @@ __all__ = ["ScoreResult"]
 class ScoreResult:
     """The answer to one `score()` call.
 
+    `len(result)` is the number of groups and `for group in result` walks them in request order.
     `request_id` is the server's `X-Request-ID`, the id to quote when reporting a problem.
     """
 
@@ -31,6 +33,12 @@ class ScoreResult:
     @property
     def groups(self) -> list[ScoredGroup]:
         return self.response.groups
+
+    def __len__(self) -> int:
+        return len(self.response.groups)
+
+    def __iter__(self) -> Iterator[ScoredGroup]:
+        return iter(self.response.groups)
 
     @property
     def stats(self) -> BatchStats:
@@ -66,29 +74,59 @@ class ScoreResult:
         """A_i, the GRPO advantage of each rollout, in request order."""
         return [r.base_advantage for g in self.response.groups for r in g.rollouts]
 
-    def advantages_padded(self, pad_value: float = 0.0,
-                          dtype: "torch.dtype | None" = None) -> tuple["torch.Tensor", "torch.Tensor"]:
-        """Advantages right-padded to the longest rollout.
+    def cig(self) -> list[list[float]]:
+        """The clipped CIG Î_t per rollout (ragged, request order); needs `returns={"cig": True}`."""
+        return [list(values) for values in self._returned("cig")]
+
+    def gated(self) -> list[list[bool]]:
+        """Where the gate opened (Δ_t > 0) per rollout; needs `returns={"cig": True}`."""
+        return [list(values) for values in self._returned("gated")]
+
+    def _returned(self, name: str) -> list[list]:
+        rows = [getattr(r, name) for g in self.response.groups for r in g.rollouts]
+        if any(row is None for row in rows):
+            raise ValueError(f"this answer carries no `{name}`: ask for it with "
+                             f'score(..., returns={{"cig": True}})')
+        return rows
+
+    def advantages_padded_numpy(self, pad_value: float = 0.0, dtype: Any = np.float32, *,
+                                width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Advantages right-padded to `width` tokens (default: the longest rollout's).
 
         Returns `(advantages, mask)`, both (B, T) with B = rollouts in the request and
-        T = the longest rollout's token count; `mask` is True on real tokens, and padded
-        positions hold `pad_value`. `dtype` defaults to torch.float32.
+        T = `width`; `mask` is True on real tokens, and padded positions hold `pad_value`. A
+        `width` shorter than a rollout raises: cutting advantages off would train on less than
+        was scored.
         """
-        try:
-            import torch
-        except ImportError as exc:
-            raise ImportError(
-                "ScoreResult.advantages_padded needs torch, which the amr-sd client does not "
-                "install: `pip install torch`, or use advantages_numpy()."
-            ) from exc
         rows = self.advantages()
-        width = max((len(r) for r in rows), default=0)
+        longest = max((len(r) for r in rows), default=0)
+        if width is None:
+            width = longest
+        elif width < longest:
+            raise ValueError(f"width={width} is shorter than the longest rollout ({longest} tokens)")
         values = np.full((len(rows), width), pad_value, dtype=np.float64)  # (B, T)
         mask = np.zeros((len(rows), width), dtype=bool)  # (B, T)
         for i, row in enumerate(rows):
             values[i, :len(row)] = row
             mask[i, :len(row)] = True
-        return (torch.from_numpy(values).to(dtype or torch.float32), torch.from_numpy(mask))
+        return values.astype(dtype, copy=False), mask
+
+    def advantages_padded(self, pad_value: float = 0.0, dtype: "torch.dtype | None" = None, *,
+                          width: int | None = None,
+                          device: "torch.device | str | None" = None) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """`advantages_padded_numpy` as torch tensors, on `device` (default: the CPU); `dtype`
+        defaults to torch.float32. Pass your batch's completion length as `width` to get the
+        same (B, T) as the loss's other tensors."""
+        try:
+            import torch
+        except ImportError as exc:
+            raise ImportError(
+                "ScoreResult.advantages_padded needs torch, which the amr-sd client does not "
+                "install: `pip install torch`, or use advantages_padded_numpy()."
+            ) from exc
+        values, mask = self.advantages_padded_numpy(pad_value, np.float64, width=width)
+        return (torch.from_numpy(values).to(device=device, dtype=dtype or torch.float32),
+                torch.from_numpy(mask).to(device=device))
 
     def __repr__(self) -> str:
         rollouts = sum(len(g.rollouts) for g in self.response.groups)

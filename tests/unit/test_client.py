@@ -15,10 +15,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from pydantic import ValidationError
 
 from amr_client import (
     AMRClient,
+    AMRError,
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -29,6 +29,7 @@ from amr_client import (
     GatewayTimeoutError,
     Group,
     InternalServerError,
+    InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
@@ -155,12 +156,14 @@ def test_config_sends_only_the_fields_the_caller_set():
     assert body["config"] == {"decay_steps": 80}
 
 
-def test_invalid_request_raises_pydantic_error_before_sending():
+def test_invalid_request_raises_the_sdk_error_before_sending():
     server = Server(ok())
     client, _ = client_for(server)
     bad = {**GROUP, "rollouts": [{"token_ids": [1], "reward": 1.0, "refelction_override": "x"}]}
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidRequestError) as err:
         client.score([bad], step=0)
+    assert isinstance(err.value, AMRError) and isinstance(err.value, ValueError)
+    assert err.value.field == "groups[0].rollouts[0].refelction_override"
     assert server.requests == []
 
 
@@ -393,9 +396,120 @@ def test_ready_is_false_when_the_server_is_unreachable():
 # --- construction -----------------------------------------------------------------------------
 
 
-def test_timeout_must_be_an_httpx_timeout():
-    with pytest.raises(TypeError, match="httpx.Timeout"):
-        AMRClient(timeout=30)  # type: ignore[arg-type]
+@pytest.mark.parametrize(("given", "expected"), [
+    (30, httpx.Timeout(30.0)),                       # seconds for every phase, as httpx does
+    (2.5, httpx.Timeout(2.5)),
+    (None, httpx.Timeout(None)),                     # no limit
+    (httpx.Timeout(9.0, connect=1.0), httpx.Timeout(9.0, connect=1.0)),
+])
+def test_timeout_takes_seconds_none_or_an_httpx_timeout(given, expected):
+    client, _ = client_for(Server(ok()), timeout=given)
+    assert client.timeout == expected
+    assert client.with_options(timeout=given).timeout == expected
+    assert AsyncAMRClient(BASE_URL, timeout=given).timeout == expected
+
+
+def test_with_options_timeout_none_lifts_the_limit_and_reaches_the_request():
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"])
+        return ok()
+
+    client = AMRClient(BASE_URL, transport=httpx.MockTransport(handler), timeout=5.0)
+    client.with_options(timeout=None).score([GROUP], step=0)
+    client.score([GROUP], step=0)
+    assert seen[0] == {"connect": None, "read": None, "write": None, "pool": None}
+    assert seen[1] == {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), True, "30"])
+def test_timeout_refuses_what_is_not_a_duration(bad):
+    with pytest.raises(ValueError, match="httpx.Timeout"):
+        AMRClient(timeout=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("base_url", [f"{BASE_URL}/v1", f"{BASE_URL}/v1/", f"{BASE_URL}/"])
+def test_a_base_url_ending_in_v1_reaches_the_same_paths(base_url):
+    # openai-python's base URLs end in /v1; here that must not become /v1/v1/score.
+    server = Server(ok())
+    client = AMRClient(base_url, transport=httpx.MockTransport(server))
+    client.score([GROUP], step=0)
+    assert client.base_url == BASE_URL
+    assert server.requests[0].url == f"{BASE_URL}/v1/score"
+
+
+def test_a_base_url_under_a_prefix_keeps_the_prefix():
+    client = AMRClient("http://proxy.test/amr/v1", transport=httpx.MockTransport(Server(ok())))
+    assert client.base_url == "http://proxy.test/amr"
+
+
+def test_an_empty_api_key_sends_no_authorization_header():
+    server = Server(ok())
+    client, _ = client_for(server, api_key="")
+    client.score([GROUP], step=0)
+    assert "authorization" not in server.requests[0].headers
+
+
+def test_every_request_names_the_sdk_in_its_user_agent():
+    import amr_client
+
+    server = Server(ok(), httpx.Response(200, json={"model": "m"}))
+    client, _ = client_for(server)
+    client.score([GROUP], step=0)
+    client.info()
+    assert amr_client.__version__ and amr_client.__version__[0].isdigit()
+    assert {r.headers["user-agent"] for r in server.requests} == {f"amr-client/{amr_client.__version__}"}
+
+
+def test_a_connection_error_names_the_url_and_the_attempts():
+    client, _ = client_for(Server(httpx.ConnectError("connection refused")), max_retries=2)
+    with pytest.raises(APIConnectionError) as err:
+        client.score([GROUP], step=0)
+    assert f"POST {BASE_URL}/v1/score" in str(err.value)
+    assert "after 3 attempts" in str(err.value) and err.value.attempts == 3
+
+
+def test_an_async_timeout_names_the_url_and_the_one_attempt():
+    client, _ = async_client_for(Server(httpx.ReadTimeout("read timed out")), max_retries=0)
+    with pytest.raises(APITimeoutError) as err:
+        asyncio.run(client.score([GROUP], step=0))
+    assert f"{BASE_URL}/v1/score" in str(err.value) and "after 1 attempt)" in str(err.value)
+
+
+# --- client-side validation -------------------------------------------------------------------
+
+
+def test_a_bad_token_id_is_named_with_the_servers_path_and_no_pydantic_url():
+    bad = {**GROUP, "rollouts": [GROUP["rollouts"][0], {"token_ids": [1, "x"], "reward": 0.0}]}
+    with pytest.raises(InvalidRequestError) as err:
+        build_score_body([GROUP, bad], step=0)
+    assert err.value.field == "groups[1].rollouts[1].token_ids[1]"
+    assert err.value.errors[0]["field"] == "groups[1].rollouts[1].token_ids[1]"
+    assert "'x'" in str(err.value)
+    assert "pydantic" not in str(err.value) and "http" not in str(err.value)
+
+
+def test_every_bad_field_is_listed_in_errors():
+    bad = {"prompt": {"text": "q"}, "rollouts": [{"token_ids": [1]}, {"reward": 1.0}]}
+    with pytest.raises(InvalidRequestError) as err:
+        build_score_body([bad], step=0)
+    fields = [e["field"] for e in err.value.errors]
+    assert fields == ["groups[0].rollouts[0].reward", "groups[0].rollouts[1].token_ids"]
+    assert all(e["type"] == "missing" for e in err.value.errors)
+
+
+@pytest.mark.parametrize("make_client", [client_for, async_client_for])
+def test_one_group_passed_without_a_list_says_so(make_client):
+    server = Server(ok())
+    client, _ = make_client(server)
+    with pytest.raises(InvalidRequestError, match=r"list of groups.*\[group\]") as err:
+        result = client.score(GROUP, step=0)  # type: ignore[arg-type]
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+    assert err.value.field == "groups" and server.requests == []
+    with pytest.raises(InvalidRequestError, match="single Group"):
+        build_score_body(Group.model_validate(GROUP), step=0)  # type: ignore[arg-type]
 
 
 def test_context_manager_closes_the_pool_it_created():
@@ -492,7 +606,7 @@ def test_set_policy_posts_path_and_version_and_parses_the_status():
 def test_a_bad_version_label_fails_before_sending():
     server = Server(httpx.Response(200, json=POLICY_STATUS))
     client, _ = client_for(server)
-    with pytest.raises(ValidationError, match="version"):
+    with pytest.raises(InvalidRequestError, match="version"):
         client.set_policy("step-3", "step 3")  # no spaces in a label
     assert server.requests == []
 
@@ -535,7 +649,7 @@ def test_async_twin_sets_and_gets_the_policy():
 def test_a_bad_policy_is_refused_before_sending(policy, message):
     server = Server(ok())
     client, _ = client_for(server)
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(InvalidRequestError, match=message):
         client.score([GROUP], step=0, policy=policy)
     assert server.requests == []
 

@@ -242,10 +242,10 @@ def test_info_and_policy_calls(client, fake):
 def test_constructor_rejects_bad_arguments():
     with pytest.raises(ValueError, match="not a URL"):
         AMRGrpcClient("http://127.0.0.1:50051")
-    with pytest.raises(ValueError, match="in seconds"):
-        AMRGrpcClient(timeout=httpx.Timeout(5.0))
-    with pytest.raises(ValueError, match="in seconds"):
+    with pytest.raises(ValueError, match="seconds"):
         AMRGrpcClient(timeout=0)
+    with pytest.raises(ValueError, match="seconds"):
+        AMRGrpcClient(timeout=httpx.Timeout(5.0, read=-1.0))
     with pytest.raises(ValueError, match="max_retries"):
         AMRGrpcClient(max_retries=-1)
     with pytest.raises(TypeError, match="api_key"):
@@ -258,8 +258,44 @@ def test_with_options_takes_seconds_and_shares_the_channel():
         assert (copy.target, copy.timeout, copy.max_retries) == (client.target, 5.0, 0)
         assert copy._channel is client._channel
         assert (client.timeout, client.max_retries) == (30.0, 2)
-        with pytest.raises(ValueError, match="in seconds"):
-            client.with_options(timeout=httpx.Timeout(5.0))
+        with pytest.raises(ValueError, match="seconds"):
+            client.with_options(timeout=-5)
+
+
+@pytest.mark.parametrize(("given", "deadline_s"), [
+    (30, 30.0),
+    (None, None),                                    # no deadline
+    (httpx.Timeout(600.0, connect=5.0), 600.0),      # one gRPC deadline: the read limit
+    (httpx.Timeout(5.0, read=None), None),
+])
+def test_timeout_takes_seconds_none_or_an_httpx_timeout(given, deadline_s):
+    with AMRGrpcClient(timeout=given) as client:
+        assert client.timeout == deadline_s
+        assert client.with_options(timeout=given).timeout == deadline_s
+    assert AsyncAMRGrpcClient(timeout=given).timeout == deadline_s
+
+
+def test_an_empty_api_key_sends_no_authorization(target, fake):
+    with AMRGrpcClient(target, api_key="") as client:
+        client.get_policy()
+    assert "authorization" not in fake.calls[0][2]
+
+
+def test_calls_name_the_sdk_in_their_user_agent(client, fake):
+    import amr_client
+
+    client.get_policy()
+    assert fake.calls[0][2]["user-agent"].startswith(f"amr-client/{amr_client.__version__} ")
+
+
+def test_a_connection_error_names_the_target_and_the_attempts(sleeps):
+    target = f"127.0.0.1:{free_port()}"
+    with AMRGrpcClient(target, max_retries=1, timeout=10) as client:
+        client._sleep = sleeps.append
+        with pytest.raises(APIConnectionError) as caught:
+            client.get_policy()
+    assert target in str(caught.value) and "after 2 attempts" in str(caught.value)
+    assert caught.value.attempts == 2
 
 
 # --------------------------------------------------------------------------------------------

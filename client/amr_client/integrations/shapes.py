@@ -19,6 +19,10 @@ hook the loss mask is usually at hand in the trainer's own indexing; `scatter_to
 then needs no prompt lengths (NeMo-RL `token_mask`, ROLL `response_mask[:, 1:]`, AReaL's
 `loss_mask` after its `torch.roll(-1)`).
 
+These functions only move the numbers. Which weights produced them is chosen at the `score` call:
+pass `policy=sync.policy_for(step)` with `amr_client.integrations.policy.PolicySync`, or the
+teacher is the service's starting model, not the policy being trained (docs/integrations.md).
+
 Sources read (commit), which state the layouts above:
 - NeMo-RL (NVIDIA-NeMo/RL @7ea279a): `nemo_rl/algorithms/loss/loss_functions.py`
   (`ClippedPGLossFn.__call__` reads `data["advantages"][:, 1:]` beside `token_mask[:, 1:]`),

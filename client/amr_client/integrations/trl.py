@@ -62,6 +62,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from trl import GRPOTrainer
 
 from amr_client import AMRClient, APIConnectionError, ScoringConfig, ServiceUnavailableError
+from amr_client.integrations.policy import warn_base_teacher
 from amr_client.saved import StepSaver
 
 __all__ = ["AMRGRPOTrainer"]
@@ -86,7 +87,8 @@ class AMRGRPOTrainer(GRPOTrainer):
         amr_feedback_column: the `log_extra` column holding verifier feedback, if any.
         amr_reference_column: a dataset column with the reference answer, if any.
         amr_policy_sync: "off" (default), "lora" (push the PEFT adapter) or "full" (push the
-            whole model) every `amr_policy_sync_steps` steps, starting at the first.
+            whole model) every `amr_policy_sync_steps` steps, starting at the first. "off"
+            scores with the service's starting weights and warns once (`BaseTeacherWarning`).
         amr_policy_dir: where pushed checkpoints are written; inside the service's policy root.
         amr_policy_service_dir: the same folder as the service names it (default: amr_policy_dir).
         amr_policy_label: prefix of the version labels, "<label>-step-<N>" (default: a random run id).
@@ -125,6 +127,7 @@ class AMRGRPOTrainer(GRPOTrainer):
         self._amr_batch: dict[str, Any] | None = None
         self._amr_sync = _PolicySync.create(self, amr_policy_sync, amr_policy_sync_steps, amr_policy_dir,
                                             amr_policy_service_dir, amr_policy_label, amr_policy_keep)
+        self._amr_base_warned = False
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -208,6 +211,9 @@ class AMRGRPOTrainer(GRPOTrainer):
             policy = None
             if self._amr_sync is not None:
                 policy = self._amr_sync.policy_for(step, metrics)
+            elif not self._amr_base_warned:
+                self._amr_base_warned = True
+                warn_base_teacher()
             result = self.amr_client.score(groups, step=step, config=self.amr_config, policy=policy,
                                            returns=self.amr_saver.returns(step))
         except UNREACHABLE as exc:

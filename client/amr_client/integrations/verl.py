@@ -23,6 +23,13 @@ Importing this module registers two things under the name "amr_sd":
     batch.batch["rm_scores"] = out["reward_tensor"]   # what verl's extract_reward reads
     metrics.update(out["metrics"])                     # amr_sd/gate_rate, ...
 
+The teacher must be the policy being trained (docs/method.md): save each step's LoRA adapter (or
+full checkpoint) into the service's AMR_POLICY_ROOT and name it, as the TRL adapter does:
+`amr_policy_sync="lora", amr_policy_path=<the folder of the adapter that sampled step N>`, a string
+with `{step}` or a function of the step (docs/integrations.md shows one for verl's own checkpoints);
+"full" reloads the service with `set_policy` instead. Without it, the first call warns that the
+teacher is the base model.
+
 Why the legacy batch registry, and why the call is yours to place (verl 0.9.1 source):
 
 - `verl/trainer/ppo/reward.py::load_reward_manager` and `experimental/reward_loop/reward_loop.py`
@@ -49,10 +56,10 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import torch
 from verl import DataProto
@@ -60,6 +67,8 @@ from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, register
 from verl.workers.reward_manager import BatchRewardManager, register
 
 from amr_client import AMRClient, APIConnectionError, ScoringConfig, ServiceUnavailableError
+from amr_client.integrations.options import renamed, scoring_client
+from amr_client.integrations.policy import PolicySync
 from amr_client.saved import StepSaver
 
 __all__ = ["AMRRewardManager", "compute_amr_sd_advantage"]
@@ -75,39 +84,60 @@ class AMRRewardManager(BatchRewardManager):
     other keyword arguments go to `compute_score`, as there):
         amr_url: the amr-sd service, e.g. "http://scorer:8000".
         amr_api_key: sent as a bearer token when set.
+        amr_client: an `AMRClient` to score with instead of `amr_url` / `amr_api_key` /
+            `amr_timeout_s` (the TRL trainer's option of the same name).
         amr_config: `ScoringConfig` overrides sent with every call, e.g. {"norm_by_std": False}
             when `algorithm.norm_adv_by_std_in_grpo=False`.
         amr_timeout_s: read timeout of one scoring call (a large batch on CPU takes minutes).
         rollout_n: `actor_rollout_ref.rollout.n`; when set, every uid must have exactly this
             many rows, which also catches a batch cut into equal pieces.
-        fallback_to_grpo: when the service is unreachable after the client's retries
+        amr_fallback_to_grpo: when the service is unreachable after the client's retries
             (connection errors, timeouts, 503), log a warning and write plain GRPO advantages
             (verl's own, broadcast over the response) instead of raising. A 4xx still raises.
             Off by default: a silent fallback would train another algorithm than the configured one.
+            `fallback_to_grpo=` is its deprecated name.
         amr_save_dir: where scored batches are saved for `amr-sd view` (`step-<N>.jsonl`, with
             the groups sent, per-token CIG, log-probabilities and token texts).
         amr_save_steps: save every N-th step's batch, starting at the first; 0 (default) saves
             none. A saved step asks the service for those per-token arrays too.
+        amr_policy_sync: "off" (default), "lora" or "full", as in the TRL adapter: the policy
+            that scores each step (`amr_client.integrations.policy.PolicySync`). "lora" names
+            the step's adapter folder in every request; "full" reloads the service with the
+            step's checkpoint (`set_policy`) and then requires that version. "off" scores with
+            the service's starting weights and warns once (`BaseTeacherWarning`).
+        amr_policy_path: the folder holding the weights that sampled step N's rollouts, as the
+            service names it (inside its AMR_POLICY_ROOT): "dir/step-{step}" or a function of
+            the step (None while nothing is saved yet: the step is scored with
+            the service's current weights). Your run writes it before the manager scores that step.
+        amr_policy_sync_steps: push every N steps, starting at the first scored step.
+        amr_policy_label: prefix of the version labels, "<label>-step-<N>" (default: a random run id).
 
     `compute_score` follows `BatchRewardManager`: a batched function returning one float or
     one dict with "score" per row; a dict's "feedback" string is shown to the critique writer.
     """
 
     def __init__(self, tokenizer, num_examine, compute_score, reward_fn_key="data_source", *,
-                 amr_url: str, amr_api_key: str | None = None,
+                 amr_url: str | None = None, amr_api_key: str | None = None,
+                 amr_client: AMRClient | None = None,
                  amr_config: ScoringConfig | dict[str, Any] | None = None,
                  amr_timeout_s: float = 600.0, rollout_n: int | None = None,
-                 fallback_to_grpo: bool = False, amr_save_dir: str | Path | None = None,
-                 amr_save_steps: int = 0, **reward_kwargs):
+                 amr_fallback_to_grpo: bool = False, amr_save_dir: str | Path | None = None,
+                 amr_save_steps: int = 0, fallback_to_grpo: bool | None = None,
+                 amr_policy_sync: str = "off",
+                 amr_policy_path: str | Callable[[int], str | None] | None = None,
+                 amr_policy_sync_steps: int = 1, amr_policy_label: str | None = None,
+                 **reward_kwargs):
         self.amr_saver = StepSaver(amr_save_dir, amr_save_steps)
         super().__init__(tokenizer, num_examine, compute_score, reward_fn_key, **reward_kwargs)
         self.amr_config = ScoringConfig.model_validate(amr_config or {})
         # Only the fields the user set travel, so the server's defaults apply to the rest.
         self._config_overrides = self.amr_config.model_dump(exclude_unset=True)
         self.rollout_n = rollout_n
-        self.fallback_to_grpo = fallback_to_grpo
-        self.client = AMRClient(amr_url, api_key=amr_api_key,
-                                timeout=httpx.Timeout(amr_timeout_s, connect=5.0))
+        self.amr_fallback_to_grpo = renamed("amr_fallback_to_grpo", amr_fallback_to_grpo,
+                                            "fallback_to_grpo", fallback_to_grpo, False)
+        self.client = scoring_client(amr_client, amr_url, amr_api_key, amr_timeout_s)
+        self.amr_policy = PolicySync(self.client, amr_policy_sync, path=amr_policy_path,
+                                     sync_steps=amr_policy_sync_steps, label=amr_policy_label)
 
     def __call__(self, data: DataProto, return_dict: bool = False) -> torch.Tensor | dict[str, Any]:
         # A batch verl's config left incomplete is refused before the (possibly slow) verifier runs.
@@ -122,13 +152,14 @@ class AMRRewardManager(BatchRewardManager):
         request = [_group(data, prompt, rows, response_lengths, rewards, feedback)
                    for prompt, rows in zip(prompts, groups.values(), strict=True)]
         try:
+            policy = self.amr_policy.policy_for(step)
             result = self.client.score(request, step=step, config=self._config_overrides or None,
-                                       returns=self.amr_saver.returns(step))
+                                       policy=policy, returns=self.amr_saver.returns(step))
         except (APIConnectionError, ServiceUnavailableError) as exc:
-            if not self.fallback_to_grpo:
+            if not self.amr_fallback_to_grpo:
                 raise
             logger.warning("amr-sd unreachable after retries at step %d (%s); writing plain GRPO advantages "
-                           "because fallback_to_grpo=True", step, exc)
+                           "because amr_fallback_to_grpo=True", step, exc)
             return self._grpo_fallback(data, rewards, response_lengths, reward_extra_info, return_dict)
 
         if self.amr_saver.wants(step):
@@ -158,6 +189,7 @@ class AMRRewardManager(BatchRewardManager):
             "amr_sd/reflections_generated": stats.reflections_generated,
             "amr_sd/fallback": 0.0,
         }
+        metrics.update({f"amr_sd/{name}": value for name, value in self.amr_policy.metrics().items()})
         if return_dict:
             return {"reward_tensor": reward_tensor, "reward_extra_info": reward_extra_info,
                     "metrics": metrics}
