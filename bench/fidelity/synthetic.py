@@ -84,7 +84,7 @@ def _quote(label: chains.Rollout) -> str:
 
 def _value(label: chains.Rollout) -> str:
     """The oracle with the faulty step written out right. Written as the response writes a step
-    ("12 * 3 = 36"): "its result should be 36" moved the teacher far less (README)."""
+    ("12 * 3 = 36"): "its result should be 36" moved the teacher far less (docs/fidelity.md)."""
     if label.fault_step is None:
         return _oracle(label)
     return (f"The mistake is in step {label.fault_step}: {_fault_operation(label)} = "
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     parser.add_argument("--dtype", default="float32",
                         help="the server's dtype; float32 by default, since bf16 scores move by up "
-                             "to 0.3-0.4 nats with the batch on a bf16 CPU (README \"Engines\"), "
+                             "to 0.3-0.4 nats with the batch on a bf16 CPU (docs/design.md \"Engines\"), "
                              "the size of the effects measured here")
     parser.add_argument("--model", help="embedded name or model folder (default: the embedded "
                                          "default)")

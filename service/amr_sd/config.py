@@ -87,7 +87,7 @@ class Listening(BaseModel):
 
     # Loopback by default: exposing a scoring engine is a deliberate choice (--host 0.0.0.0).
     host: str = Field("127.0.0.1", description="Listen address; 0.0.0.0 serves other machines "
-                                               "(README: Running it safely).")
+                                               "(docs/server.md: Running it safely).")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
     grpc_port: int | None = Field(None, ge=1, le=65535,
                                   description="Serve gRPC (amr_sd.v1) too, on this port (same "
@@ -110,7 +110,7 @@ class Caches(BaseModel):
 
 
 class PolicySync(BaseModel):
-    """policy sync (README: Keeping the teacher on the current policy)"""
+    """policy sync (docs/policy-sync.md)"""
 
     policy_root: str | None = Field(
         None, description="The only folder (and below) that POST /v1/policy and `policy.lora_path` "
@@ -143,7 +143,7 @@ class PolicySync(BaseModel):
 
 
 class Limits(BaseModel):
-    """limits, checked before any engine work (README: Running it safely); /v1/info reports them"""
+    """limits, checked before any engine work (docs/server.md: Running it safely); /v1/info reports them"""
 
     # Request caps (413).
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024,
@@ -165,7 +165,7 @@ class Limits(BaseModel):
 
 
 class Guards(BaseModel):
-    """replays, shutdown and access (README: Running it safely)"""
+    """replays, shutdown and access (docs/server.md: Running it safely)"""
 
     idempotency_ttl_s: float = Field(3600.0, gt=0, description="How long an answer is replayed "
                                                                "to a retry with its "

@@ -51,7 +51,7 @@ class Metrics:
             ["branch", "quantile"], buckets=_CIG_BUCKETS, registry=r)
         self.engine_seconds = Histogram("amr_sd_engine_seconds", "Engine time per phase.",
                                         ["phase"], buckets=_LATENCY_BUCKETS, registry=r)
-        # Reliability (README "Running it safely").
+        # Reliability (docs/server.md "Running it safely").
         self.admission_rejected = Counter("amr_sd_admission_rejected",
                                           "Score requests refused before engine work, by reason.",
                                           ["reason"], registry=r)
@@ -73,7 +73,7 @@ class Metrics:
         self.engine_unfinished = Gauge("amr_sd_engine_unfinished_requests",
                                        "Requests the engine holds that are neither finished nor aborted.",
                                        registry=r)
-        # Policy sync (README "Keeping the teacher on the current policy").
+        # Policy sync (docs/policy-sync.md).
         self.policy_reloads = Counter("amr_sd_policy_reloads",
                                       "POST /v1/policy by outcome: loaded, unchanged, rejected, failed.",
                                       ["outcome"], registry=r)

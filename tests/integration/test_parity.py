@@ -15,7 +15,7 @@ nats on the EPYC.
 
 bf16 on the CPU is also not batch-invariant: the same sequence scored inside a batch and alone
 differed by up to 0.38 nats on an AMX Xeon (float32: 0.0). That is why the service's exactness
-tests run in float32, and why a bf16 deployment's CIG carries noise of that size (README
+tests run in float32, and why a bf16 deployment's CIG carries noise of that size (docs/design.md
 "Engines").
 """
 

@@ -1,6 +1,6 @@
 """What this CPU computes fast, and the vLLM CPU settings that follow from it.
 
-Measured on a 2-core AMD EPYC with AVX2 and no AVX-512 (README "Speed"): vLLM CPU scored 35 tok/s
+Measured on a 2-core AMD EPYC with AVX2 and no AVX-512 (docs/speed.md): vLLM CPU scored 35 tok/s
 in bf16 with its automatic thread binding (one OpenMP thread on core 0, the other core reserved),
 195 tok/s in float32, and 406 tok/s in float32 with both cores bound. Without AVX-512-BF16 or AMX,
 torch emulates bf16 matmuls in float32 plus conversions; so bf16 only where the CPU has them.
