@@ -164,7 +164,9 @@ class Coalescer:
             for _, f in batch:
                 if not f.done():
                     f.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
-            raise
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the task ends cancelled
+            return  # the waiters hold the error; nobody awaits this task to hear it again
         finally:
             self.busy_s += time.perf_counter() - start
         k = 0
