@@ -27,7 +27,9 @@ from amr_client._exceptions import (
     UnprocessableEntityError,
 )
 from amr_client._version import __version__
+from amr_client.replicas import AsyncReplicaClient, FanOutError, ReplicaClient
 from amr_client.results import ScoreResult
+from amr_client.shards import ReplicaMismatchError
 from amr_client.streams import AsyncScoreStream, ScoreStream
 from amr_client.schemas import (
     Group,
@@ -50,10 +52,10 @@ __all__ = [
     "__version__",
     "Group", "Message", "PolicyRef", "PolicyStatus", "PolicyUpdate", "Prompt", "Reference", "ReturnSwitches", "Rollout", "ScoredGroup",
     "ScoredRollout", "ScoreRequest", "ScoreResponse", "ScoringConfig",
-    "AMRClient", "AsyncAMRClient", "ScoreResult", "ScoreStream", "AsyncScoreStream",
+    "AMRClient", "AsyncAMRClient", "ReplicaClient", "AsyncReplicaClient", "ScoreResult", "ScoreStream", "AsyncScoreStream",
     "AMRError", "InvalidRequestError", "APIConnectionError", "APITimeoutError", "APIStatusError", "BadRequestError",
     "AuthenticationError", "PermissionDeniedError", "NotFoundError", "ConflictError",
-    "PolicyMismatchError",
+    "PolicyMismatchError", "FanOutError", "ReplicaMismatchError",
     "PayloadTooLargeError", "UnprocessableEntityError", "RateLimitError", "InternalServerError",
     "ServiceUnavailableError", "GatewayTimeoutError",
 ]

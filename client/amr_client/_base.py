@@ -394,11 +394,11 @@ class BaseClient:
         return (f"{type(self).__name__}({self._ADDRESS}={getattr(self, self._ADDRESS)!r}, "
                 f"timeout={self.timeout!r}, max_retries={self.max_retries})")
 
-    def _stream(self, body: dict[str, Any]):
-        """The stream of one score call, sent when first iterated; `_stream_items(body, stream)`
-        is each transport's retried items (it sets `stream.result` at the end)."""
+    def _stream(self, body: dict[str, Any], idempotency_key: str | None = None):
+        """The stream of one score call, sent when first iterated; `_stream_items(body, stream,
+        key)` is each transport's retried items (it sets `stream.result` at the end)."""
         stream = self._Stream()
-        stream._items = self._stream_items(body, stream)
+        stream._items = self._stream_items(body, stream, idempotency_key or new_idempotency_key())
         return stream
 
 

@@ -121,7 +121,12 @@ class AMRClient(_HttpClient, SyncBaseClient):
         body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
         if progress:
             return self._score_with_progress(body, progress)
-        headers = build_headers(self.api_key, new_idempotency_key(), accept=answer_type(body, encoding))
+        return self._score_body(body, new_idempotency_key(), encoding)
+
+    def _score_body(self, body: dict[str, Any], idempotency_key: str,
+                    encoding: Encoding = "auto") -> ScoreResult:
+        """One score request of a built body under `idempotency_key`."""
+        headers = build_headers(self.api_key, idempotency_key, accept=answer_type(body, encoding))
         try:
             return parse_score_response(self._send("POST", SCORE_PATH, headers, body))
         except APIStatusError as exc:
@@ -129,8 +134,8 @@ class AMRClient(_HttpClient, SyncBaseClient):
                 raise
         return parse_score_response(self._send("POST", SCORE_PATH, headers, body))
 
-    def _stream_items(self, body: dict[str, Any], stream: ScoreStream):
-        headers = build_headers(self.api_key, new_idempotency_key(), accept=NDJSON)
+    def _stream_items(self, body: dict[str, Any], stream: ScoreStream, idempotency_key: str):
+        headers = build_headers(self.api_key, idempotency_key, accept=NDJSON)
         assembler = StreamAssembler(len(body["groups"]))
 
         def attempt():
@@ -212,7 +217,12 @@ class AsyncAMRClient(_HttpClient, AsyncBaseClient):
         body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
         if progress:
             return await self._score_with_progress(body, progress)
-        headers = build_headers(self.api_key, new_idempotency_key(), accept=answer_type(body, encoding))
+        return await self._score_body(body, new_idempotency_key(), encoding)
+
+    async def _score_body(self, body: dict[str, Any], idempotency_key: str,
+                          encoding: Encoding = "auto") -> ScoreResult:
+        """One score request of a built body under `idempotency_key`."""
+        headers = build_headers(self.api_key, idempotency_key, accept=answer_type(body, encoding))
         try:
             return parse_score_response(await self._send("POST", SCORE_PATH, headers, body))
         except APIStatusError as exc:
@@ -220,8 +230,8 @@ class AsyncAMRClient(_HttpClient, AsyncBaseClient):
                 raise
         return parse_score_response(await self._send("POST", SCORE_PATH, headers, body))
 
-    def _stream_items(self, body: dict[str, Any], stream: AsyncScoreStream):
-        headers = build_headers(self.api_key, new_idempotency_key(), accept=NDJSON)
+    def _stream_items(self, body: dict[str, Any], stream: AsyncScoreStream, idempotency_key: str):
+        headers = build_headers(self.api_key, idempotency_key, accept=NDJSON)
         assembler = StreamAssembler(len(body["groups"]))
 
         async def attempt():

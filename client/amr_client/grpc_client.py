@@ -24,7 +24,7 @@ the HTTP client raises for that status (`status_error`, the one status -> except
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -325,13 +325,15 @@ class AMRGrpcClient(_GrpcClient, SyncBaseClient):
         timeout: the gRPC deadline of one try (a stream's whole duration included): seconds,
             None for no deadline, or an httpx.Timeout, whose read limit is taken.
         max_retries: extra tries after a connection error, timeout, 408, 429 or 5xx; 0 disables.
+        channel_options: more gRPC channel options, e.g. `(("grpc.lb_policy_name", "round_robin"),)`
+            for a `dns:///` target naming several servers.
     """
 
     def __init__(self, target: str = DEFAULT_TARGET, *, api_key: str | None = None,
                  timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT_S,
-                 max_retries: int = DEFAULT_MAX_RETRIES):
+                 max_retries: int = DEFAULT_MAX_RETRIES, channel_options: Sequence[tuple[str, Any]] = ()):
         super().__init__(target, api_key=api_key, timeout=timeout, max_retries=max_retries)
-        self._channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        self._channel = grpc.insecure_channel(self.target, options=(*CHANNEL_OPTIONS, *channel_options))
         self._stub = pb_grpc.ScoringStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -347,12 +349,15 @@ class AMRGrpcClient(_GrpcClient, SyncBaseClient):
         body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
         if progress:
             return self._score_with_progress(body, progress)
-        return _score_result(*self._unary(self._stub.Score, score_request(body),
-                                          new_idempotency_key()))
+        return self._score_body(body, new_idempotency_key())
 
-    def _stream_items(self, body: dict[str, Any], stream: ScoreStream):
+    def _score_body(self, body: dict[str, Any], idempotency_key: str) -> ScoreResult:
+        """One Score call of a built body under `idempotency_key`."""
+        return _score_result(*self._unary(self._stub.Score, score_request(body), idempotency_key))
+
+    def _stream_items(self, body: dict[str, Any], stream: ScoreStream, idempotency_key: str):
         request = score_request(body)
-        metadata = self._metadata(new_idempotency_key())
+        metadata = self._metadata(idempotency_key)
         assembler = StreamAssembler(len(body["groups"]))
 
         def attempt():
@@ -423,14 +428,15 @@ class _AioChannel:
     """A grpc.aio channel opened on first use: it binds to the event loop it is created on, so
     it cannot be made in `__init__`, which may run before the loop (or on another one)."""
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, options: Sequence[tuple[str, Any]] = ()):
         self.target = target
+        self.options = (*CHANNEL_OPTIONS, *options)
         self.channel: grpc.aio.Channel | None = None
         self.stub = self.health = None
 
     def open(self) -> _AioChannel:
         if self.channel is None:
-            self.channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+            self.channel = grpc.aio.insecure_channel(self.target, options=self.options)
             self.stub = pb_grpc.ScoringStub(self.channel)
             self.health = health_pb2_grpc.HealthStub(self.channel)
         return self
@@ -448,9 +454,9 @@ class AsyncAMRGrpcClient(_GrpcClient, AsyncBaseClient):
 
     def __init__(self, target: str = DEFAULT_TARGET, *, api_key: str | None = None,
                  timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT_S,
-                 max_retries: int = DEFAULT_MAX_RETRIES):
+                 max_retries: int = DEFAULT_MAX_RETRIES, channel_options: Sequence[tuple[str, Any]] = ()):
         super().__init__(target, api_key=api_key, timeout=timeout, max_retries=max_retries)
-        self._aio = _AioChannel(self.target)  # shared with `with_options` copies
+        self._aio = _AioChannel(self.target, channel_options)  # shared with `with_options` copies
 
     async def score(self, groups: Iterable[Group | Mapping[str, Any]], *, step: int,
                     config: ScoringConfig | Mapping[str, Any] | None = None,
@@ -461,12 +467,15 @@ class AsyncAMRGrpcClient(_GrpcClient, AsyncBaseClient):
         body = build_score_body(groups, step=step, config=config, returns=returns, policy=policy)
         if progress:
             return await self._score_with_progress(body, progress)
-        return _score_result(*await self._unary("Score", score_request(body),
-                                                 new_idempotency_key()))
+        return await self._score_body(body, new_idempotency_key())
 
-    def _stream_items(self, body: dict[str, Any], stream: AsyncScoreStream):
+    async def _score_body(self, body: dict[str, Any], idempotency_key: str) -> ScoreResult:
+        """One Score call of a built body under `idempotency_key`."""
+        return _score_result(*await self._unary("Score", score_request(body), idempotency_key))
+
+    def _stream_items(self, body: dict[str, Any], stream: AsyncScoreStream, idempotency_key: str):
         request = score_request(body)
-        metadata = self._metadata(new_idempotency_key())
+        metadata = self._metadata(idempotency_key)
         assembler = StreamAssembler(len(body["groups"]))
 
         async def attempt():

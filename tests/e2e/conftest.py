@@ -67,7 +67,8 @@ def spawn_server(log_path: Path, *extra_args: str, env: dict[str, str] | None = 
                 proc.kill()
                 proc.wait()
         for child in server.descendants.values():  # by pid, never by name
-            with contextlib.suppress(psutil.NoSuchProcess):
+            # A server killed outright leaves its engine core running: waited for, then killed.
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
                 child.wait(timeout=10)
             with contextlib.suppress(psutil.NoSuchProcess):
                 if child.is_running():

@@ -1,7 +1,7 @@
 """In-process envelope tests: the real runtime, the real FastAPI app and the real gRPC server on
 loopback, over a stand-in engine, so error and validation paths run in seconds, not minutes.
 
-`service(**settings)` (an async context manager) gives a `Service` with an HTTP client (httpx over
+`service(**settings)` (an async context manager; `model_path=` names the served checkpoint) gives a `Service` with an HTTP client (httpx over
 ASGI, the app's lifespan run by hand) and a gRPC stub on a free port, both over one runtime.
 Tests run their own event loop with asyncio.run.
 """
@@ -55,8 +55,8 @@ class Service:
 @pytest.fixture
 def service(tokenizer):
     @contextlib.asynccontextmanager
-    async def start(*, ready: bool = True, **settings):
-        engine = StandInEngine(tokenizer)
+    async def start(*, ready: bool = True, model_path: str | None = None, **settings):
+        engine = StandInEngine(tokenizer) if model_path is None else StandInEngine(tokenizer, model_path=model_path)
         if not ready:
             engine.warm.clear()
         runtime = Runtime(Settings(**settings), engine_factory=lambda s: engine)
