@@ -18,7 +18,7 @@ from amr_client._version import __version__
 from amr_client.saved import replaced_atomically
 from amr_client.schemas import Group, ReturnSwitches, ScoreRequest, ScoringConfig
 from amr_sd import mathcheck
-from amr_sd.config import SECTIONS, EngineKnobs, ModelChoice, Settings
+from amr_sd.config import SECTIONS, EngineKnobs, ModelChoice, Settings, check_engine_copies
 from amr_sd.config_flags import HelpFormatter, add_flags, given, server_config_markdown
 from amr_sd.engine.models import EMBEDDED_MODEL
 from amr_sd.errors import AmrError, InvalidRequest, from_validation_error
@@ -64,7 +64,9 @@ def _parse_config(raw: str | None) -> ScoringConfig | None:
 
 def _engine_flags(args) -> tuple[ModelChoice, EngineKnobs]:
     """The model and engine flags, checked as `amr-sd serve` checks them."""
-    return ModelChoice(**given(args, ModelChoice)), EngineKnobs(**given(args, EngineKnobs))
+    choice, knobs = ModelChoice(**given(args, ModelChoice)), EngineKnobs(**given(args, EngineKnobs))
+    check_engine_copies(choice, knobs)
+    return choice, knobs
 
 
 def _engine(args):

@@ -11,7 +11,8 @@ import os
 import re
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from amr_sd.engine.base import EngineSettings
@@ -61,6 +62,13 @@ class EngineKnobs(BaseModel):
                           "does).")
     tensor_parallel_size: int | None = Field(
         None, ge=1, description="GPUs one engine shards the model over (vLLM).")
+    data_parallel_size: int | None = Field(
+        None, ge=1, description="Engine copies in this server (vLLM's data parallelism): "
+                                "each holds the whole model and its own KV cache, and "
+                                "vLLM spreads requests over them; a GPU server uses "
+                                "tensor_parallel_size x data_parallel_size GPUs. On a CPU "
+                                "the cpu_threads_bind CPUs are split between them. vLLM "
+                                "engine only.")
     enable_lora: bool | None = Field(
         None, description="Serve LoRA adapters per request (vLLM); on, every engine step runs "
                           "LoRA kernels.")
@@ -192,8 +200,34 @@ class Settings(*SECTIONS, BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
+    @model_validator(mode="after")
+    def _engine_copies(self) -> "Settings":
+        check_engine_copies(self, self)
+        return self
+
     def limits(self) -> dict:
         return {name: getattr(self, name) for name in Limits.model_fields}
+
+
+def check_engine_copies(choice: ModelChoice, knobs: EngineKnobs) -> None:
+    """Several engine copies (data_parallel_size > 1), checked before any engine starts: only vLLM
+    runs them, and on a CPU each needs CPUs of its own. Raises a ValidationError naming
+    data_parallel_size, as a bad value of that one field does."""
+    copies = knobs.data_parallel_size or 1
+    if copies == 1:
+        return
+    if choice.engine != "vllm":
+        problem = (f"the {choice.engine} engine runs one model copy in this process: set "
+                   "--data-parallel-size (AMR_DATA_PARALLEL_SIZE) to 1, or use --engine vllm")
+    else:
+        try:
+            knobs.engine_settings()
+            return
+        except ValueError as exc:
+            problem = str(exc)
+    raise ValidationError.from_exception_data(type(knobs).__name__, [InitErrorDetails(
+        type=PydanticCustomError("value_error", problem), loc=("data_parallel_size",),
+        input=copies)])
 
 
 def engine_report(settings: EngineSettings) -> dict:

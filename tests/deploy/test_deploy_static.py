@@ -98,6 +98,18 @@ def test_compose_gpu_stack():
     assert not any("API_KEY" in k for k in amr["environment"])
 
 
+def test_compose_gpu_reservation_and_engine_parallelism_come_from_the_shell():
+    default = _compose_config(DOCKER / "compose.yml")["services"]["amr-sd"]
+    assert (default["environment"]["AMR_TENSOR_PARALLEL_SIZE"],
+            default["environment"]["AMR_DATA_PARALLEL_SIZE"]) == ("1", "1")
+    # Two engine copies, each sharded over 2 GPUs: 4 GPUs reserved.
+    env = {"AMR_TENSOR_PARALLEL_SIZE": "2", "AMR_DATA_PARALLEL_SIZE": "2", "AMR_GPU_COUNT": "4"}
+    amr = _compose_config(DOCKER / "compose.yml", env=env)["services"]["amr-sd"]
+    assert (amr["environment"]["AMR_TENSOR_PARALLEL_SIZE"],
+            amr["environment"]["AMR_DATA_PARALLEL_SIZE"]) == ("2", "2")
+    assert amr["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 4
+
+
 def test_compose_cpu_override_drops_the_gpu():
     config = _compose_config(DOCKER / "compose.yml", DOCKER / "compose.cpu.yml")
     amr = config["services"]["amr-sd"]
@@ -106,6 +118,11 @@ def test_compose_cpu_override_drops_the_gpu():
     assert amr["build"]["args"]["BASE_IMAGE"].startswith("python:3.11")
     assert int(amr["shm_size"]) >= 2**30
     assert amr["depends_on"]["redis"]["condition"] == "service_healthy"
+    # No GPU to shard over; engine copies (data parallelism) split the CPUs.
+    assert amr["environment"]["AMR_TENSOR_PARALLEL_SIZE"] == "1"
+    copies = _compose_config(DOCKER / "compose.yml", DOCKER / "compose.cpu.yml",
+                             env={"AMR_DATA_PARALLEL_SIZE": "2"})["services"]["amr-sd"]
+    assert copies["environment"]["AMR_DATA_PARALLEL_SIZE"] == "2"
 
 
 def test_compose_takes_api_keys_from_the_env_file(tmp_path):
@@ -123,6 +140,10 @@ CASES = {
     "default": {},
     "cpu": {"variant": "cpu"},
     "gpu-tp2": {"gpu": {"count": 2, "tensorParallelSize": 2}, "replicaCount": 2},
+    "gpu-tp2-dp2": {"gpu": {"tensorParallelSize": 2, "dataParallelSize": 2}},
+    "autoscaling": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6,
+                                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}}},
+                    "serviceMonitor": {"enabled": True}},
     "external-redis": {"redis": {"mode": "external", "url": "redis://cache.infra:6379/3"}},
     "api-keys": {"apiKeys": {"keys": ["k1-abcdefghijklmnop", "k2-abcdefghijklmnop"]}},
     "existing-secret": {"apiKeys": {"existingSecret": "trainer-keys", "existingSecretKey": "keys"}},
@@ -185,6 +206,9 @@ def test_default_values_give_a_gpu_deployment_with_probes_and_drain(chart):
     container, pod = _container(docs), _kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "--tensor-parallel-size=1" in container["args"]
+    assert "--data-parallel-size=1" in container["args"]
+    assert _kind(docs, "Deployment")[0]["spec"]["replicas"] == 1
+    assert not _kind(docs, "HorizontalPodAutoscaler")
     assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # model load budget
@@ -208,13 +232,90 @@ def test_cpu_variant_asks_for_no_gpu(chart):
     container = _container(_render(chart, CASES["cpu"]))
     assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
     assert container["image"] == "amr-sd:0.1.0-cpu"
-    assert not any(a.startswith("--tensor-parallel-size") for a in container["args"])
+    assert not any(a.startswith(("--tensor-parallel-size", "--data-parallel-size"))
+                   for a in container["args"])
 
 
 def test_gpu_count_and_tensor_parallel_come_from_values(chart):
     container = _container(_render(chart, CASES["gpu-tp2"]))
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert "--tensor-parallel-size=2" in container["args"]
+
+
+def test_gpus_per_pod_are_tensor_times_data_parallel(chart):
+    container = _container(_render(chart, CASES["gpu-tp2-dp2"]))
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 4
+    assert {"--tensor-parallel-size=2", "--data-parallel-size=2"} <= set(container["args"])
+    # The user's own requests and limits stay beside the GPUs.
+    assert container["resources"]["requests"]["memory"] == "16Gi"
+    assert container["resources"]["limits"]["memory"] == "32Gi"
+
+
+def test_gpu_count_if_given_must_match_tensor_times_data_parallel(chart):
+    with pytest.raises(helm.HelmRenderError, match=r"gpu.count \(2\) must equal"):
+        chart.render({"gpu": {"count": 2, "tensorParallelSize": 2, "dataParallelSize": 2}},
+                     name="amr")
+
+
+def test_headless_service_lists_every_ready_pod_on_both_ports(chart):
+    docs = _render(chart, {})
+    services = {s["metadata"]["name"]: s for s in _kind(docs, "Service")}
+    cluster_ip, headless = services["amr-amr-sd"], services["amr-amr-sd-headless"]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is False
+    assert headless["spec"]["selector"] == cluster_ip["spec"]["selector"]
+    # Clients dial the pods themselves: the ports are the container's.
+    ports = {p["name"]: (p["port"], p["targetPort"]) for p in headless["spec"]["ports"]}
+    container_ports = {p["name"]: p["containerPort"] for p in _container(docs)["ports"]}
+    assert ports == {name: (number, name) for name, number in container_ports.items()}
+    assert ports == {"http": (8000, "http"), "grpc": (50051, "grpc")}
+
+
+def test_service_monitor_scrapes_each_pod_once_not_through_the_headless_service_too(chart):
+    docs = _render(chart, CASES["monitoring"])
+    (monitor,) = _kind(docs, "ServiceMonitor")
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    matched = [s["metadata"]["name"] for s in _kind(docs, "Service")
+               if wanted.items() <= s["metadata"]["labels"].items()]
+    assert matched == ["amr-amr-sd"]
+
+
+def test_notes_name_the_headless_service(chart):
+    notes = chart.render({}, name="amr", namespace="rl")["amr-sd/templates/NOTES.txt"]
+    assert 'ReplicaClient(dns="amr-amr-sd-headless.rl.svc.cluster.local:8000")' in notes
+    assert "docs/client.md#many-replicas" in notes
+
+
+def test_autoscaler_renders_only_when_enabled_and_scales_on_the_backlog(chart):
+    docs = _render(chart, CASES["autoscaling"])
+    (hpa,) = _kind(docs, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": "amr-amr-sd"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["metric"]["name"] == "amr_sd_pending_sequences"
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "1024"}
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 600
+    # The autoscaler owns the replica count: an upgrade must not reset it.
+    assert "replicas" not in _kind(docs, "Deployment")[0]["spec"]
+
+
+def test_autoscaler_metric_is_one_the_service_exports():
+    from amr_sd.metrics import Metrics
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    exported = {m.name for m in Metrics().registry.collect()}
+    assert values["autoscaling"]["metric"] in exported
+    assert values["autoscaling"]["enabled"] is False
+
+
+def test_autoscaler_needs_max_at_least_min(chart):
+    with pytest.raises(helm.HelmRenderError, match="maxReplicas"):
+        chart.render({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+                     name="amr")
 
 
 def test_external_redis_replaces_the_bundled_one(chart):
@@ -256,6 +357,11 @@ BAD_VALUES = {
     "variant": {"variant": "tpu"},
     "replicaCount": {"replicaCount": -1},
     "gpu.count": {"gpu": {"count": 0}},
+    "gpu.dataParallelSize 0": {"gpu": {"dataParallelSize": 0}},
+    "gpu.dataParallelSize string": {"gpu": {"dataParallelSize": "2"}},
+    "autoscaling.minReplicas": {"autoscaling": {"enabled": True, "minReplicas": 0}},
+    "autoscaling.metric": {"autoscaling": {"metric": "amr sd pending"}},
+    "autoscaling unknown key": {"autoscaling": {"targetCPU": 80}},
     "redis.url": {"redis": {"mode": "external"}},
     "unknown key": {"replicas": 3},
     "networkPolicy.trainerNamespaces": {"networkPolicy": {"enabled": True}},

@@ -129,8 +129,183 @@ def test_info_limits_are_the_limits_section_which_the_proto_carries():
 def test_info_engine_settings_add_the_lora_knobs_to_what_grpc_carries():
     settings = EngineSettings.for_device("cuda").with_overrides(enable_lora=True, max_lora_rank=8)
     report = engine_report(settings)
-    assert report == {**settings.describe(), "enable_lora": True, "max_lora_rank": 8,
-                      "max_loras": 4, "max_cpu_loras": 8,
+    assert report == {**settings.describe(), "data_parallel_size": 1, "enable_lora": True,
+                      "max_lora_rank": 8, "max_loras": 4, "max_cpu_loras": 8,
                       "lora_target_modules": settings.lora_target_modules}
     assert set(EngineKnobs.model_fields) <= set(report)
     assert list(report)[-1] == "reasons"
+
+
+# ---- data parallelism (vLLM engine copies in one server) ----------------------------------------
+
+
+@pytest.fixture
+def on_two_cpus(monkeypatch):
+    """Engine defaults of a 2-CPU machine without native bf16 (binding 0-1), whatever runs the
+    test: settings with several engine copies are checked against the CPUs they would get."""
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    two = EngineSettings.for_device("cpu", cpu=AVX2_ONLY_2_CPUS)
+    monkeypatch.setattr(EngineSettings, "for_device",
+                        classmethod(lambda cls, device=None, cpu=None: two))
+
+
+def test_data_parallel_size_is_a_flag_and_a_variable_and_the_flag_wins(on_two_cpus, monkeypatch):
+    monkeypatch.setenv("AMR_DATA_PARALLEL_SIZE", "2")
+    from_env = Settings(**config_flags.given(cli.build_parser().parse_args(["serve"]), Settings))
+    args = cli.build_parser().parse_args(["serve", "--data-parallel-size", "1"])
+    from_flag = Settings(**config_flags.given(args, Settings))
+    assert (from_env.data_parallel_size, from_flag.data_parallel_size) == (2, 1)
+    monkeypatch.delenv("AMR_DATA_PARALLEL_SIZE")
+    assert Settings().data_parallel_size is None  # unset: one engine copy
+    assert Settings().engine_settings().data_parallel_size == 1
+
+
+def test_data_parallel_size_reaches_vllms_engine_args(on_two_cpus):
+    from amr_sd.engine.vllm import _engine_args
+
+    args = cli.build_parser().parse_args(["serve", "--data-parallel-size", "2",
+                                          "--tensor-parallel-size", "1"])
+    settings = Settings(**config_flags.given(args, Settings)).engine_settings()
+    assert settings.data_parallel_size == 2
+    assert settings.reasons["data_parallel_size"] == "set by the user"
+    engine_args = _engine_args("/models/m", settings)
+    assert (engine_args.data_parallel_size, engine_args.tensor_parallel_size) == (2, 1)
+    assert settings.cpu_threads_bind == "0|1"  # what _prepare_environment exports to vLLM
+
+
+def test_info_reports_data_parallel_size_beside_tensor_parallel_size_in_json_only():
+    from amr_client.v1 import scoring_pb2 as pb
+
+    report = engine_report(EngineSettings.for_device("cuda").with_overrides(data_parallel_size=4))
+    keys = list(report)
+    assert report["data_parallel_size"] == 4
+    assert keys.index("data_parallel_size") == keys.index("tensor_parallel_size") + 1
+    # GetInfo's EngineSettings message (scoring.proto) has no field for it: describe() fills
+    # that message, so it must not name one.
+    grpc_fields = {f.name for f in pb.EngineSettings.DESCRIPTOR.fields}
+    assert "data_parallel_size" not in grpc_fields
+    assert set(EngineSettings().describe()) == grpc_fields
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_data_parallel_size_below_one_names_the_setting(value):
+    with pytest.raises(ValidationError, match="data_parallel_size"):
+        Settings(data_parallel_size=value)
+
+
+def test_serve_refuses_data_parallel_size_0_before_any_engine_starts(capsys):
+    assert cli.main(["serve", "--data-parallel-size", "0"]) == 2
+    assert "amr-sd serve: data_parallel_size: Input should be greater than or equal to 1" in \
+        capsys.readouterr().err
+
+
+def test_transformers_engine_refuses_several_copies_naming_the_flag(capsys):
+    with pytest.raises(ValidationError) as caught:
+        Settings(engine="hf", data_parallel_size=2)
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("data_parallel_size",) and "--data-parallel-size" in error["msg"]
+    assert cli.main(["serve", "--engine", "hf", "--data-parallel-size", "2"]) == 2
+    assert "amr-sd serve: data_parallel_size: the hf engine runs one model copy" in \
+        capsys.readouterr().err
+    Settings(engine="hf", data_parallel_size=1)  # one copy is what it runs
+
+
+def test_transformers_engine_itself_refuses_several_copies():
+    from amr_sd.engine.hf import HFEngine
+
+    with pytest.raises(ValueError, match="--data-parallel-size is 2"):
+        HFEngine("any-model", EngineSettings(data_parallel_size=2))
+
+
+def test_score_refuses_several_copies_on_the_transformers_engine(tmp_path, monkeypatch, capsys):
+    def no_engine(*_):
+        raise AssertionError("the engine must not start")
+
+    monkeypatch.setattr(cli, "_score", no_engine)
+    out = tmp_path / "scored.jsonl"
+    code = cli.main(["score", "--in", str(EXAMPLES), "--out", str(out), "--step", "0",
+                     "--engine", "hf", "--data-parallel-size", "2"])
+    assert code == 2 and not out.exists()
+    assert "amr-sd score: data_parallel_size: the hf engine runs one model copy" in \
+        capsys.readouterr().err
+
+
+def test_score_takes_data_parallel_size_for_vllm(on_two_cpus):
+    args = cli.build_parser().parse_args(["score", "--in", "x", "--out", "y", "--step", "0",
+                                          "--data-parallel-size", "2"])
+    _, knobs = cli._engine_flags(args)
+    assert knobs.engine_settings().data_parallel_size == 2
+
+
+@pytest.mark.parametrize("cpus,copies,bind", [
+    ((0, 1), 2, "0|1"),  # the 2-CPU default 0-1: one core per copy
+    ((0, 1, 2, 3), 2, "0-1|2-3"),
+    ((0, 1, 2), 2, "0-1|2"),  # sizes differ by at most one
+    ((0, 1, 2, 3), 4, "0|1|2|3"),
+    ((0, 1), 1, "0-1"),  # one copy: the list as it was
+])
+def test_on_a_cpu_each_engine_copy_gets_its_own_cpus(cpus, copies, bind):
+    settings = EngineSettings.for_device("cpu", cpu=CpuInfo("test cpu", frozenset({"avx2"}), cpus))
+    chosen = settings.with_overrides(data_parallel_size=copies)
+    assert chosen.cpu_threads_bind == bind
+    if copies > 1:
+        assert "split between the" in chosen.reasons["cpu_threads_bind"]
+
+
+def test_tensor_shards_of_each_copy_count_as_processes_too():
+    settings = EngineSettings.for_device("cpu", cpu=CpuInfo("x", frozenset(), (0, 1, 2, 3)))
+    assert settings.with_overrides(data_parallel_size=2, tensor_parallel_size=2) \
+        .cpu_threads_bind == "0|1|2|3"
+    # One copy, however sharded, keeps the binding it was given (as before copies existed).
+    assert settings.with_overrides(tensor_parallel_size=2).cpu_threads_bind == "0-3"
+
+
+def test_one_list_per_copy_and_vllms_own_bindings_are_kept():
+    cpu = EngineSettings.for_device("cpu", cpu=AVX2_ONLY_2_CPUS)
+    for bind in ("1|0", "auto", "nobind"):
+        assert cpu.with_overrides(data_parallel_size=2, cpu_threads_bind=bind) \
+            .cpu_threads_bind == bind
+    # Chained overrides do not split a split list again.
+    twice = cpu.with_overrides(data_parallel_size=2).with_overrides(dtype="float32")
+    assert twice.cpu_threads_bind == "0|1"
+    assert EngineSettings.for_device("cuda").with_overrides(data_parallel_size=2) \
+        .cpu_threads_bind is None  # a GPU has no CPU binding to split
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--data-parallel-size", "4"], "4 vLLM model processes need a CPU each, but "
+                                    "cpu_threads_bind '0-1' has 2"),
+    (["--data-parallel-size", "2", "--cpu-threads-bind", "0|1|0"], "gives 3 CPU lists"),
+    (["--data-parallel-size", "2", "--cpu-threads-bind", "zero"], "is not a CPU list"),
+])
+def test_copies_the_cpus_cannot_hold_are_refused_before_start(on_two_cpus, flags, message):
+    args = cli.build_parser().parse_args(["serve", *flags])
+    with pytest.raises(ValidationError) as caught:
+        Settings(**config_flags.given(args, Settings))
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("data_parallel_size",) and message in error["msg"]
+
+
+def _cpu(id_: int, core: int, node: int):
+    from vllm.utils.cpu_resource_utils import LogicalCPUInfo
+
+    return LogicalCPUInfo(id_, core, node)
+
+
+def test_auto_binding_is_split_by_physical_core_where_numa_cannot_separate_copies():
+    from amr_sd.engine.vllm import _auto_bind_per_copy
+
+    # One node, 4 cores with SMT siblings 4-7: vLLM's auto put both copies on the same cores.
+    one_node = [_cpu(i, i % 4, 0) for i in range(8)]
+    auto = EngineSettings(cpu_threads_bind="auto", data_parallel_size=2)
+    placed = _auto_bind_per_copy(auto, one_node)
+    assert placed.cpu_threads_bind == "0-1|2-3"
+    assert "fewer NUMA nodes (1) than model processes (2)" in placed.reasons["cpu_threads_bind"]
+    # A NUMA node per copy: vLLM's auto already gives each copy a node of its own.
+    two_nodes = [_cpu(i, i, i // 4) for i in range(8)]
+    assert _auto_bind_per_copy(auto, two_nodes) is auto
+    one_copy = EngineSettings(cpu_threads_bind="auto")
+    assert _auto_bind_per_copy(one_copy, one_node) is one_copy
+    # Fewer cores than copies: the SMT siblings too.
+    one_core = [_cpu(0, 0, 0), _cpu(1, 0, 0)]
+    assert _auto_bind_per_copy(auto, one_core).cpu_threads_bind == "0|1"

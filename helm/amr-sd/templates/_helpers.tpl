@@ -55,3 +55,12 @@ app.kubernetes.io/component: redis
 {{- printf "%s-api-keys" (include "amr-sd.fullname" .) -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* nvidia.com/gpu per pod: vLLM uses tensorParallelSize x dataParallelSize GPUs, no more. */}}
+{{- define "amr-sd.gpus" -}}
+{{- $gpus := mul (int .Values.gpu.tensorParallelSize) (int (.Values.gpu.dataParallelSize | default 1)) -}}
+{{- if and (hasKey .Values.gpu "count") (ne (int .Values.gpu.count) (int $gpus)) -}}
+{{- fail (printf "gpu.count (%v) must equal gpu.tensorParallelSize x gpu.dataParallelSize (%v), or be left out: vLLM uses exactly that many GPUs" .Values.gpu.count $gpus) -}}
+{{- end -}}
+{{- $gpus -}}
+{{- end -}}

@@ -162,6 +162,10 @@ class EngineSettings:
     prefix_caching: bool = True
     # GPUs one engine shards the model over (vLLM's tensor parallelism); the CPU build uses 1.
     tensor_parallel_size: int = 1
+    # Engine copies in one server (vLLM's data parallelism): vLLM starts one engine core per copy,
+    # each with the whole model and its own KV cache (kv_cache_gib each), and spreads requests
+    # over them by load. tensor_parallel_size x data_parallel_size devices in all.
+    data_parallel_size: int = 1
     # vLLM CPU's VLLM_CPU_OMP_THREADS_BIND for its engine process (auto | nobind | a CPU list);
     # None leaves the environment alone (GPU).
     cpu_threads_bind: str | None = None
@@ -183,11 +187,58 @@ class EngineSettings:
             # A share of memory asked for by name sizes the KV cache again.
             given["kv_cache_gib"] = None
             reasons["kv_cache_gib"] = "sized from gpu_memory_utilization, set by the user"
-        return replace(self, **given, reasons=reasons)
+        return replace(self, **given, reasons=reasons).split_cpu_threads()
+
+    @property
+    def model_processes(self) -> int:
+        """vLLM processes that run the model: one per tensor shard of each engine copy."""
+        return self.tensor_parallel_size * self.data_parallel_size
+
+    def split_cpu_threads(self) -> "EngineSettings":
+        """One CPU list per model process, as vLLM CPU wants them when there are several.
+
+        vLLM CPU binds process k (data-parallel rank major, then tensor rank) to the k-th
+        "|"-separated list of VLLM_CPU_OMP_THREADS_BIND, and refuses to start when the count
+        differs ("number of CPU id list ... doesn't match local world size"). One list is split
+        into contiguous parts of (nearly) equal size, so N engine copies on a CPU share its cores
+        instead of each running one thread per core on all of them. `auto` and `nobind` are
+        vLLM's own choices and stay as they are; so does everything with one engine copy.
+        """
+        bind, processes = self.cpu_threads_bind, self.model_processes
+        if bind is None or bind in ("auto", "nobind") or self.data_parallel_size == 1:
+            return self
+        lists = bind.split("|")
+        if len(lists) == processes:
+            return self
+        if len(lists) > 1:
+            raise ValueError(
+                f"cpu_threads_bind {bind!r} gives {len(lists)} CPU lists ('|' between them) for "
+                f"{processes} vLLM model processes (tensor_parallel_size x data_parallel_size): "
+                "give one list per process, or a single list to split between them")
+        cpus = _cpu_ids(bind)
+        if len(cpus) < processes:
+            raise ValueError(
+                f"data_parallel_size x tensor_parallel_size = {processes} vLLM model processes "
+                f"need a CPU each, but cpu_threads_bind {bind!r} has {len(cpus)}: lower "
+                "data_parallel_size or bind more CPUs")
+        from amr_sd.engine.machine import cpu_list
+
+        size, extra = divmod(len(cpus), processes)
+        parts, start = [], 0
+        for k in range(processes):
+            end = start + size + (k < extra)
+            parts.append(cpu_list(cpus[start:end]))
+            start = end
+        why = self.reasons.get("cpu_threads_bind", "set by the user")
+        return replace(self, cpu_threads_bind="|".join(parts), reasons={
+            **self.reasons, "cpu_threads_bind": (
+                f"{why}; split between the {processes} vLLM model processes (one CPU list each, "
+                "'|' between them), so engine copies do not compete for the same cores")})
 
     def describe(self) -> dict:
         """The settings a user can act on, and why they hold these values: the fields of GetInfo's
-        EngineSettings message (scoring.proto); `config.engine_report` adds the LoRA ones."""
+        EngineSettings message (scoring.proto); `config.engine_report` adds the others
+        (data_parallel_size, the LoRA ones), which only the JSON answer has room for."""
         return {"dtype": self.dtype, "max_model_len": self.max_model_len,
                 "kv_cache_gib": self.kv_cache_gib,
                 "gpu_memory_utilization": None if self.kv_cache_gib else self.gpu_memory_utilization,
@@ -237,6 +288,19 @@ CPU_KV_CACHE_GIB = 2.0
 # 8192 each led some run, and 2048's median was within 2 % of the best. Generation never fills a
 # step, and a longer prompt is prefilled in chunks.
 CPU_MAX_NUM_BATCHED_TOKENS = 2048
+
+
+def _cpu_ids(text: str) -> tuple[int, ...]:
+    """vLLM's CPU list syntax to ids: "0-2,5" -> (0, 1, 2, 5)."""
+    ids = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, _, last = part.partition("-")
+        try:
+            ids.extend(range(int(first), int(last or first) + 1))
+        except ValueError:
+            raise ValueError(f"cpu_threads_bind {text!r} is not a CPU list such as 0-3 or 0,2,4; "
+                             "use auto, nobind or one") from None
+    return tuple(ids)
 
 
 def detect_device() -> str:

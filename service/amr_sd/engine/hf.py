@@ -23,10 +23,14 @@ class HFEngine:
                  dtype: str | None = None):
         """Of `settings` (default `EngineSettings()`: bfloat16, 4096 tokens) it reads the dtype
         ("auto" is bfloat16) and max_model_len; `dtype` replaces the settings' own."""
+        settings = settings or EngineSettings()
+        if settings.data_parallel_size != 1:
+            # Refused, not ignored: a server asked for N copies would silently serve one.
+            raise ValueError(f"the transformers engine runs one model copy: --data-parallel-size "
+                             f"is {settings.data_parallel_size}, use 1 or --engine vllm")
         import torch
         from transformers import AutoTokenizer
 
-        settings = settings or EngineSettings()
         if dtype is not None:
             settings = replace(settings, dtype=dtype)
         self.settings = settings

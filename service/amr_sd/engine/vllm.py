@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import uuid
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -72,6 +73,14 @@ class VLLMEngine:
         device = detect_device()
         settings = settings or EngineSettings.for_device(device)
         path = resolve_model(model)
+        if device == "cpu":
+            from vllm.utils.cpu_resource_utils import get_allowed_cpu_list
+
+            placed = _auto_bind_per_copy(settings, get_allowed_cpu_list())
+            if placed is not settings:
+                settings = placed
+                log.info("engine cpu_threads_bind=%s: %s", settings.cpu_threads_bind,
+                         settings.reasons["cpu_threads_bind"])
         _prepare_environment(settings, device)
         llm = AsyncLLM.from_engine_args(_engine_args(path, settings))
         return cls(llm, settings, model_id=model, model_path=path,
@@ -233,6 +242,34 @@ class VLLMEngine:
 _MAX_LORA_IDS = 10_000
 
 
+def _auto_bind_per_copy(settings: EngineSettings, cpus) -> EngineSettings:
+    """`auto` binding for several model processes, on a CPU with fewer NUMA nodes than them.
+
+    vLLM's `auto` gives model process k the CPUs of the k-th NUMA node it may use; with one node
+    every engine copy got the same cores (2 copies on a 2-core VM: both on core 0, core 1
+    reserved). There, one CPU per physical core (as `auto` picks on x86), split between the
+    processes. `cpus`: vLLM's LogicalCPUInfo list (id, physical_core, numa_node).
+    """
+    processes = settings.model_processes
+    nodes = {cpu.numa_node for cpu in cpus}
+    if settings.cpu_threads_bind != "auto" or settings.data_parallel_size == 1 \
+            or len(nodes) >= processes:
+        return settings
+    first_of_core: dict[tuple[int, int], int] = {}
+    for cpu in sorted(cpus, key=lambda c: c.id):
+        first_of_core.setdefault((cpu.numa_node, cpu.physical_core), cpu.id)
+    ids = sorted(first_of_core.values())
+    if len(ids) < processes:  # fewer cores than processes: SMT siblings too, rather than fail
+        ids = sorted(cpu.id for cpu in cpus)
+    from amr_sd.engine.machine import cpu_list
+
+    why = (f"vLLM's automatic binding puts every engine copy on the same cores when there are "
+           f"fewer NUMA nodes ({len(nodes)}) than model processes ({processes}): one CPU per "
+           "physical core instead")
+    return replace(settings, cpu_threads_bind=cpu_list(tuple(ids)),
+                   reasons={**settings.reasons, "cpu_threads_bind": why}).split_cpu_threads()
+
+
 def _prepare_environment(settings: EngineSettings, device: str) -> None:
     """What vLLM reads from the environment rather than its arguments; its engine-core process
     inherits it."""
@@ -264,6 +301,9 @@ def _engine_args(path: str, settings: EngineSettings):
         max_num_seqs=settings.max_num_seqs,
         enable_prefix_caching=settings.prefix_caching,
         tensor_parallel_size=settings.tensor_parallel_size,
+        # N > 1: AsyncLLM starts N engine cores and a coordinator, and sends each request to the
+        # least loaded one; adapter loads, weight reloads and cache resets reach every core.
+        data_parallel_size=settings.data_parallel_size,
         disable_log_stats=True,
         **_lora_args(settings),
         **settings.extra,
