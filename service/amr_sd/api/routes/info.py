@@ -17,7 +17,8 @@ router = APIRouter()
 @router.get("/v1/info", responses=errors(401, 403, 503))
 async def info(runtime: RuntimeDep):
     body = runtime.info()
-    # Every engine setting; GetInfo's EngineSettings message (scoring.proto) has no LoRA fields.
+    # Every engine setting; GetInfo's EngineSettings message (scoring.proto) has no LoRA or
+    # data_parallel_size fields.
     body["engine_settings"] = engine_report(runtime.engine.settings)
     return json_response(body)
 
