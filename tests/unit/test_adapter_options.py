@@ -8,7 +8,7 @@ import warnings
 import httpx
 import pytest
 
-from amr_client import AMRClient
+from amr_client import AMRClient, ReplicaClient
 from amr_client.integrations.options import renamed, scoring_client
 
 
@@ -37,6 +37,16 @@ def test_a_url_makes_a_client_with_a_long_read_and_a_short_connect():
     client = scoring_client(None, "http://scorer.test", "sk", 120.0)
     assert (client.base_url, client.api_key) == ("http://scorer.test", "sk")
     assert client.timeout == httpx.Timeout(120.0, connect=5.0)
+
+
+def test_a_list_of_urls_makes_a_replica_client():
+    client = scoring_client(None, ["http://a.test:8000", "http://b.test:8000"], "sk", 120.0)
+    try:
+        assert isinstance(client, ReplicaClient)
+        assert client.replicas() == ["http://a.test:8000", "http://b.test:8000"]
+        assert client._pool._known["http://a.test:8000"].client.timeout == httpx.Timeout(120.0, connect=5.0)
+    finally:
+        client.close()
 
 
 def test_a_client_and_a_url_together_or_neither_are_refused():

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
-from amr_client import AMRClient
+from amr_client import AMRClient, ReplicaClient
 
 
 def renamed(new_name: str, new_value: Any, old_name: str, old_value: Any, default: Any) -> Any:
@@ -22,11 +23,12 @@ def renamed(new_name: str, new_value: Any, old_name: str, old_value: Any, defaul
     return old_value
 
 
-def scoring_client(amr_client: AMRClient | None, amr_url: str | None, amr_api_key: str | None,
-                   amr_timeout_s: float) -> AMRClient:
+def scoring_client(amr_client: AMRClient | ReplicaClient | None, amr_url: str | Sequence[str] | None,
+                   amr_api_key: str | None, amr_timeout_s: float) -> AMRClient | ReplicaClient:
     """`amr_client` as given, or one made from `amr_url` (a read timeout of `amr_timeout_s`,
-    5 s to connect); the settings of a passed client are its own, so the two forms exclude
-    each other."""
+    5 s to connect): an `AMRClient` for one URL, a `ReplicaClient` spreading each batch over
+    them for a list of URLs. The settings of a passed client are its own, so the two forms
+    exclude each other."""
     if amr_client is not None:
         if amr_url is not None or amr_api_key is not None:
             raise TypeError("pass amr_client= or amr_url= (with amr_api_key=), not both: "
@@ -34,4 +36,7 @@ def scoring_client(amr_client: AMRClient | None, amr_url: str | None, amr_api_ke
         return amr_client
     if amr_url is None:
         raise TypeError('name the service: amr_url="http://scorer:8000" or amr_client=AMRClient(...)')
-    return AMRClient(amr_url, api_key=amr_api_key, timeout=httpx.Timeout(amr_timeout_s, connect=5.0))
+    timeout = httpx.Timeout(amr_timeout_s, connect=5.0)
+    if isinstance(amr_url, (list, tuple)):
+        return ReplicaClient(list(amr_url), api_key=amr_api_key, timeout=timeout)
+    return AMRClient(amr_url, api_key=amr_api_key, timeout=timeout)

@@ -82,7 +82,8 @@ class AMRRewardManager(BatchRewardManager):
 
     Args (beyond `BatchRewardManager`'s tokenizer, num_examine, compute_score, reward_fn_key;
     other keyword arguments go to `compute_score`, as there):
-        amr_url: the amr-sd service, e.g. "http://scorer:8000".
+        amr_url: the amr-sd service, e.g. "http://scorer:8000", or a list of replicas, each
+            batch then spread over them (`amr_client.ReplicaClient`).
         amr_api_key: sent as a bearer token when set.
         amr_client: an `AMRClient` to score with instead of `amr_url` / `amr_api_key` /
             `amr_timeout_s` (the TRL trainer's option of the same name).
@@ -117,7 +118,7 @@ class AMRRewardManager(BatchRewardManager):
     """
 
     def __init__(self, tokenizer, num_examine, compute_score, reward_fn_key="data_source", *,
-                 amr_url: str | None = None, amr_api_key: str | None = None,
+                 amr_url: str | list[str] | None = None, amr_api_key: str | None = None,
                  amr_client: AMRClient | None = None,
                  amr_config: ScoringConfig | dict[str, Any] | None = None,
                  amr_timeout_s: float = 600.0, rollout_n: int | None = None,
