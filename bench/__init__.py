@@ -17,8 +17,8 @@ and credit fidelity, where the credit lands.
   - `scaling` (`speed/scaling.py`): a running `amr-sd serve` under growing requests: time,
     throughput, peak memory.
   - `transport` (`speed/transport.py`): HTTP against gRPC on the same batch.
-  - `peer` (`speed/peer_trl.py`, with `trl_launcher.py`): TRL's vLLM scoring server against
-    amr-sd's scoring-only path on the same tokens.
+  - `peer` (`speed/peer.py`, with `trl_launcher.py`): plain `vllm serve` and TRL's vLLM server
+    against amr-sd's scoring-only path on the same tokens.
 
 - `fidelity/`: `make fidelity` (`fidelity.onpolicy`, `fidelity.synthetic`) and `make
   fidelity-placement` (`fidelity.placement`) measure where the credit lands, not speed

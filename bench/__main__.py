@@ -4,8 +4,9 @@ Parts run one after another, never side by side: on a small CPU two engines at o
 measure each other. The two parts without an engine (encoding, viewer) go first, then the engine
 sweep (no server running), then the service-overhead part (a recording server, then the replay on
 a bare engine), then one `amr-sd serve` serves the scaling part, the HTTP-vs-gRPC comparison and
-amr-sd's side of the TRL comparison; the TRL server starts after amr-sd has answered its share. A
-part that fails is recorded and the rest still run.
+amr-sd's side of the peer comparison; the peers' servers (plain `vllm serve` and TRL's) start after
+the HTTP-vs-gRPC part and run beside amr-sd while their paths alternate. A part that fails is
+recorded and the rest still run.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from pathlib import Path
 from amr_sd.engine.models import EMBEDDED_MODEL
 from bench import OUT_DIR
 from bench.common import corpus, host, procs, report
-from bench.speed import encoding, engine_sweep, overhead, peer_trl, scaling, transport, viewer
+from bench.speed import encoding, engine_sweep, overhead, peer, replicas, scaling, transport, viewer
 
-PARTS = ("encoding", "viewer", "engine", "overhead", "scaling", "transport", "peer")
+PARTS = ("encoding", "viewer", "engine", "overhead", "scaling", "transport", "peer", "replicas")
 
 
 def _engine_scoring_tok_s(sweep: dict | None) -> float | None:
@@ -126,10 +127,13 @@ def main() -> int:
                                                             f"127.0.0.1:{grpc_port}", args.quick),
                          transport.print_table)
                 if "peer" in args.only:
-                    part("peer_trl", lambda: peer_trl.run(args.out, server.base_url, args.quick),
-                         peer_trl.print_table)
+                    part("peer", lambda: peer.run(args.out, server.base_url, args.quick),
+                         peer.print_table)
             finally:
                 summary["amr_server"]["exit_code"] = server.stop()
+    if "replicas" in args.only:
+        # Last, with servers of its own: two one-CPU engines, then up to 16 stand-in replicas.
+        part("replicas", lambda: replicas.run(args.out, args.quick), replicas.print_table)
 
     summary["wall_s"] = time.monotonic() - began
     if sweep:

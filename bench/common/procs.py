@@ -143,6 +143,46 @@ def amr_server(log_dir: Path, *extra: str, env: dict[str, str] | None = None) ->
                          env=None if env is None else {**os.environ, **env})
 
 
+def amr_replica(log_dir: Path, name: str, *extra: str, cpus: list[int] | None = None,
+                env: dict[str, str] | None = None) -> ServerProcess:
+    """`amr-sd serve` as `amr_server` starts it, logged under `name`; with `cpus`, on those CPUs
+    only (taskset: the server, vLLM's engine process and their threads) and vLLM's threads bound
+    to them, so side-by-side replicas do not share a core."""
+    from amr_sd.engine.machine import cpu_list
+
+    port = free_port()
+    command = [sys.executable, "-m", "amr_sd.cli", "serve", "--port", str(port), "--model",
+               corpus.model(), *extra]
+    if cpus is not None:
+        listed = cpu_list(tuple(sorted(cpus)))
+        command = ["taskset", "-c", listed, *command, "--cpu-threads-bind", listed]
+    return ServerProcess(name, command, port=port, ready_path="/readyz", log_dir=log_dir,
+                         env=None if env is None else {**os.environ, **env})
+
+
+def start_all(servers: list[ServerProcess], timeout_s: float = 300.0) -> None:
+    """Start servers side by side, each waiting for its own readiness; if one fails, every one
+    is stopped and the first failure raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(servers)) as pool:
+        errors = [f.exception() for f in [pool.submit(s.start, timeout_s) for s in servers]]
+    failed = [e for e in errors if e is not None]
+    if failed:
+        stop_all(servers)
+        raise failed[0]
+
+
+def stop_all(servers: list[ServerProcess]) -> list[int | None]:
+    """Stop servers side by side (each by its own pid, as `ServerProcess.stop`); their exit codes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not servers:
+        return []
+    with ThreadPoolExecutor(len(servers)) as pool:
+        return list(pool.map(lambda s: s.stop(), servers))
+
+
 class RssSampler:
     """Peak resident memory of a process and all its descendants, sampled in a thread.
 
