@@ -19,6 +19,9 @@ and credit fidelity, where the credit lands.
   - `transport` (`speed/transport.py`): HTTP against gRPC on the same batch.
   - `peer` (`speed/peer.py`, with `trl_launcher.py`): plain `vllm serve` and TRL's vLLM server
     against amr-sd's scoring-only path on the same tokens.
+  - `replicas` (`speed/replicas.py`, with `standin_server.py`): one `ReplicaClient` call over two
+    one-core replicas against one replica and one two-core server; the client's fan-out over
+    1-16 stand-in replicas with a fixed per-token cost.
 
 - `fidelity/`: `make fidelity` (`fidelity.onpolicy`, `fidelity.synthetic`) and `make
   fidelity-placement` (`fidelity.placement`) measure where the credit lands, not speed

@@ -5,8 +5,8 @@ measure each other. The two parts without an engine (encoding, viewer) go first,
 sweep (no server running), then the service-overhead part (a recording server, then the replay on
 a bare engine), then one `amr-sd serve` serves the scaling part, the HTTP-vs-gRPC comparison and
 amr-sd's side of the peer comparison; the peers' servers (plain `vllm serve` and TRL's) start after
-the HTTP-vs-gRPC part and run beside amr-sd while their paths alternate. A part that fails is
-recorded and the rest still run.
+the HTTP-vs-gRPC part and run beside amr-sd while their paths alternate. The replicas part runs
+last, with servers of its own. A part that fails is recorded and the rest still run.
 """
 
 from __future__ import annotations
