@@ -23,8 +23,8 @@ from typing import Any, TextIO
 from amr_client.results import ScoreResult
 from amr_client.schemas import Group, ScoredGroup
 
-__all__ = ["VIEW_RETURNS", "SavedGroup", "StepSaver", "load_scored", "replaced_atomically",
-           "save_scored", "step_path", "token_pieces"]
+__all__ = ["VIEW_RETURNS", "SavedGroup", "StepSaver", "line_head", "load_scored", "replaced_atomically",
+           "save_scored", "scored_line", "step_path", "token_pieces"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,18 +76,31 @@ def save_scored(path: str | os.PathLike, groups: Iterable[Group | Mapping[str, A
             else Group.model_validate(g).model_dump(mode="json", exclude_none=True) for g in groups]
     if len(sent) != len(result.groups):
         raise ValueError(f"{len(sent)} groups given for a result of {len(result.groups)}")
-    head = {"model": result.model, "policy_version": result.policy_version,
-            "step": result.response.step, "anneal_weight": result.anneal_weight}
+    head = line_head(result.model, result.policy_version, result.response.step, result.anneal_weight)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     memo: dict[int, str] = {}
     with replaced_atomically(path) as out:
         for group, scored in zip(sent, result.groups, strict=True):
-            line = {**head, **scored.model_dump(mode="json", exclude_none=True), "input": group}
-            if decode is not None:
-                line["pieces"] = [token_pieces(decode, r["token_ids"], memo) for r in group["rollouts"]]
-            out.write(json.dumps(line) + "\n")
+            out.write(json.dumps(scored_line(head, scored, group, decode, memo)) + "\n")
     return path
+
+
+def line_head(model: str, policy_version: str, step: int, anneal_weight: float) -> dict[str, Any]:
+    """What every line of a scored file repeats: the answer's context."""
+    return {"model": model, "policy_version": policy_version, "step": step, "anneal_weight": anneal_weight}
+
+
+def scored_line(head: Mapping[str, Any], scored: ScoredGroup, group: Mapping[str, Any],
+                decode: Callable[[list[int]], str] | None = None,
+                memo: dict[int, str] | None = None) -> dict[str, Any]:
+    """One self-contained line: the head, the scored group, `input` (the group as sent, JSON) and,
+    given `decode`, `pieces` (each rollout's tokens decoded one by one; `memo` shares the work
+    across lines). `amr-sd score --out` and `save_scored` both write these."""
+    line = {**head, **scored.model_dump(mode="json", exclude_none=True), "input": dict(group)}
+    if decode is not None:
+        line["pieces"] = [token_pieces(decode, r["token_ids"], memo) for r in group["rollouts"]]
+    return line
 
 
 @dataclass(frozen=True)

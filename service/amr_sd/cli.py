@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from amr_client._version import __version__
-from amr_client.saved import replaced_atomically
+from amr_client.saved import line_head, replaced_atomically, scored_line
 from amr_client.schemas import Group, ReturnSwitches, ScoreRequest, ScoringConfig
 from amr_sd import mathcheck
 from amr_sd.config import SECTIONS, EngineKnobs, ModelChoice, Settings, check_engine_copies
@@ -111,12 +111,15 @@ async def _score(args, groups: list[Group], line_numbers: list[int], config: Sco
             async def one_more(index, group):
                 bar.update(1)
 
+            memo: dict[int, str] = {}  # token pieces, each distinct id decoded once per file
             for request in requests:
                 response = await scorer.score(request, on_group=one_more)
-                for group in response.groups:
-                    line = {"model": response.model, "policy_version": response.policy_version,
-                            "step": response.step, "anneal_weight": response.anneal_weight,
-                            **group.model_dump(mode="json", exclude_none=True)}
+                head = line_head(response.model, response.policy_version, response.step,
+                                 response.anneal_weight)
+                # Self-contained lines, as save_scored writes them: `amr-sd view` needs nothing else.
+                for sent, scored in zip(request.groups, response.groups, strict=True):
+                    group = sent.model_dump(mode="json", exclude_none=True)
+                    line = scored_line(head, scored, group, engine.tokenizer.decode, memo)
                     out.write(json.dumps(line) + "\n")
                 total += BatchTally.of(response.stats)
         return total, time.perf_counter() - start
@@ -342,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="score a JSONL file of groups in-process",
                            formatter_class=HelpFormatter)
     score.add_argument("--in", dest="input", type=Path, required=True, help="JSONL, one group per line")
-    score.add_argument("--out", type=Path, required=True, help="JSONL, one scored group per line")
+    score.add_argument("--out", type=Path, required=True,
+                       help="JSONL, one scored group per line, self-contained (the group as sent and "
+                            "its token texts beside its scores): `amr-sd view OUT` needs nothing else")
     score.add_argument("--step", type=int, required=True, help="global training step (anneal schedule)")
     add_flags(score, (ModelChoice, EngineKnobs), env=False)
     score.add_argument("--config", help="ScoringConfig overrides: a JSON object or a JSON file")
@@ -366,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="scored JSONL: `amr-sd score --return-cig` output or batches a trainer "
                            "saved; several files (a run's steps) add a trend")
     view.add_argument("--in", dest="input", type=Path,
-                      help="the groups that were scored, for files without `input` (amr-sd score's)")
+                      help="the groups that were scored, for files without `input` (written by an "
+                           "older amr-sd score)")
     view.add_argument("--model", help="tokenizer for files without `pieces` (default: the file's model)")
     view.add_argument("--out", type=Path, help="HTML file to write (default: the last file, .html)")
     view.add_argument("--serve", action="store_true", help="then serve it on http://HOST:PORT/")

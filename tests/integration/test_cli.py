@@ -40,6 +40,16 @@ def test_score_writes_one_aligned_scored_group_per_line(tmp_path):
             assert all(math.copysign(1, a) == math.copysign(1, base) for a in r_out["advantages"])
             if r_out["reflection"]["accepted"]:
                 assert len(r_out["cig"]) == len(r_out["teacher_logprobs"]) == len(r_in["token_ids"])
+    # Self-contained: the group as sent and each token's text, so the viewer needs nothing else.
+    for group, line in zip(groups, scored):
+        assert [r["token_ids"] for r in line["input"]["rollouts"]] == [r["token_ids"] for r in group["rollouts"]]
+        assert line["input"]["prompt"] == group["prompt"]
+        assert [len(p) for p in line["pieces"]] == [len(r["token_ids"]) for r in group["rollouts"]]
+        assert all(isinstance(piece, str) for pieces in line["pieces"] for piece in pieces)
+    page = tmp_path / "view.html"
+    viewed = amr_sd("view", out, "--out", page)
+    assert viewed.returncode == 0, viewed.stderr[-2000:]
+    assert page.stat().st_size > 0
     # The summary is the last line: vLLM's processes exit before it, none killed, nothing leaked.
     assert "force killing" not in proc.stderr and "leaked" not in proc.stderr, proc.stderr[-2000:]
     summary = json.loads(proc.stderr.strip().splitlines()[-1])
