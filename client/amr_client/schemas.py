@@ -309,6 +309,8 @@ class ReflectionRecord(BaseModel):
     accepted: bool
     reject_reason: str | None = Field(None, description="Why the final attempt was rejected; null when accepted.")
     reject_reasons: list[str] = Field(default_factory=list, description="The reason of every rejected attempt, in order.")
+    rejected_texts: list[str] = Field(default_factory=list, description="The text of every rejected attempt, in order: "
+                                      "rejected_texts[i] was refused for reject_reasons[i] (\"\" where nothing could be parsed).")
     attempts: int = 0
     source: Literal["generated", "override"] = "generated"
     cached: bool = False

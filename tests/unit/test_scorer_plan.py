@@ -325,6 +325,7 @@ def test_an_abandoned_reflection_is_rejected_for_its_answer_phrase_and_retried(t
         record = rollout.reflection
         assert not record.accepted and record.attempts == 3
         assert record.reject_reasons == ["answer_phrase"] * 3
+        assert record.rejected_texts == ["The answer is 5"] * 3  # each attempt, beside its reason
         assert record.text == "The answer is 5"
         assert rollout.advantages == [rollout.base_advantage] * len(TOKENS)
     assert answer.stats.reflections_generated == 6
@@ -368,6 +369,8 @@ def test_a_v2_critique_restating_the_attempts_wrong_value_is_refused_and_retried
     engine = RestatingWriter(tokenizer)
     critique = asyncio.run(Scorer(engine).score(req)).groups[0].rollouts[1].reflection
     assert critique.accepted and critique.reject_reasons == reasons
+    # The refused greedy attempt is kept beside its reason, the accepted one is `text`.
+    assert critique.rejected_texts == (["Step 2 should be: 42 * 4 = 168, not 178."] if reasons else [])
     assert critique.text == ("Step 2 should be: 42 * 4 = 168." if reasons else
                              "Step 2 should be: 42 * 4 = 168, not 178.")
     assert engine.critiques == 1 + len(reasons)

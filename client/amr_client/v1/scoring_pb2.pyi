@@ -187,7 +187,7 @@ class ScoredRollout(_message.Message):
     def __init__(self, advantages: _Optional[_Iterable[float]] = ..., base_advantage: _Optional[float] = ..., cig: _Optional[_Iterable[float]] = ..., gated: _Optional[_Iterable[bool]] = ..., student_logprobs: _Optional[_Iterable[float]] = ..., teacher_logprobs: _Optional[_Iterable[float]] = ..., reflection: _Optional[_Union[ReflectionRecord, _Mapping]] = ...) -> None: ...
 
 class ReflectionRecord(_message.Message):
-    __slots__ = ("kind", "text", "accepted", "reject_reason", "reject_reasons", "attempts", "source", "cached")
+    __slots__ = ("kind", "text", "accepted", "reject_reason", "reject_reasons", "attempts", "source", "cached", "rejected_texts")
     KIND_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +196,7 @@ class ReflectionRecord(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_TEXTS_FIELD_NUMBER: _ClassVar[int]
     kind: str
     text: str
     accepted: bool
@@ -204,7 +205,8 @@ class ReflectionRecord(_message.Message):
     attempts: int
     source: str
     cached: bool
-    def __init__(self, kind: _Optional[str] = ..., text: _Optional[str] = ..., accepted: _Optional[bool] = ..., reject_reason: _Optional[str] = ..., reject_reasons: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ..., source: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
+    rejected_texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kind: _Optional[str] = ..., text: _Optional[str] = ..., accepted: _Optional[bool] = ..., reject_reason: _Optional[str] = ..., reject_reasons: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ..., source: _Optional[str] = ..., cached: _Optional[bool] = ..., rejected_texts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BatchStats(_message.Message):
     __slots__ = ("groups", "rollouts", "response_tokens", "tokens_scored", "reflected_tokens", "gated_tokens", "gate_rate", "reflections_requested", "reflections_generated", "reflections_cached", "reflections_accepted", "reflections_rejected", "acceptance_rate", "reject_reasons", "cig_mean", "cig_std", "nonfinite_cig", "mean_abs_base_advantage", "mean_abs_advantage", "top_gated_tokens", "timings", "positive", "negative", "scores_cached")

@@ -50,7 +50,8 @@ class Reflector:
             else:
                 settled[r] = ReflectionRecord(kind=r.kind, accepted=False, source="override",
                                               reject_reason=reflection.RejectReason.EMPTY.value,
-                                              reject_reasons=[reflection.RejectReason.EMPTY.value])
+                                              reject_reasons=[reflection.RejectReason.EMPTY.value],
+                                              rejected_texts=[""])
         keys = {}
         if self.cache is not None and pending:
             keys = {r: self._key(r, cfg, policy) for r in pending}
@@ -90,6 +91,7 @@ class Reflector:
                 break
             record.reject_reason = reason.value
             record.reject_reasons.append(reason.value)
+            record.rejected_texts.append(record.text or "")
         if self.cache is not None:
             await self.cache.set_many({key: record.model_dump(exclude={"cached"})})
         return record
