@@ -97,8 +97,6 @@ def test_vllm_runs_two_engine_cores_and_both_score(two_copies, payload, one_copy
     # vLLM spreads the batch's scoring requests over both copies: each computed a share (an idle
     # copy uses a few hundredths of a second in this time).
     assert all(seconds > 0.5 for seconds in used.values()), used
-    log = two_copies.log_path.read_text(errors="replace")
-    assert "(EngineCore_DP0 pid=" in log and "(EngineCore_DP1 pid=" in log
 
     # The same numbers as one copy computes, to float32 noise.
     got, want = numbers(answer), numbers(one_copy_answer)

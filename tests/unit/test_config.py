@@ -28,6 +28,13 @@ ENGINE_FLAGS = ("--dtype", "--max-model-len", "--gpu-memory-utilization", "--kv-
                 "--max-loras", "--max-cpu-loras", "--lora-target-modules")
 
 
+@pytest.fixture(autouse=True)
+def no_binding_from_the_environment(monkeypatch):
+    """The CPU defaults honour a set VLLM_CPU_OMP_THREADS_BIND as the user's choice: whatever the
+    shell running the suite has set must not decide these tests."""
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+
+
 def subparser(name: str):
     (commands,) = [a for a in cli.build_parser()._actions if a.dest == "command"]
     return commands.choices[name]

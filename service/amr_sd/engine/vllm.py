@@ -82,7 +82,8 @@ class VLLMEngine:
                 log.info("engine cpu_threads_bind=%s: %s", settings.cpu_threads_bind,
                          settings.reasons["cpu_threads_bind"])
         _prepare_environment(settings, device)
-        llm = AsyncLLM.from_engine_args(_engine_args(path, settings))
+        with _threads_bind(settings.cpu_threads_bind):
+            llm = AsyncLLM.from_engine_args(_engine_args(path, settings))
         return cls(llm, settings, model_id=model, model_path=path,
                    tokenizer=AutoTokenizer.from_pretrained(path), supports_seed=device != "cpu")
 
@@ -270,11 +271,28 @@ def _auto_bind_per_copy(settings: EngineSettings, cpus) -> EngineSettings:
                    reasons={**settings.reasons, "cpu_threads_bind": why}).split_cpu_threads()
 
 
+@contextlib.contextmanager
+def _threads_bind(bind: str | None):
+    """VLLM_CPU_OMP_THREADS_BIND = `bind` while vLLM starts its engine processes (they inherit
+    it), then as it was: left set, a later engine in this process (a test session's) would take
+    this one's binding for the user's own, as `machine.cpu_defaults` honours a set variable."""
+    if bind is None:
+        yield
+        return
+    before = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+        else:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = before
+
+
 def _prepare_environment(settings: EngineSettings, device: str) -> None:
-    """What vLLM reads from the environment rather than its arguments; its engine-core process
-    inherits it."""
-    if settings.cpu_threads_bind is not None:
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = settings.cpu_threads_bind
+    """What vLLM reads from the environment rather than its arguments and may read later; its
+    engine-core process inherits it."""
     if device == "cpu" and settings.enforce_eager and not has_cxx_compiler():
         # Even in eager mode vLLM torch.compiles two small sampler helpers (logprob ranks,
         # top-k/top-p); on the CPU inductor needs a C++ compiler, and a slim image has none:
