@@ -3,7 +3,8 @@
 Baseline, measured side by side in the same browser: a page holding the same scored JSONL lines
 (input and token texts included) as one JSON block that it only parses. Any viewer pays at least
 that; the ratio is what the viewer's packing and first render cost on top. Also timed in the page:
-opening the longest rollout (building its token spans and charts) and one sort of the table.
+opening the longest rollout (decoding the batch's arrays, building its group's token spans, its
+own and its chart) and one sort of the table.
 
 Inputs: `make demo`'s scored batch (build/demo-scored.jsonl: the example groups, scored for real)
 when it exists, else a synthetic batch of the same shape; and a synthetic 512 x 1024 batch.

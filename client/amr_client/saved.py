@@ -1,8 +1,8 @@
 """Scored batches on disk, for `amr-sd view`: one JSON line per group, the scored group beside the
 group that was sent.
 
-A line is what `amr-sd score` writes (`model`, `policy_version`, `step`, `anneal_weight`, the
-scored `rollouts`) plus `input`, the request's group as sent, and, when a tokenizer was at hand,
+A line is what `amr-sd score` writes (`model`, `policy_version`, `step`, `anneal_weight`, its
+request's `stats` and `config`, the scored `rollouts`) plus `input`, the request's group as sent, and, when a tokenizer was at hand,
 `pieces`: each rollout's tokens decoded one by one. With both, the file needs nothing else to be
 viewed: no model, no input file. The trainer adapters write one file per saved step
 (`step-000123.jsonl`); `save_scored` is the function they share.
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from amr_client.results import ScoreResult
-from amr_client.schemas import Group, ScoredGroup
+from amr_client.schemas import BatchStats, Group, ScoredGroup
 
 __all__ = ["VIEW_RETURNS", "SavedGroup", "StepSaver", "line_head", "load_scored", "replaced_atomically",
            "save_scored", "scored_line", "step_path", "token_pieces"]
@@ -70,13 +70,16 @@ def replaced_atomically(path: str | os.PathLike) -> Iterator[TextIO]:
 
 
 def save_scored(path: str | os.PathLike, groups: Iterable[Group | Mapping[str, Any]],
-                result: ScoreResult, *, decode: Callable[[list[int]], str] | None = None) -> Path:
-    """Write `groups` with their scores to `path`, whole or not at all (a rename at the end)."""
+                result: ScoreResult, *, decode: Callable[[list[int]], str] | None = None,
+                config: Mapping[str, Any] | None = None) -> Path:
+    """Write `groups` with their scores to `path`, whole or not at all (a rename at the end).
+    `config`, the request's ScoringConfig overrides, lets the viewer show the settings used."""
     sent = [g.model_dump(mode="json", exclude_none=True) if isinstance(g, Group)
             else Group.model_validate(g).model_dump(mode="json", exclude_none=True) for g in groups]
     if len(sent) != len(result.groups):
         raise ValueError(f"{len(sent)} groups given for a result of {len(result.groups)}")
-    head = line_head(result.model, result.policy_version, result.response.step, result.anneal_weight)
+    head = line_head(result.model, result.policy_version, result.response.step, result.anneal_weight,
+                     stats=result.stats, config=config)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     memo: dict[int, str] = {}
@@ -86,9 +89,17 @@ def save_scored(path: str | os.PathLike, groups: Iterable[Group | Mapping[str, A
     return path
 
 
-def line_head(model: str, policy_version: str, step: int, anneal_weight: float) -> dict[str, Any]:
-    """What every line of a scored file repeats: the answer's context."""
-    return {"model": model, "policy_version": policy_version, "step": step, "anneal_weight": anneal_weight}
+def line_head(model: str, policy_version: str, step: int, anneal_weight: float, *,
+              stats: BatchStats | None = None, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What every line of a scored file repeats: the answer's context, its request's `stats`
+    (the margins τ the gate used among them) and `config` (the request's overrides), so the
+    viewer can show the settings a batch was scored with."""
+    head = {"model": model, "policy_version": policy_version, "step": step, "anneal_weight": anneal_weight}
+    if stats is not None:
+        head["stats"] = stats.model_dump(mode="json")
+    if config:
+        head["config"] = dict(config)
+    return head
 
 
 def scored_line(head: Mapping[str, Any], scored: ScoredGroup, group: Mapping[str, Any],

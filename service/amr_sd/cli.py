@@ -115,7 +115,8 @@ async def _score(args, groups: list[Group], line_numbers: list[int], config: Sco
             for request in requests:
                 response = await scorer.score(request, on_group=one_more)
                 head = line_head(response.model, response.policy_version, response.step,
-                                 response.anneal_weight)
+                                 response.anneal_weight, stats=response.stats,
+                                 config=config.model_dump(mode="json", exclude_unset=True) if config else None)
                 # Self-contained lines, as save_scored writes them: `amr-sd view` needs nothing else.
                 for sent, scored in zip(request.groups, response.groups, strict=True):
                     group = sent.model_dump(mode="json", exclude_none=True)

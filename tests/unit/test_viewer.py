@@ -212,3 +212,115 @@ def test_step_saver_picks_every_nth_step_and_survives_a_failed_write(tmp_path, c
     assert "could not save step 0" in caplog.text
     with pytest.raises(ValueError, match="amr_save_steps is set but amr_save_dir is not"):
         StepSaver(None, 2)
+
+
+def test_an_unscored_groups_file_is_named_as_such(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "groups.jsonl", [input_group(), input_group()])
+    with pytest.raises(ViewError, match=r"groups.jsonl:1: this file is not scored: score it first with "
+                                        r"`amr-sd score --in .*groups.jsonl --out SCORED.jsonl` or pass it as --in"):
+        read_batch(path)
+    assert cli_main(["view", str(path)]) == 2
+    assert "this file is not scored" in capsys.readouterr().err
+
+
+def gate_line(anneal_weight=0.5):
+    """The hint gated at Î = 2 and 3 with Â/A = 1.1 and 1.2: λ_eff = 0.1 and τ+ = 1 solve both
+    (0.1·(2 - 1) = 0.1, 0.1·(3 - 1) = 0.2); the critique was rejected, so nothing of it is gated."""
+    line = scored_line()
+    line["anneal_weight"] = anneal_weight
+    line["rollouts"][0].update(advantages=[1.0, 1.1, 1.0, 1.2], cig=[0.0, 2.0, 0.5, 3.0])
+    return line
+
+
+def settings_of(tmp_path, line):
+    path = write_jsonl(tmp_path / "s.jsonl", [line])
+    return build([read_batch(path, [input_group()])], decode)["batches"][0]["settings"]
+
+
+def test_tau_and_lambda_are_fitted_to_the_gated_tokens_and_the_rest_are_defaults(tmp_path):
+    s = settings_of(tmp_path, gate_line())
+    assert (s["tau_pos"]["source"], s["lambda_eff"]["source"]) == ("fitted", "fitted")
+    assert s["tau_pos"]["value"] == pytest.approx(1.0) and s["lambda_eff"]["value"] == pytest.approx(0.1)
+    assert "2 gated hint tokens" in s["tau_pos"]["note"]
+    # Nothing gated on the critique branch: ScoringConfig's τ- = 1 and γ = 0.1 times w = 0.5.
+    assert (s["tau_neg"]["value"], s["tau_neg"]["source"]) == (1.0, "default")
+    assert (s["gamma_eff"]["value"], s["gamma_eff"]["source"]) == (pytest.approx(0.05), "default")
+    assert (s["kappa"]["value"], s["kappa"]["source"]) == (5.0, "default")
+    assert (s["anneal_weight"]["value"], s["anneal_weight"]["source"]) == (0.5, "file")
+
+
+def test_gated_tokens_off_one_line_are_not_fitted(tmp_path):
+    line = gate_line()
+    # A third gated token, Î = 1.5 with Â/A = 1.3 where λ_eff = 0.1, τ+ = 1 give 1.05: no line
+    # holds all three, so the file is not the gate described and nothing is fitted.
+    line["rollouts"][0].update(advantages=[1.0, 1.1, 1.3, 1.2], cig=[0.0, 2.0, 1.5, 3.0],
+                               gated=[False, True, True, True])
+    s = settings_of(tmp_path, line)
+    assert (s["tau_pos"]["value"], s["tau_pos"]["source"]) == (1.0, "default")
+    assert s["lambda_eff"]["value"] == pytest.approx(0.2 * 0.5)
+
+
+def test_config_and_stats_in_the_file_win_over_fit_and_defaults(tmp_path):
+    line = gate_line()
+    line["config"] = {"tau_neg": 2.0, "gamma_neg": 0.4, "kappa": 3}
+    line["stats"] = {"positive": {"tau": 0.75}}
+    s = settings_of(tmp_path, line)
+    assert (s["tau_pos"]["value"], s["tau_pos"]["source"]) == (0.75, "file")
+    assert (s["tau_neg"]["value"], s["tau_neg"]["source"]) == (2.0, "file")
+    assert (s["gamma_eff"]["value"], s["gamma_eff"]["source"]) == (pytest.approx(0.2), "file")
+    assert (s["kappa"]["value"], s["kappa"]["source"]) == (3.0, "file")
+    line["config"] = {"kappa": -1}
+    with pytest.raises(ViewError, match=r"s.jsonl:1: config.kappa: "):
+        settings_of(tmp_path, line)
+
+
+def test_cig_beyond_the_default_kappa_leaves_kappa_unknown(tmp_path):
+    line = scored_line()
+    line["rollouts"][0]["cig"][0] = 7.5
+    s = settings_of(tmp_path, line)
+    assert s["kappa"]["value"] is None and "at least 7.5" in s["kappa"]["note"]
+
+
+def test_the_histogram_axis_shows_both_margins_but_stops_at_kappa(tmp_path):
+    path = write_jsonl(tmp_path / "s.jsonl", [gate_line()])
+    s = build([read_batch(path, [input_group()])], decode)["batches"][0]["summary"]
+    # |Î| of the hint's four tokens: 0, 2, 0.5, 3; its 99.5th percentile is just under 3 and τ = 1.
+    assert s["hist_percentile"] == pytest.approx(np.quantile([0, 2, 0.5, 3], 0.995))
+    assert s["hist_span"] == s["hist_percentile"]
+    line = scored_line()  # |Î| up to 0.9: the axis widens to 1.15 τ- so that -τ- shows
+    write_jsonl(path, [line])
+    s = build([read_batch(path, [input_group()])], decode)["batches"][0]["summary"]
+    assert s["hist_percentile"] < 0.9 and s["hist_span"] == pytest.approx(1.15)
+
+
+def test_each_group_is_summed_for_the_group_view(tmp_path):
+    path = write_jsonl(tmp_path / "s.jsonl", [scored_line(), scored_line()])
+    (batch,) = build([read_batch(path, [input_group(), input_group()])], decode)["batches"]
+    first, second = batch["groups"]
+    assert (first["row"], first["size"], second["row"]) == (0, 3, 3)
+    assert first["mean_reward"] == pytest.approx(0.5)  # rewards 1, 0, 0.5
+    assert (first["reflections_requested"], first["reflections_accepted"]) == (2, 1)
+    # Only the accepted hint's 4 tokens are reflected; 2 of them gated.
+    assert (first["reflected_tokens"], first["gated_tokens"], first["gate_rate"]) == (4, 2, 0.5)
+    assert (first["gate_rate_positive"], first["gate_rate_negative"]) == (0.5, 0.0)
+
+
+def test_one_prompt_is_one_entry_across_batches(tmp_path):
+    other = input_group()
+    other["prompt"] = {"text": "3 + 3 = ?"}
+    a = write_jsonl(tmp_path / "a.jsonl", [scored_line(1), scored_line(1)])
+    b = write_jsonl(tmp_path / "b.jsonl", [scored_line(2)])
+    data = build([read_batch(a, [other, input_group()]), read_batch(b, [input_group()])], decode)
+    assert data["prompts"] == ["3 + 3 = ?", "[user] 2 + 2 = ?"]
+    assert [g["prompt"] for b in data["batches"] for g in b["groups"]] == [0, 1, 1]
+
+
+def test_each_attempts_text_comes_from_rejected_texts_then_the_accepted_text(tmp_path):
+    line = scored_line()
+    record = line["rollouts"][1]["reflection"]
+    record.update(rejected_texts=["<critique>x", "The answer is 4"], reject_reasons=["unparsed", "answer_phrase"])
+    path = write_jsonl(tmp_path / "s.jsonl", [line])
+    rows = build([read_batch(path, [input_group()])], decode)["batches"][0]["rows"]
+    want = ["<critique>x", "The answer is 4"] + ([record["text"]] if record["accepted"] else [])
+    assert rows[1]["attempt_texts"] == want
+    assert "attempt_texts" not in rows[0]  # a record without rejected attempts: its `text` alone
