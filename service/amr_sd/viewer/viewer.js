@@ -374,7 +374,7 @@ function settingsPart(batch) {
   return el("div", { id: "settings-card" }, el("h2", {}, "Algorithm settings of this batch"),
     el("table", { id: "settings" }, el("tbody", {}, SETTINGS.map(([key, label]) => el("tr", { "data-key": key, "data-source": s[key].source },
       el("td", { class: "text" }, label), el("td", { class: "value" }, num(s[key].value, 3)), el("td", { class: "text source" }, `${s[key].source}: ${s[key].note}`))))),
-    el("p", { class: "meta" }, "A saved batch does not hold the request's config. Fitted values are solved from the gated tokens " +
+    el("p", { class: "meta" }, "file: the lines' own stats (the τ the gate used) and config (the request's overrides, where it made any). Fitted values are solved from the gated tokens " +
       "(on each, Â/A − 1 = λ_eff·(Î − τ+) for a hint, γ_eff·(−Î − τ−) for a critique: docs/method.md steps 8 to 10); defaults are ScoringConfig's."));
 }
 
